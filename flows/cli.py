@@ -1,0 +1,227 @@
+"""The `tokprob` command line.
+
+    tokprob run encoding [--model SPEC] [--dataset SPEC] [--max-tokens N] [--json]
+    tokprob rerun STAGE [same options]      force one stage and what depends on it
+    tokprob artifacts [--stage S] [--json]   what the artifact store holds
+
+Errors in what the user asked for print one paragraph and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import textwrap
+import typing
+from pathlib import Path
+from typing import Any
+
+from tokprob.config import (
+    HiddenConfig,
+    ProbabilityConfig,
+    RegressionConfig,
+    RunConfig,
+    SparsityConfig,
+    WindowConfig,
+    field_docs,
+)
+from tokprob.errors import TokprobError
+from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL, DatasetSpec, ModelSpec
+from tokprob.store import ArtifactStore
+from tokprob.workspace import Workspace
+
+ENCODING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "hidden", "regression",
+                   "sparsity", "pca", "figures"]
+ENCODING_CONFIGS = {
+    "window_config": WindowConfig,
+    "run_config": RunConfig,
+    "probability_config": ProbabilityConfig,
+    "regression_config": RegressionConfig,
+    "sparsity_config": SparsityConfig,
+    "hidden_config": HiddenConfig,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except TokprobError as error:
+        print(textwrap.fill(f"tokprob: error: {error}", width=88), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tokprob: interrupted; finished stages are kept and reused next time.",
+              file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokprob",
+        description="How a causal LM encodes output token probabilities in its output "
+                    "embeddings (arXiv 2406.01468).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run an analysis flow")
+    flows = run.add_subparsers(dest="flow", required=True)
+    encoding = flows.add_parser("encoding", help="α, E, the MLR of −log α on E, sparsity, PCA")
+    _add_encoding_arguments(encoding)
+    encoding.set_defaults(handler=_run_encoding, refresh=[])
+
+    rerun = commands.add_parser("rerun", help="recompute one stage and what depends on it")
+    rerun.add_argument("stage", choices=ENCODING_STAGES)
+    _add_encoding_arguments(rerun)
+    rerun.set_defaults(handler=_rerun)
+
+    artifacts = commands.add_parser("artifacts", help="list the cached artifacts")
+    artifacts.add_argument("--stage", help="only this stage")
+    _add_common(artifacts)
+    artifacts.set_defaults(handler=_list_artifacts)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="artifact store (default: $TOKPROB_DATA or ./data)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="built-in name, hub id[@revision], model folder or .gguf file "
+                             f"(default: {DEFAULT_MODEL})")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET,
+                        help="built-in name (wiki-leads, shakespeare), .txt/.json/.jsonl/"
+                             ".parquet files, or hub name[:config][@revision] "
+                             f"(default: {DEFAULT_DATASET})")
+    parser.add_argument("--split", default="train", help="split of a hub dataset")
+    parser.add_argument("--text-column", default="text", help="column holding the text")
+    parser.add_argument("--keep-hidden", action="store_true",
+                        help="also store final hidden states of the held-out split")
+    for config in ENCODING_CONFIGS.values():
+        add_config_arguments(parser, config)
+    _add_common(parser)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config: type) -> None:
+    """One --option per field of a config dataclass, documented by the field's docstring."""
+    docs = field_docs(config)
+    hints = typing.get_type_hints(config)
+    for field in dataclasses.fields(config):
+        hint = hints[field.name]
+        options: dict[str, Any] = {"default": field.default, "help": docs.get(field.name, "")}
+        if typing.get_origin(hint) is typing.Literal:
+            options["choices"] = list(typing.get_args(hint))
+        else:
+            options["type"] = hint
+        options["help"] += f" (default: {field.default})"
+        parser.add_argument("--" + field.name.replace("_", "-"), **options)
+
+
+def config_from_arguments(config: type, args: argparse.Namespace) -> Any:
+    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
+
+
+def prepare_environment(workspace: Workspace) -> None:
+    """Settings that must be in place before Prefect is imported."""
+    os.environ.setdefault("PREFECT_HOME", str(workspace.prefect_home))
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tokprob")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _run_encoding(args: argparse.Namespace) -> int:
+    workspace = Workspace.from_env(args.data_dir)
+    configs = {name: config_from_arguments(cls, args) for name, cls in ENCODING_CONFIGS.items()}
+    # Read the specs before starting Prefect, so a typo fails in milliseconds.
+    ModelSpec.parse(args.model)
+    DatasetSpec.parse(args.dataset, args.split, args.text_column)
+    prepare_environment(workspace)
+    from flows.encoding import encoding
+
+    _configure_logging()
+    result = encoding(
+        model=args.model, dataset=args.dataset, split=args.split, text_column=args.text_column,
+        keep_hidden=args.keep_hidden, data_dir=workspace.data_dir, refresh=args.refresh,
+        **configs,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        from tokprob.summary import encoding_text
+
+        print(encoding_text(result))
+    return 0
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    args.refresh = [args.stage]
+    return _run_encoding(args)
+
+
+def _list_artifacts(args: argparse.Namespace) -> int:
+    workspace = Workspace.from_env(args.data_dir)
+    rows = []
+    for manifest in ArtifactStore(workspace.artifacts).manifests():
+        if args.stage and manifest.stage != args.stage:
+            continue
+        rows.append({
+            "stage": manifest.stage, "key": manifest.key,
+            "size": sum(entry.size for entry in manifest.files.values()),
+            "created": manifest.created, "parameters": manifest.params,
+            "path": str(workspace.artifacts / manifest.stage / manifest.key),
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print(f"no artifacts in {workspace.artifacts}")
+        return 0
+    print(f"{'stage':<14}{'key':<22}{'size':>10}  {'created':<26}parameters")
+    for row in rows:
+        params = json.dumps(row["parameters"], separators=(",", ":"), default=str)
+        print(f"{row['stage']:<14}{row['key']:<22}{_size(row['size']):>10}  "
+              f"{row['created']:<26}{params}")
+    return 0
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+class _DropExpectedTracebacks(logging.Filter):
+    """Prefect logs a failed task with its traceback; for a TokprobError the message alone
+    says everything, and the command prints it once more at the end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TokprobError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _configure_logging() -> None:
+    """tokprob's own progress lines at INFO (Prefect forwards them to the run's log);
+    TokprobErrors without tracebacks."""
+    logging.getLogger("tokprob").setLevel(logging.INFO)
+    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_DropExpectedTracebacks())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropExpectedTracebacks())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

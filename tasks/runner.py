@@ -1,0 +1,40 @@
+"""Calling stage tasks from a flow: forced re-runs and which stages hit the cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Task
+
+from tokprob.errors import TokprobError
+from tokprob.store import ArtifactRef
+
+
+class StageRunner:
+    """Runs stage tasks in order, forcing the stages named in `refresh` and every stage
+    downstream of a forced one, and records whether each came from Prefect's cache."""
+
+    def __init__(self, refresh: list[str], stages: list[str]) -> None:
+        unknown = sorted(set(refresh) - set(stages))
+        if unknown:
+            raise TokprobError(
+                f"Unknown stage {', '.join(unknown)} to re-run; this flow's stages are "
+                f"{', '.join(stages)}."
+            )
+        self.refresh = set(refresh)
+        self.forced: set[str] = set()
+        self.states: dict[str, str] = {}
+        self.refs: dict[str, ArtifactRef] = {}
+
+    def __call__(self, stage: Task[..., ArtifactRef], **arguments: Any) -> ArtifactRef:
+        name = stage.name
+        upstream = {v.stage for v in arguments.values() if isinstance(v, ArtifactRef)}
+        force = name in self.refresh or bool(upstream & self.forced)
+        if force:
+            self.forced.add(name)
+            stage = stage.with_options(refresh_cache=True)
+        state = stage(**arguments, force=force, return_state=True)
+        ref = state.result()
+        self.states[name] = "cached" if state.name == "Cached" else "computed"
+        self.refs[name] = ref
+        return ref

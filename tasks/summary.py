@@ -1,0 +1,59 @@
+"""The end of the encoding flow: one result dictionary and a Markdown summary artifact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks._stage import artifact_key, store_of
+from tasks.figures import FIGURES
+from tokprob.corpora import CorpusSource
+from tokprob.models import ModelSource
+from tokprob.store import ArtifactRef
+from tokprob.summary import encoding_markdown
+from tokprob.workspace import Workspace
+
+MAIN_FILES = {
+    "corpus": "corpus.parquet",
+    "windows": "windows.parquet",
+    "embeddings": "embeddings.parquet",
+    "probabilities": "probabilities.parquet",
+    "hidden": "hidden.parquet",
+    "regression": "regression.parquet",
+    "sparsity": "dimensions.parquet",
+    "pca": "components.parquet",
+}
+
+
+@task(name="summary", cache_policy=NO_CACHE)
+def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
+              refs: dict[str, ArtifactRef], stages: dict[str, str]) -> dict[str, Any]:
+    """Collect the key numbers of every stage into one result."""
+    summaries = {name: store_of(ref).manifest(ref).summary for name, ref in refs.items()}
+    emb, probs = summaries["embeddings"], summaries["probabilities"]
+    reg, sp, pc = summaries["regression"], summaries["sparsity"], summaries["pca"]
+    result: dict[str, Any] = {
+        "model": model.display_name, "model_spec": model.spec,
+        "model_fingerprint": model.fingerprint, "dataset": corpus.spec,
+        "n_tokens": probs["n_tokens"], "n_windows": probs["n_windows"],
+        "window": probs["window"], "perplexity": probs["perplexity"],
+        "vocab_size": emb["vocab_size"], "hidden_size": emb["hidden_size"],
+        "tied": emb["tied"], "has_bias": emb["has_bias"],
+        "r2": reg["r2"], "adj_r2": reg["adj_r2"], "f_stat": reg["f_stat"],
+        "f_pvalue": reg["f_pvalue"], "target": reg["target"],
+        "significant_dims": sp["significant"], "share_significant": sp["share_significant"],
+        "k_dims_90pct": sp["k_for_90pct_adj_r2"], "k_components_90pct": pc["k_for_90pct_adj_r2"],
+        "pc1_r": pc["pc1_r"], "pc2_r": pc["pc2_r"],
+        "stages": stages,
+        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
+                      for name, ref in refs.items() if name in MAIN_FILES},
+        "artifact_dirs": {name: ref.path for name, ref in refs.items()},
+        "plots": {name: str(refs["figures"].file(file)) for name, file in FIGURES.items()},
+    }
+    create_markdown_artifact(markdown=encoding_markdown(result),
+                             key=artifact_key("encoding", model.display_name),
+                             description=f"Encoding analysis of {model.display_name}")
+    return result

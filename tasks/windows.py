@@ -1,0 +1,50 @@
+"""Stage `windows`: the corpus tokenized, packed into windows and split (SPEC §1.1)."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+from prefect import task
+
+from tasks._stage import publish_table, register, run_stage
+from tokprob.config import WindowConfig
+from tokprob.models import ModelSource, load_tokenizer
+from tokprob.store import ArtifactRef
+from tokprob.windows import DETECT, HELDOUT, Windows, build_windows
+from tokprob.workspace import Workspace
+
+STAGE = "windows"
+WINDOWS_FILE = "windows.parquet"
+
+
+@task(**register(STAGE, __name__, environment=("transformers", "tokenizers")))
+def windows(workspace: Workspace, corpus: ArtifactRef, model: ModelSource,
+            config: WindowConfig, force: bool = False) -> ArtifactRef:
+    """Tokenize with the model's tokenizer and cut fixed-length windows."""
+
+    def compute(out):
+        documents = pq.read_table(corpus.file("corpus.parquet"), columns=["text"])
+        tokenizer = load_tokenizer(model.path)
+        from transformers import AutoConfig
+
+        vocab_size = _output_rows(AutoConfig.from_pretrained(model.path), tokenizer)
+        packed = build_windows(tokenizer, documents.column("text").to_pylist(), config.window,
+                               config.heldout_fraction, config.seed, vocab_size)
+        out.write_table(WINDOWS_FILE, packed.to_arrow())
+        counts = {s: int((packed.split == s).sum()) for s in (DETECT, HELDOUT)}
+        out.summary.update(windows=len(packed.tokens), window=config.window,
+                           detect_windows=counts[DETECT], heldout_windows=counts[HELDOUT],
+                           tokens=int(packed.tokens.size))
+        publish_table(STAGE, out, [out.summary | {"subject": model.display_name}],
+                      "Packed windows and their split")
+
+    return run_stage(STAGE, workspace, {"corpus": corpus, "model": model, "config": config},
+                     compute, force)
+
+
+def read_windows(ref: ArtifactRef) -> Windows:
+    return Windows.from_arrow(pq.read_table(ref.file(WINDOWS_FILE)))
+
+
+def _output_rows(config, tokenizer) -> int:
+    """Rows of the LM head (≥ the tokenizer's vocabulary when padded for speed)."""
+    return int(getattr(config, "vocab_size", None) or len(tokenizer))

@@ -1,0 +1,63 @@
+"""The version of a stage's code: a hash of its sources and of the project modules they use.
+
+Hashing only the task function would miss edits to the library code it calls, so the
+version follows imports through the project's own packages.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+from tokprob.hashing import sha256_json
+
+PROJECT_PACKAGES = ("tokprob", "tasks")
+
+
+@cache
+def code_version(module: str) -> str:
+    """Hash of `module`'s source and of every project module it imports, transitively."""
+    sources = {name: _source(name) for name in sorted(_closure(module))}
+    return sha256_json(sources)[:16]
+
+
+def _closure(root: str) -> set[str]:
+    seen: set[str] = set()
+    pending = [root]
+    while pending:
+        name = pending.pop()
+        if name in seen or _origin(name) is None:
+            continue
+        seen.add(name)
+        pending.extend(_project_imports(name))
+    return seen
+
+
+def _project_imports(module: str) -> list[str]:
+    tree = ast.parse(_source(module))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+            # `from tokprob import regression` imports a module, not a name.
+            found.extend(f"{node.module}.{alias.name}" for alias in node.names)
+    return [name for name in found if name.split(".")[0] in PROJECT_PACKAGES]
+
+
+def _origin(module: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _source(module: str) -> str:
+    origin = _origin(module)
+    return origin.read_text() if origin else ""

@@ -1,0 +1,154 @@
+"""Stage configurations: one frozen dataclass per concern, each field documented.
+
+The command line and the flow parameters are built from these classes. A field whose
+metadata says `key=False` is an execution setting (batch size, device): it changes how
+fast a stage runs, not what it computes, so it is left out of the stage's cache key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import itertools
+import math
+import textwrap
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+from tokprob.errors import TokprobError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _execution(default: Any) -> Any:
+    return field(default=default, metadata={"key": False})
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How the corpus is cut into windows and split (SPEC §1.1)."""
+
+    window: int = 256
+    """Tokens per window. Documents are packed back to back with an end-of-text token
+    between them, never padded (padding would change the logits)."""
+
+    heldout_fraction: float = 0.1
+    """Share of windows held out from detection, for steering and pruning evaluations."""
+
+    seed: int = 0
+    """Seed of the window shuffle and of the detecting/held-out split."""
+
+    def __post_init__(self) -> None:
+        _require(self.window >= 2, "--window", "at least 2 tokens", self.window)
+        _require(0.0 <= self.heldout_fraction < 1.0, "--heldout-fraction", "in [0, 1)",
+                 self.heldout_fraction)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How the model is run for forward passes."""
+
+    dtype: str = "float32"
+    """Weights and activations: float32, bfloat16 or float16 (logits are always
+    upcast to float32 before the softmax)."""
+
+    batch_size: int = _execution(8)
+    """Windows per forward pass."""
+
+    device: str = _execution("auto")
+    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+
+    def __post_init__(self) -> None:
+        _require(self.dtype in DTYPES, "--dtype", " or ".join(DTYPES), self.dtype)
+        _require(self.batch_size > 0, "--batch-size", "a positive number of windows",
+                 self.batch_size)
+
+
+@dataclass(frozen=True)
+class ProbabilityConfig:
+    """How much of the detecting split the averaged probabilities α cover (paper §2.1)."""
+
+    max_tokens: int = 32768
+    """Tokens of the detecting split to average over, in whole windows."""
+
+    def __post_init__(self) -> None:
+        _require(self.max_tokens > 0, "--max-tokens", "a positive number of tokens",
+                 self.max_tokens)
+
+
+@dataclass(frozen=True)
+class HiddenConfig:
+    """Final hidden states of the held-out split, kept for steering and pruning."""
+
+    heldout_tokens: int = 16384
+    """Tokens of the held-out split whose final hidden states are stored."""
+
+    def __post_init__(self) -> None:
+        _require(self.heldout_tokens > 0, "--heldout-tokens", "a positive number of tokens",
+                 self.heldout_tokens)
+
+
+@dataclass(frozen=True)
+class RegressionConfig:
+    """The multiple linear regression of the encoding (paper §2.1, SPEC §1.2)."""
+
+    target: Literal["alpha", "frequency"] = "alpha"
+    """What is regressed on the output embeddings: −log α (alpha) or −log of the
+    add-one smoothed next-token frequency in the detecting split (frequency)."""
+
+    solver: Literal["normal", "statsmodels"] = "normal"
+    """normal: chunked float64 normal equations with refinement (fast, any size);
+    statsmodels: statsmodels OLS (the reference; slow and memory-hungry at large |V|)."""
+
+    def __post_init__(self) -> None:
+        _require(self.target in ("alpha", "frequency"), "--target", "alpha or frequency",
+                 self.target)
+        _require(self.solver in ("normal", "statsmodels"), "--solver",
+                 "normal or statsmodels", self.solver)
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """How sparsity of the encoding is measured (paper §2.2, SPEC §1.3)."""
+
+    significance: float = 0.05
+    """Family-wise significance level; a dimension counts as significant when its p-value
+    is below significance / d (Bonferroni)."""
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.significance < 1.0, "--significance", "in (0, 1)",
+                 self.significance)
+
+
+def key_params(config: Any) -> dict[str, Any]:
+    """The fields of a config that belong in a cache key."""
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.metadata.get("key", True)
+    }
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, as one line."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _require(ok: bool, flag: str, expected: str, got: Any) -> None:
+    if not ok or (isinstance(got, float) and not math.isfinite(got)):
+        raise TokprobError(f"Invalid {flag}: expected {expected}, got {got!r}.")

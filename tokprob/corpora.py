@@ -1,0 +1,102 @@
+"""Read a corpus: built-in, local files or a hub dataset, as a list of documents.
+
+    source = resolve_corpus(DatasetSpec.parse("wiki-leads"), Workspace.from_env())
+    documents = read_documents(source, workspace.hf_datasets_cache)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from tokprob import assets
+from tokprob.errors import TokprobError
+from tokprob.hashing import sha256_files
+from tokprob.models import hub_snapshot
+from tokprob.specs import DatasetSpec, file_format, local_files
+from tokprob.workspace import Workspace
+
+
+class CorpusSource(BaseModel):
+    """A resolved dataset: where its text is and what it is, for cache keys."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: str
+    kind: str
+    location: str
+    """Local files' common folder, or the hub snapshot folder."""
+    files: tuple[str, ...]
+    """Local files to read; empty for a hub dataset."""
+    config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    fingerprint: str
+    """Content hash of the files, or hub id, config, split and commit."""
+
+
+def resolve_corpus(spec: DatasetSpec, workspace: Workspace) -> CorpusSource:
+    """Fetch (built-ins, hub) or locate (local files) a dataset and fingerprint it."""
+    if spec.kind == "hub":
+        folder, commit = hub_snapshot(spec.location, spec.revision, repo_type="dataset")
+        return CorpusSource(
+            spec=str(spec), kind="hub", location=str(folder), files=(), config=spec.config,
+            split=spec.split, text_column=spec.text_column,
+            fingerprint=f"hub:{spec.location}:{spec.config}@{commit}/{spec.split}",
+        )
+    if spec.kind == "builtin":
+        files = [assets.builtin_corpus_file(spec.location, workspace.downloads)]
+        column = "text"
+    else:
+        files = local_files(spec)
+        column = spec.text_column
+    root = Path(files[0]).parent if len(files) == 1 else Path(_common_folder(files))
+    return CorpusSource(
+        spec=str(spec), kind=spec.kind, location=str(root),
+        files=tuple(str(f) for f in files), text_column=column,
+        fingerprint=f"files:{sha256_files([Path(f) for f in files], root=root)[:24]}:{column}",
+    )
+
+
+def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
+    """The non-empty documents of a corpus, in its order."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        if source.kind == "hub":
+            table = datasets.load_dataset(source.location, source.config, split=source.split,
+                                          cache_dir=str(cache_dir))
+        else:
+            files = [Path(f) for f in source.files]
+            loader = file_format(files[0])
+            options = {"sample_by": "document"} if loader == "text" else {}
+            table = datasets.load_dataset(loader, data_files=[str(f) for f in files],
+                                          split="train", cache_dir=str(cache_dir), **options)
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        raise TokprobError(f"Cannot read the dataset {source.spec}: {error}") from None
+    except Exception as error:  # datasets raises its own types for malformed files
+        raise TokprobError(
+            f"Cannot read the dataset {source.spec}: {type(error).__name__}: {error}"
+        ) from None
+    if source.text_column not in table.column_names:
+        raise TokprobError(
+            f"The dataset {source.spec} has no column {source.text_column!r}; its columns are "
+            f"{', '.join(table.column_names) or 'none'}. Name the text column with "
+            "--text-column."
+        )
+    documents = [t for t in table[source.text_column] if isinstance(t, str) and t.strip()]
+    if not documents:
+        raise TokprobError(
+            f"The dataset {source.spec} holds no text in column {source.text_column!r} "
+            f"({len(table)} rows, all empty). Point --dataset at a corpus with text."
+        )
+    return documents
+
+
+def _common_folder(files: list[str | Path]) -> str:
+    import os
+
+    return os.path.commonpath([str(Path(f).parent) for f in files])

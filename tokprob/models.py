@@ -1,0 +1,283 @@
+"""Resolve, load and take apart a causal LM: its output embeddings E, bias and tying.
+
+A model spec (tokprob.specs.ModelSpec) resolves to a local folder that transformers can
+load: a hub snapshot (pinned to the commit the revision points at), a local folder, or a
+GGUF file dequantized once and cached as safetensors. The output head is then read off
+the loaded model: E = `get_output_embeddings().weight` (raw weights, never centred or
+folded), the bias if any, and whether E is the input embedding matrix (tied).
+
+    source = resolve_model(ModelSpec.parse("smollm2-135m-instruct"), Workspace.from_env())
+    model = load_model(source.path)
+    head = output_head(model)
+    logits = head_logits(final_hidden_states(model, input_ids), head)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from tokprob import assets
+from tokprob.errors import TokprobError
+from tokprob.hashing import sha256_file, sha256_files
+from tokprob.specs import ModelSpec
+from tokprob.workspace import Workspace
+
+log = logging.getLogger("tokprob")
+
+SOURCE_MARKER = "tokprob-source.json"
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelSource(BaseModel):
+    """A resolved model: where to load it from and what it is, for cache keys."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: str
+    """What the user asked for."""
+    path: str
+    """Local folder with config.json, weights and tokenizer."""
+    fingerprint: str
+    """Identity of the weights: hub id and commit, or a content hash."""
+    display_name: str
+
+
+@dataclass(frozen=True)
+class OutputHead:
+    """The LM head: logits = hidden @ weight.T + bias."""
+
+    weight: torch.Tensor
+    """E: (vocab, d)."""
+    bias: torch.Tensor | None
+    """b: (vocab,), or None."""
+    tied: bool
+    """Whether E is the input embedding matrix itself."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.weight.shape[1]
+
+
+def resolve_model(spec: ModelSpec, workspace: Workspace) -> ModelSource:
+    """Make the model loadable from a local folder and fingerprint it."""
+    if spec.kind == "builtin":
+        gguf = assets.builtin_model_file(spec.location, workspace.downloads)
+        folder, fingerprint = materialize_gguf(gguf, workspace.models)
+        display = assets.BUILTIN_MODELS[spec.location].display_name
+        return ModelSource(spec=str(spec), path=str(folder), fingerprint=fingerprint,
+                           display_name=display)
+    if spec.kind == "gguf":
+        folder, fingerprint = materialize_gguf(Path(spec.location), workspace.models)
+        return ModelSource(spec=str(spec), path=str(folder), fingerprint=fingerprint,
+                           display_name=Path(spec.location).stem)
+    if spec.kind == "local":
+        folder = Path(spec.location)
+        return ModelSource(spec=str(spec), path=str(folder),
+                           fingerprint="local:" + folder_fingerprint(folder),
+                           display_name=folder.name)
+    folder, commit = hub_snapshot(spec.location, spec.revision, repo_type="model")
+    return ModelSource(spec=str(spec), path=str(folder),
+                       fingerprint=f"hub:{spec.location}@{commit}",
+                       display_name=spec.location.split("/")[-1]
+                       + (f"@{spec.revision}" if spec.revision else ""))
+
+
+def hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> tuple[Path, str]:
+    """A local snapshot of a hub repository and the commit it is at.
+
+    The local cache is tried first, so a revision fetched earlier works offline.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    kind = "dataset" if repo_type == "dataset" else "model"
+    try:
+        folder = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
+                                   local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        try:
+            folder = snapshot_download(repo_id, revision=revision, repo_type=repo_type)
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise TokprobError(
+                f"Cannot get the {kind} {repo_id!r}"
+                + (f" at revision {revision!r}" if revision else "")
+                + f": it is not in the local Hugging Face cache and the hub said: {reason} "
+                f"If it is a local {kind}, pass its path (it does not exist here); if it is "
+                "on the hub, check the name and revision, or download it where the hub is "
+                "reachable and pass the folder."
+            ) from None
+    folder_path = Path(folder)
+    return folder_path, folder_path.name
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Content hash of a model folder (every file but hidden ones)."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return sha256_files(files, root=folder)[:24]
+
+
+def materialize_gguf(gguf: Path, models_dir: Path) -> tuple[Path, str]:
+    """Dequantize a GGUF model once and cache it as a safetensors folder.
+
+    Returns the folder and the fingerprint (the GGUF file's hash). Later loads take a
+    fraction of a second instead of dequantizing again.
+    """
+    digest = sha256_file(gguf)
+    fingerprint = f"gguf:{digest[:24]}"
+    folder = models_dir / f"{gguf.stem}-{digest[:12]}"
+    marker = folder / SOURCE_MARKER
+    if marker.is_file() and json.loads(marker.read_text()).get("sha256") == digest:
+        return folder, fingerprint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantizing %s once (cached as safetensors in %s)", gguf.name, folder)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=models_dir, prefix=".gguf-"))
+    try:
+        with _quiet_transformers():
+            try:
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            except (ValueError, OSError, KeyError) as error:
+                raise TokprobError(
+                    f"transformers cannot read {gguf} as a GGUF causal LM ({error}). "
+                    "Check that the file is complete and its architecture is one transformers "
+                    "supports for GGUF."
+                ) from None
+            # Saving as plain safetensors needs the GGUF quantizer gone: the weights are
+            # already dequantized in memory.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
+        (scratch / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
+        shutil.rmtree(folder, ignore_errors=True)
+        scratch.rename(folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder, fingerprint
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """Load a causal LM for inference (eval mode, no gradients needed)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
+    except (ValueError, OSError, KeyError) as error:
+        raise TokprobError(
+            f"transformers cannot load a causal LM from {path} ({error}). tokprob needs a "
+            "model with a language-modelling head (AutoModelForCausalLM)."
+        ) from None
+    return model.to(resolve_device(device)).eval()
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    with _quiet_transformers():
+        return AutoTokenizer.from_pretrained(path)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` means CUDA when available, else CPU; an unavailable CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise TokprobError(f"Unknown --device {device!r}; use cpu, cuda, cuda:N or auto.") \
+            from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise TokprobError(f"--device {device} asks for CUDA, which this machine lacks; "
+                           "use --device cpu.")
+    return resolved
+
+
+def output_head(model) -> OutputHead:
+    """E, its bias and whether it is tied to the input embeddings."""
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise TokprobError(
+            f"{type(model).__name__} has no linear output embedding (LM head); tokprob "
+            "analyses causal LMs whose logits are hidden @ E.T (+ b)."
+        )
+    inputs = model.get_input_embeddings()
+    tied = inputs is not None and inputs.weight.data_ptr() == head.weight.data_ptr()
+    bias = getattr(head, "bias", None)
+    return OutputHead(weight=head.weight.detach(),
+                      bias=None if bias is None else bias.detach(), tied=tied)
+
+
+def final_hidden_states(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The last layer's hidden states after the final norm: (batch, positions, d)."""
+    return model.base_model(input_ids=input_ids).last_hidden_state
+
+
+def head_logits(hidden: torch.Tensor, head: OutputHead) -> torch.Tensor:
+    """float32 logits hidden @ E.T + b, in the model's dtype until the upcast."""
+    logits = hidden @ head.weight.T
+    if head.bias is not None:
+        logits = logits + head.bias
+    return logits.float()
+
+
+def check_head(model, head: OutputHead, vocab_size: int) -> None:
+    """Fail unless logits rebuilt from final hidden states and E equal the model's.
+
+    tokprob's stages rely on logits = h @ E.T + b; a model that scales or caps its logits
+    after the head would make every stage silently wrong.
+    """
+    device = head.weight.device
+    probe = torch.arange(min(8, vocab_size), device=device).unsqueeze(0)
+    with torch.inference_mode():
+        expected = model(input_ids=probe).logits.float()
+        rebuilt = head_logits(final_hidden_states(model, probe), head)
+    if not torch.isfinite(expected).all():
+        raise TokprobError(
+            "The model's logits contain NaN or infinity on a short probe input. The weights "
+            "are likely damaged, or the dtype overflows (try --dtype float32)."
+        )
+    tolerance = 1e-3 if head.weight.dtype == torch.float32 else 5e-2
+    scale = expected.abs().max().clamp_min(1.0)
+    if (expected - rebuilt).abs().max() > tolerance * scale:
+        raise TokprobError(
+            f"{type(model).__name__} does not compute its logits as final hidden states @ "
+            "E.T (+ bias): it transforms them after the head (scaling or soft-capping). "
+            "tokprob's analysis assumes a plain linear LM head."
+        )
+
+
+class _quiet_transformers:
+    """Silence transformers' progress bars and advisory warnings while loading."""
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._verbosity = hf_logging.get_verbosity()
+        self._bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: object) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._verbosity)
+        if self._bars:
+            hf_logging.enable_progress_bar()

@@ -1,0 +1,100 @@
+"""PNG figures of the encoding analysis (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+DPI = 120
+
+
+def alpha_percentile(alpha: np.ndarray) -> np.ndarray:
+    """Percentile (0–100) of each token's α among all tokens."""
+    return 100.0 * (rankdata(alpha) - 1) / max(len(alpha) - 1, 1)
+
+
+def pca_scatter(scores: np.ndarray, percentile: np.ndarray, title: str, path: Path) -> None:
+    """The paper's Figure 1: first two principal components coloured by α percentile."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    order = np.argsort(percentile)  # draw frequent tokens last, on top
+    points = ax.scatter(scores[order, 0], scores[order, 1], c=percentile[order], s=2,
+                        cmap="viridis", rasterized=True, linewidths=0)
+    fig.colorbar(points, ax=ax, label="percentile of α")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def abs_t_sorted(dimensions: pd.DataFrame, threshold: float, title: str, path: Path) -> None:
+    """|t| of every dimension, sorted, against the Bonferroni threshold."""
+    values = np.sort(np.nan_to_num(dimensions["abs_t"].to_numpy()))[::-1]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(np.arange(1, len(values) + 1), values, lw=1.5)
+    ax.axhline(threshold, color="tab:red", ls="--", lw=1, label="Bonferroni threshold")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("dimension rank by |t|")
+    ax.set_ylabel("|t|")
+    ax.set_title(title)
+    ax.legend()
+    _save(fig, path)
+
+
+def topk_adj_r2(curves: pd.DataFrame, full_adj_r2: float, title: str, path: Path) -> None:
+    """Adjusted R² against k for the top-k dimensions (by |t|) and components."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    labels = {"dimensions": "top-k dimensions by |t|", "components": "top-k principal components"}
+    for basis, curve in curves.groupby("basis", sort=False):
+        ax.plot(curve["k"], curve["adj_r2"], marker="o", ms=3, label=labels.get(basis, basis))
+    ax.axhline(full_adj_r2, color="grey", ls=":", lw=1, label="all dimensions")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("adjusted R²")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, r2: float, title: str,
+                        path: Path) -> None:
+    """Predicted against actual −log α, one point per token (hexbin density)."""
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    cells = ax.hexbin(actual, predicted, gridsize=80, bins="log", cmap="magma_r", mincnt=1)
+    fig.colorbar(cells, ax=ax, label="tokens (log)")
+    low, high = np.percentile(np.concatenate([actual, predicted]), [0.1, 99.9])
+    ax.plot([low, high], [low, high], color="tab:blue", lw=1)
+    ax.set_xlabel("actual −log α")
+    ax.set_ylabel("predicted −log α")
+    ax.set_title(f"{title}\nR² = {r2:.3f}")
+    _save(fig, path)
+
+
+def component_correlations(components: pd.DataFrame, title: str, path: Path,
+                           shown: int = 64) -> None:
+    """|r| with −log α and explained variance of the leading components."""
+    head = components.head(shown)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.bar(head["component"] + 1, head["r"].abs(), color="tab:blue", label="|r| with −log α")
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("|r|")
+    twin = ax.twinx()
+    twin.plot(head["component"] + 1, head["explained_variance_ratio"], color="tab:orange",
+              lw=1.5, label="explained variance ratio")
+    twin.set_ylabel("explained variance ratio")
+    ax.set_title(title)
+    fig.legend(loc="upper right", bbox_to_anchor=(0.88, 0.88))
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    plt.close(fig)

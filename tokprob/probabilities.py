@@ -1,0 +1,112 @@
+"""Averaged output token probabilities α over a detecting dataset (paper §2.1, SPEC §1.1).
+
+    α_w = (1/|X|) Σ_{x∈X} P_θ(w | x)        for every token w
+
+streamed batch by batch: softmax rows are summed in float32 per chunk of positions and
+accumulated in float64, so memory is O(|V|) plus one chunk of logits, whatever the
+number of tokens. The empirical next-token counts of the same windows come along.
+
+    result = averaged_probabilities(model, output_head(model), windows, batch_size=8)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tokprob.errors import TokprobError
+from tokprob.models import OutputHead, final_hidden_states, head_logits
+from tokprob.progress import Progress
+
+MAX_LOGIT_ELEMENTS = 1 << 26
+"""Logits computed at once (256 MB in float32): bounds memory for any vocabulary."""
+
+
+@dataclass(frozen=True)
+class AlphaResult:
+    alpha: np.ndarray
+    """(vocab,) float64 averaged probability of every token."""
+    counts: np.ndarray
+    """(vocab,) int64 occurrences of each token as the next token within the windows."""
+    n_positions: int
+    """|X|: positions averaged over."""
+    nll_sum: float
+    """Σ −log P(next token) over the positions that have a next token."""
+    n_predictions: int
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / max(self.n_predictions, 1)
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.mean_nll))
+
+
+def batches(windows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(windows), batch_size):
+        yield windows[start:start + batch_size]
+
+
+def averaged_probabilities(
+    model,
+    head: OutputHead,
+    windows: np.ndarray,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> AlphaResult:
+    """α, counts and the mean next-token NLL over every position of `windows`."""
+    device = head.weight.device
+    vocab = head.vocab_size
+    total = torch.zeros(vocab, dtype=torch.float64, device=device)
+    nll_sum = 0.0
+    with torch.inference_mode():
+        for batch in batches(windows, batch_size):
+            ids = torch.as_tensor(batch, dtype=torch.long, device=device)
+            hidden = final_hidden_states(model, ids)
+            targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], dim=1)
+            batch_sum, batch_nll = _softmax_sums(hidden.reshape(-1, hidden.shape[-1]),
+                                                 targets.reshape(-1), head)
+            if not torch.isfinite(batch_sum).all():
+                raise TokprobError(
+                    "The model's logits contain NaN or infinity on this corpus, so its "
+                    "probabilities are undefined. The weights may be damaged, or the dtype "
+                    "overflows: try --dtype float32."
+                )
+            total += batch_sum
+            nll_sum += batch_nll
+            if progress is not None:
+                progress.update(batch.size)
+    n_positions = int(windows.size)
+    counts = np.bincount(windows[:, 1:].reshape(-1), minlength=vocab).astype(np.int64)
+    return AlphaResult(
+        alpha=(total / n_positions).cpu().numpy(),
+        counts=counts,
+        n_positions=n_positions,
+        nll_sum=nll_sum,
+        n_predictions=int(windows.shape[0] * (windows.shape[1] - 1)),
+    )
+
+
+def _softmax_sums(hidden: torch.Tensor, targets: torch.Tensor,
+                  head: OutputHead) -> tuple[torch.Tensor, float]:
+    """Σ over rows of softmax(hidden @ E.T + b) in float64, and Σ −log p(target).
+
+    hidden: (rows, d); targets: (rows,), −1 where a row has no next token.
+    """
+    rows_per_chunk = max(1, MAX_LOGIT_ELEMENTS // head.vocab_size)
+    total = torch.zeros(head.vocab_size, dtype=torch.float64, device=hidden.device)
+    nll = 0.0
+    for start in range(0, hidden.shape[0], rows_per_chunk):
+        probs = torch.softmax(head_logits(hidden[start:start + rows_per_chunk], head), dim=-1)
+        # A float32 sum over one chunk (≤ a few thousand rows) loses nothing measurable;
+        # the running total across chunks is float64.
+        total += probs.sum(dim=0).double()
+        chunk_targets = targets[start:start + rows_per_chunk]
+        has_next = chunk_targets >= 0
+        picked = probs[has_next].gather(1, chunk_targets[has_next].unsqueeze(1))
+        nll -= float(torch.log(picked.double().clamp_min(1e-300)).sum())
+    return total, nll

@@ -1,0 +1,63 @@
+"""Progress of long loops: a live bar on a terminal, sparse log lines everywhere else.
+
+Log lines go to the `tokprob` logger at most every `log_every` seconds, so a Prefect run
+log gets a handful of lines, not one per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("tokprob")
+
+
+class Progress:
+    """Counts work done towards a known total."""
+
+    def __init__(self, total: int, description: str, unit: str = "tokens",
+                 log_every: float = 30.0) -> None:
+        self.total = total
+        self.description = description
+        self.unit = unit
+        self.log_every = log_every
+        self.done = 0
+        self.started = time.monotonic()
+        self._last_log = self.started
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=description, unit=unit, unit_scale=True,
+                             mininterval=0.5, leave=False, file=sys.stderr)
+
+    def update(self, amount: int) -> None:
+        self.done += amount
+        if self._bar is not None:
+            self._bar.update(amount)
+        now = time.monotonic()
+        if now - self._last_log >= self.log_every and self.done < self.total:
+            self._last_log = now
+            log.info("%s: %s", self.description, self._status(now))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        log.info("%s: done, %s", self.description, self._status(time.monotonic()))
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def rate(self) -> float:
+        """Units per second so far."""
+        return self.done / max(time.monotonic() - self.started, 1e-9)
+
+    def _status(self, now: float) -> str:
+        share = 100.0 * self.done / self.total if self.total else 100.0
+        rate = self.done / max(now - self.started, 1e-9)
+        return f"{self.done:,}/{self.total:,} {self.unit} ({share:.0f}%, {rate:,.0f} {self.unit}/s)"

@@ -1,0 +1,251 @@
+"""The log-linear encoding: OLS of −log α on the output embeddings (paper §2.1, SPEC §1.2).
+
+    −log α_w ≈ A · E_w + B      one sample per token, the d columns of E as regressors
+
+`fit_ols` is a closed-form float64 solver for real sizes (|V| up to ~262k, d up to
+~4096): it streams X in row chunks into the centred Gram matrix (never a float64 copy of
+X), solves the column-scaled normal equations by Cholesky and refines the solution with
+residual passes, which brings it to the accuracy of a QR solve. `fit_ols_statsmodels`
+is the reference it is tested against.
+
+    result = fit_ols(E, -np.log(alpha))
+    result.adj_r2, result.table()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+from scipy import stats
+from scipy.linalg.blas import dsyrk
+
+CHUNK_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class CenteredGram:
+    """Sufficient statistics of a least-squares fit with intercept."""
+
+    n: int
+    mean_x: np.ndarray
+    """(k,) column means."""
+    mean_y: float
+    gram: np.ndarray
+    """(k, k) Σ (x − x̄)(x − x̄)ᵀ."""
+    cross: np.ndarray
+    """(k,) Σ (x − x̄)(y − ȳ)."""
+    tss: float
+    """Σ (y − ȳ)²."""
+
+    @classmethod
+    def compute(cls, x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> CenteredGram:
+        n, k = x.shape
+        mean_x = np.zeros(k)
+        for chunk in _chunks(x, chunk_rows):
+            mean_x += chunk.sum(axis=0, dtype=np.float64)
+        mean_x /= n
+        y = np.asarray(y, dtype=np.float64)
+        mean_y = float(y.mean())
+        gram = np.zeros((k, k), order="F")
+        cross = np.zeros(k)
+        for start, chunk in _chunks(x, chunk_rows, with_start=True):
+            centred = chunk.astype(np.float64) - mean_x
+            # Half the flops of centred.T @ centred: only the lower triangle is formed.
+            gram = dsyrk(1.0, centred.T, beta=1.0, c=gram, lower=1, overwrite_c=1)
+            cross += centred.T @ (y[start:start + len(chunk)] - mean_y)
+        gram = np.tril(gram) + np.tril(gram, -1).T
+        return cls(n=n, mean_x=mean_x, mean_y=mean_y, gram=gram, cross=cross,
+                   tss=float(((y - mean_y) ** 2).sum()))
+
+    def r2_of(self, columns: np.ndarray) -> float:
+        """R² of the least-squares fit on a subset of the columns (plus intercept)."""
+        columns = np.asarray(columns)
+        if len(columns) == 0 or self.tss == 0:
+            return 0.0
+        solve = _Solver(self.gram[np.ix_(columns, columns)])
+        beta = solve(self.cross[columns])
+        return float(self.cross[columns] @ beta / self.tss)
+
+
+def adjusted_r2(r2: float, n: int, k: int) -> float:
+    """R² adjusted for k regressors (plus intercept) on n samples."""
+    return float(1.0 - (1.0 - r2) * (n - 1) / (n - k - 1))
+
+
+@dataclass(frozen=True)
+class OLSResult:
+    """An OLS fit with intercept, with the statistics statsmodels reports."""
+
+    n: int
+    k: int
+    """Regressors, not counting the intercept."""
+    rank: int
+    """Regressors that carry information (constant columns are dropped)."""
+    intercept: float
+    intercept_std_err: float
+    slope: np.ndarray
+    """(k,) A; 0 for a constant column."""
+    std_err: np.ndarray
+    """(k,) standard errors; NaN for a constant column."""
+    t: np.ndarray
+    p: np.ndarray
+    """Two-sided p-values of t with n − rank − 1 degrees of freedom."""
+    r2: float
+    adj_r2: float
+    f_stat: float
+    f_pvalue: float
+    rss: float
+    df_resid: int
+    fitted: np.ndarray
+    """(n,) predicted y."""
+    gram: CenteredGram
+    """The sufficient statistics the fit was solved from (reused by sparsity and PCA)."""
+
+    def table(self) -> pd.DataFrame:
+        """One row per dimension: dim, slope, std_err, t, p."""
+        return pd.DataFrame({
+            "dim": np.arange(self.k, dtype=np.int32),
+            "slope": self.slope,
+            "std_err": self.std_err,
+            "t": self.t,
+            "p": self.p,
+        })
+
+    def statistics(self) -> dict[str, float | int]:
+        return {
+            "n": self.n, "k": self.k, "rank": self.rank, "r2": self.r2,
+            "adj_r2": self.adj_r2, "f_stat": self.f_stat, "f_pvalue": self.f_pvalue,
+            "rss": self.rss, "df_resid": self.df_resid, "intercept": self.intercept,
+            "intercept_std_err": self.intercept_std_err,
+        }
+
+
+def fit_ols(x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS,
+            refinements: int = 2) -> OLSResult:
+    """OLS of y on the columns of x plus an intercept, in float64.
+
+    x: (n, k), any float dtype (read in row chunks); y: (n,).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n, k = x.shape
+    if n <= k + 1:
+        raise ValueError(f"OLS needs more samples than regressors + 1 (n={n}, k={k}).")
+    g = CenteredGram.compute(x, y, chunk_rows)
+    scale = np.sqrt(np.diag(g.gram))
+    keep = scale > scale.max() * 1e-12 if scale.max() > 0 else np.zeros(k, bool)
+    s = scale[keep]
+    # Scaling to unit column norm makes the system's conditioning that of the
+    # correlation matrix, not of the raw embedding scales.
+    solve = _Solver(g.gram[np.ix_(keep, keep)] / np.outer(s, s))
+    beta = solve(g.cross[keep] / s) / s
+    for _ in range(refinements):
+        residual = _residuals(x, y, g, keep, beta, chunk_rows)
+        correction = np.zeros(int(keep.sum()))
+        for start, chunk in _chunks(x, chunk_rows, with_start=True):
+            centred = chunk[:, keep].astype(np.float64) - g.mean_x[keep]
+            correction += centred.T @ residual[start:start + len(chunk)]
+        beta = beta + solve(correction / s) / s
+    residual = _residuals(x, y, g, keep, beta, chunk_rows)
+    rank = solve.rank
+    df_resid = n - rank - 1
+    rss = float(residual @ residual)
+    sigma2 = rss / df_resid
+    slope = np.zeros(k)
+    slope[keep] = beta
+    std_err = np.full(k, np.nan)
+    std_err[keep] = np.sqrt(sigma2 * solve.inverse_diagonal()) / s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(keep, slope / std_err, np.nan)
+    p = 2.0 * stats.t.sf(np.abs(t), df_resid)
+    intercept = g.mean_y - float(g.mean_x[keep] @ beta)
+    mean_term = solve(g.mean_x[keep] / s) @ (g.mean_x[keep] / s)
+    r2 = 1.0 - rss / g.tss
+    f_stat = (r2 / rank) / ((1.0 - r2) / df_resid) if rank else np.nan
+    return OLSResult(
+        n=n, k=k, rank=rank, intercept=intercept,
+        intercept_std_err=float(np.sqrt(sigma2 * (1.0 / n + mean_term))),
+        slope=slope, std_err=std_err, t=t, p=p, r2=r2, adj_r2=adjusted_r2(r2, n, rank),
+        f_stat=float(f_stat), f_pvalue=float(stats.f.sf(f_stat, rank, df_resid)),
+        rss=rss, df_resid=df_resid, fitted=y - residual, gram=g,
+    )
+
+
+def encoding_target(alpha: np.ndarray, counts: np.ndarray, target: str) -> np.ndarray:
+    """y of the regression: −log α, or −log of the add-one smoothed next-token frequency."""
+    if target == "frequency":
+        return -np.log((counts + 1.0) / (counts.sum() + len(counts)))
+    with np.errstate(divide="ignore"):
+        return -np.log(alpha)
+
+
+def fit_ols_statsmodels(x: np.ndarray, y: np.ndarray) -> OLSResult:
+    """The same fit by statsmodels OLS (pseudo-inverse): the reference."""
+    import statsmodels.api as sm
+
+    x = np.asarray(x, dtype=np.float64)
+    fit = sm.OLS(np.asarray(y, dtype=np.float64), sm.add_constant(x, has_constant="add")).fit()
+    constant = x.std(axis=0) == 0
+    std_err = np.where(constant, np.nan, fit.bse[1:])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(constant, np.nan, fit.tvalues[1:])
+    rank = int(fit.df_model)
+    return OLSResult(
+        n=int(fit.nobs), k=x.shape[1], rank=rank, intercept=float(fit.params[0]),
+        intercept_std_err=float(fit.bse[0]), slope=np.where(constant, 0.0, fit.params[1:]),
+        std_err=std_err, t=t, p=np.where(constant, np.nan, fit.pvalues[1:]),
+        r2=float(fit.rsquared), adj_r2=float(fit.rsquared_adj), f_stat=float(fit.fvalue),
+        f_pvalue=float(fit.f_pvalue), rss=float(fit.ssr), df_resid=int(fit.df_resid),
+        fitted=np.asarray(fit.fittedvalues), gram=CenteredGram.compute(x, y),
+    )
+
+
+class _Solver:
+    """Solves with a symmetric positive semi-definite matrix: Cholesky, or an
+    eigen-decomposition pseudo-inverse when the matrix is singular."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.size = matrix.shape[0]
+        self._cholesky = None
+        self._eigen = None
+        try:
+            self._cholesky = scipy.linalg.cho_factor(matrix, lower=True, check_finite=False)
+            self.rank = self.size
+        except np.linalg.LinAlgError:
+            values, vectors = np.linalg.eigh(matrix)
+            keep = values > values.max() * self.size * np.finfo(float).eps
+            self._eigen = (values[keep], vectors[:, keep])
+            self.rank = int(keep.sum())
+
+    def __call__(self, rhs: np.ndarray) -> np.ndarray:
+        if self._cholesky is not None:
+            return scipy.linalg.cho_solve(self._cholesky, rhs, check_finite=False)
+        values, vectors = self._eigen  # type: ignore[misc]
+        return vectors @ ((vectors.T @ rhs) / values)
+
+    def inverse_diagonal(self) -> np.ndarray:
+        if self._cholesky is not None:
+            lower = np.tril(self._cholesky[0])
+            inverse = scipy.linalg.solve_triangular(lower, np.eye(self.size), lower=True,
+                                                    check_finite=False)
+            return (inverse**2).sum(axis=0)
+        values, vectors = self._eigen  # type: ignore[misc]
+        return (vectors**2 / values).sum(axis=1)
+
+
+def _residuals(x: np.ndarray, y: np.ndarray, g: CenteredGram, keep: np.ndarray,
+               beta: np.ndarray, chunk_rows: int) -> np.ndarray:
+    residual = np.empty(len(y))
+    for start, chunk in _chunks(x, chunk_rows, with_start=True):
+        centred = chunk[:, keep].astype(np.float64) - g.mean_x[keep]
+        stop = start + len(chunk)
+        residual[start:stop] = (y[start:stop] - g.mean_y) - centred @ beta
+    return residual
+
+
+def _chunks(x: np.ndarray, rows: int, with_start: bool = False):
+    for start in range(0, x.shape[0], rows):
+        chunk = x[start:start + rows]
+        yield (start, chunk) if with_start else chunk

@@ -1,0 +1,72 @@
+"""Human-readable summaries of an encoding run: terminal text and Markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+
+def regression_markdown(statistics: dict[str, Any], table: pd.DataFrame, top: int = 10) -> str:
+    """The fit's statistics and its most salient dimensions, as Markdown."""
+    strongest = table.assign(abs_t=table["t"].abs()).nlargest(top, "abs_t")
+    lines = [
+        f"**R²** {statistics['r2']:.4f} · **adjusted R²** {statistics['adj_r2']:.4f} · "
+        f"**F** {statistics['f_stat']:.1f} (p = {statistics['f_pvalue']:.3g}) · "
+        f"n = {statistics['n']:,} tokens, d = {statistics['k']}",
+        "",
+        f"Target: −log {'α' if statistics.get('target', 'alpha') == 'alpha' else 'frequency'}",
+        "",
+        "| dim | slope | std err | t | p |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in strongest.itertuples():
+        lines.append(f"| {row.dim} | {row.slope:.4g} | {row.std_err:.3g} | {row.t:.2f} "
+                     f"| {row.p:.3g} |")
+    return "\n".join(lines)
+
+
+def encoding_text(result: dict[str, Any]) -> str:
+    """The summary printed at the end of `tokprob run encoding`."""
+    cached = sum(1 for state in result["stages"].values() if state == "cached")
+    lines = [
+        f"tokprob encoding: {result['model']} on {result['dataset']}",
+        f"  α over {result['n_tokens']:,} tokens ({result['n_windows']} windows of "
+        f"{result['window']}), perplexity {result['perplexity']:.2f}",
+        f"  vocabulary {result['vocab_size']:,} · hidden size {result['hidden_size']} · "
+        f"tied embeddings: {'yes' if result['tied'] else 'no'}",
+        f"  −log α ~ E:  R² {result['r2']:.4f}   adjusted R² {result['adj_r2']:.4f}   "
+        f"F {result['f_stat']:.1f}",
+        f"  sparsity: {result['significant_dims']} of {result['hidden_size']} dimensions "
+        f"Bonferroni-significant; {result['k_dims_90pct']} dimensions (by |t|) and "
+        f"{result['k_components_90pct']} principal components reach 90% of the adjusted R²",
+        f"  PC1 r = {result['pc1_r']:.3f}, PC2 r = {result['pc2_r']:.3f} with −log α",
+        f"  stages: {cached} of {len(result['stages'])} from cache",
+        "  plots:",
+        *(f"    {path}" for path in result["plots"].values()),
+        "  artifacts:",
+        *(f"    {stage:<14}{path}" for stage, path in result["artifacts"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def encoding_markdown(result: dict[str, Any]) -> str:
+    """The same summary as a Markdown artifact for the Prefect UI."""
+    rows = [
+        ("model", result["model"]), ("dataset", result["dataset"]),
+        ("tokens", f"{result['n_tokens']:,}"), ("perplexity", f"{result['perplexity']:.2f}"),
+        ("vocabulary", f"{result['vocab_size']:,}"), ("hidden size", result["hidden_size"]),
+        ("tied", result["tied"]), ("R²", f"{result['r2']:.4f}"),
+        ("adjusted R²", f"{result['adj_r2']:.4f}"),
+        ("significant dimensions", f"{result['significant_dims']} / {result['hidden_size']}"),
+        ("dims for 90% of adj. R²", result["k_dims_90pct"]),
+        ("PCs for 90% of adj. R²", result["k_components_90pct"]),
+        ("PC1 r", f"{result['pc1_r']:.3f}"),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    stages = "\n".join(f"| {stage} | {state} | `{result['artifacts'].get(stage, '')}` |"
+                       for stage, state in result["stages"].items())
+    plots = "\n".join(f"- `{path}`" for path in result["plots"].values())
+    return (f"# Encoding: {result['model']} on {result['dataset']}\n\n"
+            f"| | |\n|---|---|\n{table}\n\n## Stages\n\n| stage | state | artifact |\n"
+            f"|---|---|---|\n{stages}\n\n## Plots\n\n{plots}\n")

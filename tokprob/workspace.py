@@ -1,0 +1,57 @@
+"""Where tokprob keeps its artifacts, model caches and downloads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+"""The repository's `data/` folder; `TOKPROB_DATA` or `--data-dir` move it."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The artifact store's root folder and the fixed layout below it."""
+
+    data_dir: str
+    """Absolute path of the store's root."""
+
+    @classmethod
+    def from_env(cls, data_dir: str | os.PathLike[str] | None = None) -> Workspace:
+        """The workspace at `data_dir`, else `$TOKPROB_DATA`, else the repository's `data/`."""
+        chosen = data_dir or os.environ.get("TOKPROB_DATA") or DEFAULT_DATA_DIR
+        return cls(str(Path(chosen).expanduser().resolve()))
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def artifacts(self) -> Path:
+        """Stage outputs: `artifacts/<stage>/<key>/`."""
+        return self.root / "artifacts"
+
+    @property
+    def models(self) -> Path:
+        """Models converted once for fast reloading (GGUF dequantized to safetensors)."""
+        return self.root / "models"
+
+    @property
+    def downloads(self) -> Path:
+        """Checksummed PyPI archives of the built-in model and corpora, and their contents."""
+        return self.root / "downloads"
+
+    @property
+    def prefect_results(self) -> Path:
+        """Prefect's persisted task results (small artifact references)."""
+        return self.root / "prefect-results"
+
+    @property
+    def prefect_home(self) -> Path:
+        """Default PREFECT_HOME: the temporary server's database and settings."""
+        return self.root / "prefect"
+
+    @property
+    def hf_datasets_cache(self) -> Path:
+        return self.root / "hf-datasets"
