@@ -58,7 +58,7 @@ def encoding(
 ) -> dict[str, Any]:
     """How the model encodes output probabilities in its output embeddings."""
     workspace = Workspace.from_env(data_dir)
-    stage = StageRunner(refresh or [], STAGES)
+    stage = StageRunner(workspace, refresh or [], STAGES)
     source = model_source(workspace, model)
     text = corpus_source(workspace, dataset, split, text_column)
 

@@ -7,7 +7,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokprob.regression import CenteredGram
 from tokprob.store import ArtifactRef
 
 EMBEDDINGS_FILE = "embeddings.parquet"
@@ -46,26 +45,3 @@ def read_probabilities(ref: ArtifactRef) -> pd.DataFrame:
 def read_table(ref: ArtifactRef, name: str) -> pd.DataFrame:
     return pq.read_table(ref.file(name)).to_pandas()
 
-
-GRAM_FILE = "gram.parquet"
-
-
-def gram_table(gram: CenteredGram) -> pa.Table:
-    """The centred Gram statistics; the scalars ride in the schema metadata."""
-    columns = {"mean_x": gram.mean_x, "cross": gram.cross}
-    columns |= {f"g{j}": gram.gram[:, j] for j in range(gram.gram.shape[1])}
-    table = pa.table(columns)
-    scalars = {"n": str(gram.n), "mean_y": repr(gram.mean_y), "tss": repr(gram.tss)}
-    return table.replace_schema_metadata(scalars)
-
-
-def read_gram(ref: ArtifactRef) -> CenteredGram:
-    table = pq.read_table(ref.file(GRAM_FILE))
-    scalars = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
-    k = table.num_rows
-    matrix = np.empty((k, k))
-    for j in range(k):
-        matrix[:, j] = table.column(f"g{j}").to_numpy()
-    return CenteredGram(n=int(scalars["n"]), mean_x=table.column("mean_x").to_numpy(),
-                        mean_y=float(scalars["mean_y"]), gram=matrix,
-                        cross=table.column("cross").to_numpy(), tss=float(scalars["tss"]))

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from tasks._io import read_embeddings, read_gram, read_table
+from tasks._io import read_embeddings, read_table
 from tasks._stage import publish_table, register, run_stage
-from tasks.regression import FITTED_FILE
+from tasks.regression import FITTED_FILE, read_gram
 from tokprob.pca import pca_from_gram
-from tokprob.sparsity import smallest_k_reaching
+from tokprob.sparsity import adj_r2_at, smallest_k_reaching
 from tokprob.store import ArtifactRef
 from tokprob.workspace import Workspace
 
@@ -44,6 +44,7 @@ def pca(workspace: Workspace, regression: ArtifactRef, embeddings: ArtifactRef,
             max_r_component=int(np.argmax(result.correlation)),
             max_r=float(result.correlation.max()),
             k_for_90pct_adj_r2=smallest_k_reaching(curve, 0.9),
+            topk_adj_r2=adj_r2_at(curve),
         )
         publish_table(STAGE, out, components.head(16).to_dict("records"),
                       "Leading principal components of E: variance and r with −log α")

@@ -6,13 +6,15 @@ import logging
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import task
 
-from tasks._io import GRAM_FILE, gram_table, read_embeddings, read_probabilities
+from tasks._io import read_embeddings, read_probabilities
 from tasks._stage import publish_markdown, register, run_stage
 from tokprob.config import RegressionConfig
 from tokprob.errors import TokprobError
-from tokprob.regression import encoding_target, fit_ols, fit_ols_statsmodels
+from tokprob.regression import CenteredGram, encoding_target, fit_ols, fit_ols_statsmodels
 from tokprob.store import ArtifactRef
 from tokprob.summary import regression_markdown
 from tokprob.workspace import Workspace
@@ -20,6 +22,7 @@ from tokprob.workspace import Workspace
 STAGE = "regression"
 REGRESSION_FILE = "regression.parquet"
 FITTED_FILE = "fitted.parquet"
+GRAM_FILE = "gram.parquet"
 log = logging.getLogger("tokprob")
 
 
@@ -59,3 +62,24 @@ def regression(workspace: Workspace, probabilities: ArtifactRef, embeddings: Art
     return run_stage(STAGE, workspace, {"probabilities": probabilities,
                                         "embeddings": embeddings, "config": config},
                      compute, force)
+
+
+def gram_table(gram: CenteredGram) -> pa.Table:
+    """The centred Gram statistics; the scalars ride in the schema metadata."""
+    columns = {"mean_x": gram.mean_x, "cross": gram.cross}
+    columns |= {f"g{j}": gram.gram[:, j] for j in range(gram.gram.shape[1])}
+    table = pa.table(columns)
+    scalars = {"n": str(gram.n), "mean_y": repr(gram.mean_y), "tss": repr(gram.tss)}
+    return table.replace_schema_metadata(scalars)
+
+
+def read_gram(ref: ArtifactRef) -> CenteredGram:
+    table = pq.read_table(ref.file(GRAM_FILE))
+    scalars = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    k = table.num_rows
+    matrix = np.empty((k, k))
+    for j in range(k):
+        matrix[:, j] = table.column(f"g{j}").to_numpy()
+    return CenteredGram(n=int(scalars["n"]), mean_x=table.column("mean_x").to_numpy(),
+                        mean_y=float(scalars["mean_y"]), gram=matrix,
+                        cross=table.column("cross").to_numpy(), tss=float(scalars["tss"]))

@@ -8,19 +8,26 @@ from prefect import Task
 
 from tokprob.errors import TokprobError
 from tokprob.store import ArtifactRef
+from tokprob.workspace import Workspace
 
 
 class StageRunner:
     """Runs stage tasks in order, forcing the stages named in `refresh` and every stage
-    downstream of a forced one, and records whether each came from Prefect's cache."""
+    downstream of a forced one, and records whether each came from Prefect's cache.
 
-    def __init__(self, refresh: list[str], stages: list[str]) -> None:
+    Prefect's cached results (the small references) are kept beside the artifacts they
+    point to, in the workspace, so they follow the store whichever Prefect server or
+    PREFECT_HOME runs the flow.
+    """
+
+    def __init__(self, workspace: Workspace, refresh: list[str], stages: list[str]) -> None:
         unknown = sorted(set(refresh) - set(stages))
         if unknown:
             raise TokprobError(
                 f"Unknown stage {', '.join(unknown)} to re-run; this flow's stages are "
                 f"{', '.join(stages)}."
             )
+        self.results = workspace.prefect_results
         self.refresh = set(refresh)
         self.forced: set[str] = set()
         self.states: dict[str, str] = {}
@@ -32,7 +39,7 @@ class StageRunner:
         force = name in self.refresh or bool(upstream & self.forced)
         if force:
             self.forced.add(name)
-            stage = stage.with_options(refresh_cache=True)
+        stage = stage.with_options(result_storage=self.results, refresh_cache=force or None)
         state = stage(**arguments, force=force, return_state=True)
         ref = state.result()
         self.states[name] = "cached" if state.name == "Cached" else "computed"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from prefect import task
 
-from tasks._io import read_gram, read_table
+from tasks._io import read_table
 from tasks._stage import publish_table, register, run_stage
-from tasks.regression import REGRESSION_FILE
+from tasks.regression import REGRESSION_FILE, read_gram
 from tokprob.config import SparsityConfig
 from tokprob.sparsity import (
+    adj_r2_at,
     bonferroni_threshold,
     dimension_table,
     salience_order,
@@ -42,7 +43,7 @@ def sparsity(workspace: Workspace, regression: ArtifactRef, config: SparsityConf
             dimensions=d, significant=significant, share_significant=significant / d,
             bonferroni_abs_t=bonferroni_threshold(config.significance, d, df_resid),
             k_for_90pct_adj_r2=smallest_k_reaching(curve, 0.9),
-            top1_adj_r2=float(curve["adj_r2"].iloc[0]),
+            topk_adj_r2=adj_r2_at(curve),
         )
         publish_table(STAGE, out, curve.to_dict("records"),
                       f"Adjusted R² of the top-k dimensions by |t|; {significant} of {d} "

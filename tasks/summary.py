@@ -46,6 +46,7 @@ def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
         "f_pvalue": reg["f_pvalue"], "target": reg["target"],
         "significant_dims": sp["significant"], "share_significant": sp["share_significant"],
         "k_dims_90pct": sp["k_for_90pct_adj_r2"], "k_components_90pct": pc["k_for_90pct_adj_r2"],
+        "topk_dims_adj_r2": sp["topk_adj_r2"], "topk_components_adj_r2": pc["topk_adj_r2"],
         "pc1_r": pc["pc1_r"], "pc2_r": pc["pc2_r"],
         "stages": stages,
         "artifacts": {name: str(ref.file(MAIN_FILES[name]))

@@ -8,12 +8,14 @@ with random weights. Tests that need the real default model are marked `integrat
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Prefect reads its settings at import: keep every test session's Prefect state private
 # and quiet, before anything imports prefect.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tokprob-test-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

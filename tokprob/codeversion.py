@@ -1,7 +1,9 @@
 """The version of a stage's code: a hash of its sources and of the project modules they use.
 
 Hashing only the task function would miss edits to the library code it calls, so the
-version follows imports through the project's own packages.
+version follows imports through the project's own packages, except through the modules
+that cannot change what a stage computes (NOT_COMPUTATION): editing the artifact store or
+a progress bar must not throw away hours of cached forward passes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,22 @@ from pathlib import Path
 from tokprob.hashing import sha256_json
 
 PROJECT_PACKAGES = ("tokprob", "tasks")
+
+NOT_COMPUTATION = frozenset({
+    "tasks._stage",  # keys, the store and UI artifacts: orchestration
+    "tasks.runner",
+    "tokprob.store",
+    "tokprob.hashing",
+    "tokprob.codeversion",
+    "tokprob.progress",
+    "tokprob.errors",
+    "tokprob.workspace",
+    "tokprob.summary",  # text for people, not artifact content
+    # What a spec names is identified by content (fingerprints), not by the code that
+    # found or fetched it.
+    "tokprob.specs",
+    "tokprob.assets",
+})
 
 
 @cache
@@ -28,7 +46,7 @@ def _closure(root: str) -> set[str]:
     pending = [root]
     while pending:
         name = pending.pop()
-        if name in seen or _origin(name) is None:
+        if name in seen or _origin(name) is None or (name in NOT_COMPUTATION and name != root):
             continue
         seen.add(name)
         pending.extend(_project_imports(name))

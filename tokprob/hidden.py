@@ -55,7 +55,7 @@ def read_hidden_states(path: Path) -> HiddenStates:
     table = pq.read_table(path, columns=["target", "hidden"])
     column = table.column("hidden").combine_chunks()
     d = column.type.list_size
-    hidden = column.flatten().to_numpy().reshape(-1, d)
+    hidden = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).copy()
     return HiddenStates(hidden=hidden, targets=table.column("target").to_numpy())
 
 

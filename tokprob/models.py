@@ -135,13 +135,15 @@ def materialize_gguf(gguf: Path, models_dir: Path) -> tuple[Path, str]:
     Returns the folder and the fingerprint (the GGUF file's hash). Later loads take a
     fraction of a second instead of dequantizing again.
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, __version__
+
     digest = sha256_file(gguf)
-    fingerprint = f"gguf:{digest[:24]}"
-    folder = models_dir / f"{gguf.stem}-{digest[:12]}"
+    # transformers does the dequantization, so its version is part of what the weights are.
+    fingerprint = f"gguf:{digest[:24]}:transformers-{__version__}"
+    folder = models_dir / f"{gguf.stem}-{digest[:12]}-transformers-{__version__}"
     marker = folder / SOURCE_MARKER
     if marker.is_file() and json.loads(marker.read_text()).get("sha256") == digest:
         return folder, fingerprint
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("dequantizing %s once (cached as safetensors in %s)", gguf.name, folder)
     models_dir.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,7 @@ class OLSResult:
 
 
 def fit_ols(x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS,
-            refinements: int = 2) -> OLSResult:
+            refinements: int = 1) -> OLSResult:
     """OLS of y on the columns of x plus an intercept, in float64.
 
     x: (n, k), any float dtype (read in row chunks); y: (n,).
@@ -141,14 +141,12 @@ def fit_ols(x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS,
     # correlation matrix, not of the raw embedding scales.
     solve = _Solver(g.gram[np.ix_(keep, keep)] / np.outer(s, s))
     beta = solve(g.cross[keep] / s) / s
+    residual, correction = _residual_pass(x, y, g, keep, beta, chunk_rows)
     for _ in range(refinements):
-        residual = _residuals(x, y, g, keep, beta, chunk_rows)
-        correction = np.zeros(int(keep.sum()))
-        for start, chunk in _chunks(x, chunk_rows, with_start=True):
-            centred = chunk[:, keep].astype(np.float64) - g.mean_x[keep]
-            correction += centred.T @ residual[start:start + len(chunk)]
+        # Iterative refinement: solve for the normal-equation residual of the current
+        # beta, which recovers the accuracy the squared conditioning of X'X costs.
         beta = beta + solve(correction / s) / s
-    residual = _residuals(x, y, g, keep, beta, chunk_rows)
+        residual, correction = _residual_pass(x, y, g, keep, beta, chunk_rows)
     rank = solve.rank
     df_resid = n - rank - 1
     rss = float(residual @ residual)
@@ -235,14 +233,17 @@ class _Solver:
         return (vectors**2 / values).sum(axis=1)
 
 
-def _residuals(x: np.ndarray, y: np.ndarray, g: CenteredGram, keep: np.ndarray,
-               beta: np.ndarray, chunk_rows: int) -> np.ndarray:
+def _residual_pass(x: np.ndarray, y: np.ndarray, g: CenteredGram, keep: np.ndarray,
+                   beta: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals of beta and the normal-equation residual Σ (x − x̄) r, in one pass."""
     residual = np.empty(len(y))
+    correction = np.zeros(len(beta))
     for start, chunk in _chunks(x, chunk_rows, with_start=True):
         centred = chunk[:, keep].astype(np.float64) - g.mean_x[keep]
         stop = start + len(chunk)
         residual[start:stop] = (y[start:stop] - g.mean_y) - centred @ beta
-    return residual
+        correction += centred.T @ residual[start:stop]
+    return residual, correction
 
 
 def _chunks(x: np.ndarray, rows: int, with_start: bool = False):

@@ -62,6 +62,12 @@ def topk_curve(gram: CenteredGram, order: np.ndarray, basis: str = "dimensions")
     return pd.DataFrame(rows)
 
 
+def adj_r2_at(curve: pd.DataFrame, ks: tuple[int, ...] = (1, 4, 16)) -> dict[str, float]:
+    """Adjusted R² of the curve at a few k (as JSON-friendly string keys)."""
+    values = dict(zip(curve["k"], curve["adj_r2"], strict=True))
+    return {str(k): float(values[k]) for k in ks if k in values}
+
+
 def smallest_k_reaching(curve: pd.DataFrame, share: float) -> int:
     """The smallest k on the curve whose adjusted R² reaches `share` of the last one."""
     target = share * float(curve["adj_r2"].iloc[-1])

@@ -38,9 +38,11 @@ def encoding_text(result: dict[str, Any]) -> str:
         f"  −log α ~ E:  R² {result['r2']:.4f}   adjusted R² {result['adj_r2']:.4f}   "
         f"F {result['f_stat']:.1f}",
         f"  sparsity: {result['significant_dims']} of {result['hidden_size']} dimensions "
-        f"Bonferroni-significant; {result['k_dims_90pct']} dimensions (by |t|) and "
-        f"{result['k_components_90pct']} principal components reach 90% of the adjusted R²",
-        f"  PC1 r = {result['pc1_r']:.3f}, PC2 r = {result['pc2_r']:.3f} with −log α",
+        "Bonferroni-significant",
+        f"    adjusted R² of the top-k dimensions by |t|: {_at_k(result['topk_dims_adj_r2'])}",
+        f"    adjusted R² of the top-k principal components: "
+        f"{_at_k(result['topk_components_adj_r2'])}",
+        f"    PC1 r = {result['pc1_r']:.3f}, PC2 r = {result['pc2_r']:.3f} with −log α",
         f"  stages: {cached} of {len(result['stages'])} from cache",
         "  plots:",
         *(f"    {path}" for path in result["plots"].values()),
@@ -59,8 +61,8 @@ def encoding_markdown(result: dict[str, Any]) -> str:
         ("tied", result["tied"]), ("R²", f"{result['r2']:.4f}"),
         ("adjusted R²", f"{result['adj_r2']:.4f}"),
         ("significant dimensions", f"{result['significant_dims']} / {result['hidden_size']}"),
-        ("dims for 90% of adj. R²", result["k_dims_90pct"]),
-        ("PCs for 90% of adj. R²", result["k_components_90pct"]),
+        ("adj. R², top-k dimensions", _at_k(result["topk_dims_adj_r2"])),
+        ("adj. R², top-k components", _at_k(result["topk_components_adj_r2"])),
         ("PC1 r", f"{result['pc1_r']:.3f}"),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
@@ -70,3 +72,7 @@ def encoding_markdown(result: dict[str, Any]) -> str:
     return (f"# Encoding: {result['model']} on {result['dataset']}\n\n"
             f"| | |\n|---|---|\n{table}\n\n## Stages\n\n| stage | state | artifact |\n"
             f"|---|---|---|\n{stages}\n\n## Plots\n\n{plots}\n")
+
+
+def _at_k(values: dict[str, float]) -> str:
+    return ", ".join(f"k={k}: {v:.3f}" for k, v in values.items())

@@ -1,0 +1,138 @@
+"""The command line: its JSON contract, listings, re-runs, and errors (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import save_tiny_model
+
+from flows.cli import main
+
+TINY_RUN = ["--window", "16", "--heldout-fraction", "0.2", "--max-tokens", "160"]
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _run(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--max-tokens", "-5"], "--max-tokens"),
+        (["--window", "0"], "--window"),
+        (["--heldout-fraction", "1.5"], "--heldout-fraction"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--model", "./no/such/model"], "No model file or folder"),
+        (["--dataset", "./no/such/corpus.txt"], "No dataset file or folder"),
+        (["--model", "weird spec!"], "Cannot read the model spec"),
+    ],
+)
+def test_bad_input_is_one_paragraph_and_exit_code_2(capsys, tmp_path, arguments, message):
+    code, out, err = _run(capsys, "run", "encoding", "--data-dir", str(tmp_path), *arguments)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.prefect
+def test_json_contract(capsys, prefect_api, tiny_models, tiny_text_dir, tmp_path):
+    code, out, _ = _run(capsys, "run", "encoding", "--model", str(tiny_models["gpt2"]),
+                        "--dataset", str(tiny_text_dir), "--data-dir", str(tmp_path),
+                        *TINY_RUN, "--json")
+    assert code == 0
+    result = json.loads(out)  # exactly one JSON object on stdout
+    for field in ("r2", "adj_r2", "n_tokens", "vocab_size", "hidden_size", "tied"):
+        assert field in result
+    assert result["tied"] is True and result["n_tokens"] == 160
+    assert 0.0 <= result["adj_r2"] <= result["r2"] <= 1.0
+    for stage in ("probabilities", "embeddings", "regression"):
+        assert Path(result["artifacts"][stage]).suffix == ".parquet"
+        assert Path(result["artifacts"][stage]).is_file()
+
+    code, out, _ = _run(capsys, "artifacts", "--data-dir", str(tmp_path), "--json")
+    listed = json.loads(out)
+    assert {row["stage"] for row in listed} >= {"corpus", "windows", "embeddings",
+                                               "probabilities", "regression", "sparsity",
+                                               "pca", "figures"}
+    assert all(row["size"] > 0 and row["created"] for row in listed)
+    windows_row = next(row for row in listed if row["stage"] == "windows")
+    assert windows_row["parameters"]["config"]["window"] == 16
+
+    code, out, _ = _run(capsys, "artifacts", "--data-dir", str(tmp_path), "--stage", "pca")
+    assert code == 0 and out.count("\npca") == 1
+
+    code, out, _ = _run(capsys, "rerun", "pca", "--model", str(tiny_models["gpt2"]),
+                        "--dataset", str(tiny_text_dir), "--data-dir", str(tmp_path),
+                        *TINY_RUN, "--json")
+    stages = json.loads(out)["stages"]
+    assert {s for s, state in stages.items() if state == "computed"} == {"pca", "figures"}
+
+
+@pytest.mark.prefect
+def test_human_summary(capsys, prefect_api, tiny_models, tiny_text_dir, tmp_path):
+    code, out, _ = _run(capsys, "run", "encoding", "--model", str(tiny_models["llama"]),
+                        "--dataset", str(tiny_text_dir), "--data-dir", str(tmp_path),
+                        *TINY_RUN)
+    assert code == 0
+    assert "adjusted R²" in out and "pca_scatter.png" in out
+
+
+@pytest.mark.prefect
+def test_errors_found_inside_the_flow_exit_with_code_2(capsys, prefect_api, tiny_models,
+                                                       tiny_text_dir, tmp_path):
+    model, corpus = str(tiny_models["gpt2"]), str(tiny_text_dir)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("   \n\n  ")
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.")
+    cases = [
+        (["--dataset", str(empty), "--model", model], "holds no text"),
+        (["--dataset", str(short), "--model", model], "fewer than one window"),
+        (["--dataset", corpus, "--model", model, "--window", "16", "--max-tokens", "8"],
+         "less than one window"),
+        (["--dataset", corpus, "--model", "nobody/no-such-model"], "Hugging Face cache"),
+    ]
+    for arguments, message in cases:
+        code, out, err = _run(capsys, "run", "encoding", "--data-dir", str(tmp_path / "d"),
+                              *arguments)
+        assert (code, out) == (2, ""), arguments
+        assert message in err, (arguments, err)
+
+
+def test_nan_model_from_the_shell_exits_2_without_traceback(tmp_path, tiny_text_dir):
+    """The real console entry point in its own process, ephemeral Prefect server and all."""
+    from transformers import AutoModelForCausalLM
+
+    folder = save_tiny_model("gpt_neox", tmp_path / "nan-model")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[7, :] = float("nan")
+    model.save_pretrained(folder)
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "encoding", "--model", str(folder),
+         "--dataset", str(tiny_text_dir), "--data-dir", str(tmp_path / "data"), *TINY_RUN],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "NaN" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""

@@ -1,0 +1,164 @@
+"""The encoding flow through the Prefect engine: caching, forced re-runs, damaged
+artifacts, interrupted runs, and the artifacts shown in the UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import VOCAB_ROWS
+
+from tokprob.config import HiddenConfig, ProbabilityConfig, RegressionConfig, WindowConfig
+from tokprob.store import ArtifactStore
+from tokprob.workspace import Workspace
+
+pytestmark = pytest.mark.prefect
+
+UPSTREAM = ["corpus", "windows", "embeddings", "probabilities"]
+DOWNSTREAM_OF_REGRESSION = ["regression", "sparsity", "pca", "figures"]
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def run(prefect_api, tiny_models, tiny_text_dir, tmp_path):
+    from flows.encoding import encoding
+
+    def run_encoding(data_dir=tmp_path / "data", model="gpt_neox", **overrides):
+        options = {
+            "window_config": WindowConfig(window=16, heldout_fraction=0.2),
+            "probability_config": ProbabilityConfig(max_tokens=160),
+        } | overrides
+        return encoding(model=str(tiny_models[model]), dataset=str(tiny_text_dir),
+                        data_dir=str(data_dir), **options)
+
+    return run_encoding
+
+
+def _states(result, state):
+    return sorted(stage for stage, s in result["stages"].items() if s == state)
+
+
+def test_first_run_computes_then_everything_is_cached(run):
+    first = run()
+    assert set(first["stages"].values()) == {"computed"}
+    second = run()
+    assert set(second["stages"].values()) == {"cached"}
+    for number in ("r2", "adj_r2", "f_stat", "n_tokens", "significant_dims"):
+        assert second[number] == first[number]
+    assert first["n_tokens"] == 160 and first["window"] == 16
+    assert (first["vocab_size"], first["hidden_size"], first["tied"]) == (VOCAB_ROWS, 32, False)
+
+
+def test_artifacts_follow_the_documented_schemas(run):
+    result = run()
+    probs = pq.read_table(result["artifacts"]["probabilities"])
+    assert probs.column_names == ["token_id", "token", "alpha", "count"]
+    assert probs.num_rows == VOCAB_ROWS
+    assert sum(probs.column("count").to_pylist()) == 10 * 15  # 10 windows × 15 next tokens
+    embeddings = pq.read_table(result["artifacts"]["embeddings"])
+    assert embeddings.column_names == ["token_id"] + [f"d{j}" for j in range(32)]
+    regression = pq.read_table(result["artifacts"]["regression"])
+    assert regression.column_names == ["dim", "slope", "std_err", "t", "p"]
+    assert regression.num_rows == 32
+    for plot in result["plots"].values():
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_changed_regression_parameter_reruns_only_regression_and_downstream(run):
+    run()
+    changed = run(regression_config=RegressionConfig(target="frequency"))
+    assert _states(changed, "cached") == sorted(UPSTREAM)
+    assert _states(changed, "computed") == sorted(DOWNSTREAM_OF_REGRESSION)
+    assert changed["target"] == "frequency"
+
+
+def test_refresh_forces_a_stage_and_what_depends_on_it(run):
+    run()
+    forced = run(refresh=["regression"])
+    assert _states(forced, "cached") == sorted(UPSTREAM)
+    assert _states(forced, "computed") == sorted(DOWNSTREAM_OF_REGRESSION)
+
+
+def test_unknown_stage_to_refresh_is_an_error(run):
+    from tokprob.errors import TokprobError
+
+    with pytest.raises(TokprobError, match="Unknown stage"):
+        run(refresh=["regresion"])
+
+
+def test_damaged_artifact_is_detected_and_recomputed(run, tmp_path):
+    first = run()
+    path = Path(first["artifacts"]["probabilities"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one flipped byte
+    path.write_bytes(bytes(data))
+    repaired = run()
+    assert repaired["stages"]["probabilities"] == "computed"
+    # The recomputed α is bit-identical, so everything downstream keeps its key.
+    assert repaired["stages"]["regression"] == "cached"
+    store = ArtifactStore(Workspace.from_env(tmp_path / "data").artifacts)
+    key = first["artifact_dirs"]["probabilities"].rsplit("/", 1)[-1]
+    assert store.verify("probabilities", key) is not None
+
+
+def test_deleted_artifact_is_recomputed(run):
+    import shutil
+
+    first = run()
+    shutil.rmtree(first["artifact_dirs"]["pca"])
+    again = run()
+    assert again["stages"]["pca"] == "computed"
+    assert again["pc1_r"] == pytest.approx(first["pc1_r"])
+
+
+def test_interrupted_run_resumes_from_finished_stages(run, monkeypatch):
+    import tokprob.pca
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while computing PCA")
+
+    monkeypatch.setattr(tokprob.pca, "pca_from_gram", crash)
+    monkeypatch.setattr("tasks.pca.pca_from_gram", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        run()
+    monkeypatch.undo()
+    resumed = run()
+    assert _states(resumed, "cached") == sorted([*UPSTREAM, "regression", "sparsity"])
+    assert _states(resumed, "computed") == ["figures", "pca"]
+
+
+def test_another_data_dir_does_not_reuse_this_ones_cache(run, tmp_path):
+    run(data_dir=tmp_path / "one")
+    other = run(data_dir=tmp_path / "two")
+    assert set(other["stages"].values()) == {"computed"}
+    assert other["artifacts"]["regression"].startswith(str(tmp_path / "two"))
+
+
+def test_hidden_states_are_kept_on_request(run):
+    result = run(keep_hidden=True, hidden_config=HiddenConfig(heldout_tokens=32))
+    hidden = pq.read_table(result["artifacts"]["hidden"])
+    assert hidden.num_rows == 32  # two held-out windows of 16
+    assert hidden.column("hidden").type.list_size == 32
+
+
+def test_stages_publish_prefect_artifacts(run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    result = run(model="llama")
+    subject = result["model"].lower()
+    keys = [f"{stage}-{subject}" for stage in ("regression", "sparsity", "pca", "encoding")]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {artifact.key for artifact in found} == set(keys)
+    summary = next(a for a in found if a.key == f"encoding-{subject}")
+    assert "adjusted R²" in summary.data

