@@ -136,3 +136,54 @@ def test_nan_model_from_the_shell_exits_2_without_traceback(tmp_path, tiny_text_
     assert "NaN" in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path):
+    """kill -9 in the middle of the probabilities stage, then run again."""
+    import signal
+    import time
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tokprob.store import ArtifactStore
+    from tokprob.workspace import Workspace
+
+    folder = tmp_path / "slow-model"  # big enough that α takes seconds, not milliseconds
+    config = LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=512,
+                         num_hidden_layers=4, num_attention_heads=4,
+                         max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    from conftest import build_tokenizer, tiny_corpus
+
+    build_tokenizer().save_pretrained(folder)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in tiny_corpus(3000)))
+    data = tmp_path / "data"
+    command = [sys.executable, "-m", "flows.cli", "run", "encoding", "--model", str(folder),
+               "--dataset", str(corpus), "--data-dir", str(data), "--window", "64",
+               "--max-tokens", "60000", "--json"]
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    in_progress = data / "artifacts" / "probabilities"
+    deadline = time.monotonic() + 300
+    while not list(in_progress.glob(".tmp-*")):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    store = ArtifactStore(Workspace.from_env(data).artifacts)
+    assert [m.stage for m in store.manifests() if m.stage == "probabilities"] == []
+    for manifest in store.manifests():  # whatever finished is whole
+        assert store.verify(manifest.stage, manifest.key) is not None
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = json.loads(done.stdout)["stages"]
+    assert stages["corpus"] == stages["windows"] == "cached"
+    assert stages["probabilities"] == "computed"
+    assert not list(in_progress.glob(".tmp-*"))  # the killed run's leftovers are cleaned

@@ -6,8 +6,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-"""The repository's `data/` folder; `TOKPROB_DATA` or `--data-dir` move it."""
+def default_data_dir() -> Path:
+    """The checkout's `data/` folder when tokprob runs from a checkout, else the user's
+    data folder (`$XDG_DATA_HOME/tokprob`). `TOKPROB_DATA` or `--data-dir` override it."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "data"
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "tokprob"
 
 
 @dataclass(frozen=True)
@@ -19,8 +24,8 @@ class Workspace:
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike[str] | None = None) -> Workspace:
-        """The workspace at `data_dir`, else `$TOKPROB_DATA`, else the repository's `data/`."""
-        chosen = data_dir or os.environ.get("TOKPROB_DATA") or DEFAULT_DATA_DIR
+        """The workspace at `data_dir`, else `$TOKPROB_DATA`, else `default_data_dir()`."""
+        chosen = data_dir or os.environ.get("TOKPROB_DATA") or default_data_dir()
         return cls(str(Path(chosen).expanduser().resolve()))
 
     @property
