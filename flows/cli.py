@@ -20,30 +20,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from tokprob.config import (
-    HiddenConfig,
-    ProbabilityConfig,
-    RegressionConfig,
-    RunConfig,
-    SparsityConfig,
-    WindowConfig,
-    field_docs,
-)
+from flows.stages import ENCODING_CONFIGS, ENCODING_STAGES
+from tokprob.config import field_docs
 from tokprob.errors import TokprobError
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL, DatasetSpec, ModelSpec
 from tokprob.store import ArtifactStore
 from tokprob.workspace import Workspace
-
-ENCODING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "hidden", "regression",
-                   "sparsity", "pca", "figures"]
-ENCODING_CONFIGS = {
-    "window_config": WindowConfig,
-    "run_config": RunConfig,
-    "probability_config": ProbabilityConfig,
-    "regression_config": RegressionConfig,
-    "sparsity_config": SparsityConfig,
-    "hidden_config": HiddenConfig,
-}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.stages import ENCODING_STAGES
 from tasks.corpus import corpus
 from tasks.embeddings import embeddings
 from tasks.figures import figures
@@ -36,9 +37,6 @@ from tokprob.config import (
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
 from tokprob.workspace import Workspace
 
-STAGES = ["corpus", "windows", "embeddings", "probabilities", "hidden", "regression",
-          "sparsity", "pca", "figures"]
-
 
 @flow(name="encoding")
 def encoding(
@@ -58,7 +56,7 @@ def encoding(
 ) -> dict[str, Any]:
     """How the model encodes output probabilities in its output embeddings."""
     workspace = Workspace.from_env(data_dir)
-    stage = StageRunner(workspace, refresh or [], STAGES)
+    stage = StageRunner(workspace, refresh or [], ENCODING_STAGES)
     source = model_source(workspace, model)
     text = corpus_source(workspace, dataset, split, text_column)
 

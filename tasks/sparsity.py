@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 
 from tasks._io import read_table
-from tasks._stage import publish_table, register, run_stage
+from tasks._stage import publish_table, register, run_stage, store_of
 from tasks.regression import REGRESSION_FILE, read_gram
 from tokprob.config import SparsityConfig
 from tokprob.sparsity import (
@@ -38,7 +38,7 @@ def sparsity(workspace: Workspace, regression: ArtifactRef, config: SparsityConf
         out.write_table(TOPK_FILE, curve)
         d = len(table)
         significant = int(table["significant"].sum())
-        df_resid = gram.n - d - 1
+        df_resid = store_of(regression).manifest(regression).summary["df_resid"]
         out.summary.update(
             dimensions=d, significant=significant, share_significant=significant / d,
             bonferroni_abs_t=bonferroni_threshold(config.significance, d, df_resid),

@@ -227,6 +227,19 @@ def output_head(model) -> OutputHead:
                       bias=None if bias is None else bias.detach(), tied=tied)
 
 
+def untie_output_embeddings(model) -> None:
+    """Give the LM head its own copy of E, so that editing it leaves the input embeddings
+    alone (steering and pruning change only the output side, paper §3 and §4)."""
+    if not output_head(model).tied:
+        return
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    text_config = model.config.get_text_config()
+    if text_config is not model.config:
+        text_config.tie_word_embeddings = False
+
+
 def final_hidden_states(model, input_ids: torch.Tensor) -> torch.Tensor:
     """The last layer's hidden states after the final norm: (batch, positions, d)."""
     return model.base_model(input_ids=input_ids).last_hidden_state

@@ -22,6 +22,8 @@ import scipy.linalg
 from scipy import stats
 from scipy.linalg.blas import dsyrk
 
+from tokprob.errors import TokprobError
+
 CHUNK_ROWS = 8192
 
 
@@ -132,10 +134,17 @@ def fit_ols(x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS,
     y = np.asarray(y, dtype=np.float64)
     n, k = x.shape
     if n <= k + 1:
-        raise ValueError(f"OLS needs more samples than regressors + 1 (n={n}, k={k}).")
+        raise TokprobError(
+            f"The regression needs more samples than regressors + 1, got n={n} samples "
+            f"(tokens with a finite target) for k={k} regressors (embedding dimensions). "
+            "The model's vocabulary must exceed its hidden size + 1, counting only tokens "
+            "whose α did not underflow to 0."
+        )
     g = CenteredGram.compute(x, y, chunk_rows)
     scale = np.sqrt(np.diag(g.gram))
-    keep = scale > scale.max() * 1e-12 if scale.max() > 0 else np.zeros(k, bool)
+    # A column is constant when its spread is nothing next to its own size (rounding of
+    # the mean), not next to the other columns: scales of E's columns may differ widely.
+    keep = scale > 1e-12 * np.sqrt(scale**2 + n * g.mean_x**2)
     s = scale[keep]
     # Scaling to unit column norm makes the system's conditioning that of the
     # correlation matrix, not of the raw embedding scales.

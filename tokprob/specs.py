@@ -65,7 +65,7 @@ class ModelSpec:
     def _from_folder(cls, folder: Path) -> ModelSpec:
         if (folder / "config.json").is_file():
             return cls("local", str(folder))
-        ggufs = sorted(folder.glob("*.gguf"))
+        ggufs = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
         if len(ggufs) == 1:
             return cls("gguf", str(ggufs[0]))
         raise TokprobError(
@@ -153,10 +153,11 @@ def file_format(path: Path) -> Literal["text", "json", "parquet"]:
 
 
 def _looks_like_path(text: str) -> bool:
+    # A hub id holds one slash; its revision may hold more (refs/pr/3, refs/convert/parquet).
     return (
         text.startswith(("/", "./", "../", "~"))
         or text.lower().endswith((".gguf", *TEXT_SUFFIXES))
-        or text.count("/") > 1
+        or text.split("@", 1)[0].count("/") > 1
     )
 
 

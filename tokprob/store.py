@@ -248,8 +248,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
+    # tolist, not item: it turns numpy scalars and arrays of any size into JSON values.
     if hasattr(value, "tolist"):
         return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
     return str(value)

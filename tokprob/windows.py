@@ -87,7 +87,8 @@ def split_windows(tokens: np.ndarray, heldout_fraction: float, seed: int) -> Win
     """Shuffle windows by seed and hold out a fraction of them."""
     n = tokens.shape[0]
     permutation = np.random.default_rng(seed).permutation(n)
-    n_heldout = int(np.floor(n * heldout_fraction))
+    # The epsilon keeps 100 × 0.29 from flooring to 28 through binary rounding.
+    n_heldout = int(np.floor(n * heldout_fraction + 1e-9))
     split = np.full(n, DETECT, dtype=object)
     split[permutation[:n_heldout]] = HELDOUT
     order = np.empty(n, dtype=np.int64)

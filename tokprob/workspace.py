@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+
 def default_data_dir() -> Path:
     """The checkout's `data/` folder when tokprob runs from a checkout, else the user's
     data folder (`$XDG_DATA_HOME/tokprob`). `TOKPROB_DATA` or `--data-dir` override it."""

@@ -1,0 +1,117 @@
+"""A stage's code version follows the project modules it imports, transitively."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tokprob import codeversion
+from tokprob.codeversion import _closure, code_version
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    code_version.cache_clear()
+    yield
+    code_version.cache_clear()
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A throwaway project package `pkg` on sys.path:
+
+    stage -> helper (import) -> numbers (from-import of a module) -> tokprob.regression;
+    stage -> io (orchestration, left out); unused is imported by nobody.
+    """
+    name = f"tmpproj_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / name
+    root.mkdir()
+    files = {
+        "__init__.py": "",
+        "stage.py": f"import {name}.helper\nfrom {name} import io\n",
+        "helper.py": f"from {name} import numbers\n\nSCALE = 2\n",
+        "numbers.py": "import json\nfrom tokprob.regression import fit_ols\n\nOFFSET = 1\n",
+        "io.py": "WHERE = 'disk'\n",
+        "unused.py": "X = 1\n",
+    }
+    for file, text in files.items():
+        (root / file).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(codeversion, "PROJECT_PACKAGES", (*codeversion.PROJECT_PACKAGES, name))
+    monkeypatch.setattr(codeversion, "NOT_COMPUTATION",
+                        codeversion.NOT_COMPUTATION | {f"{name}.io"})
+    yield name, root
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]
+
+
+def _version_after_edit(name: str, path: Path, text: str) -> str:
+    path.write_text(path.read_text() + text)
+    code_version.cache_clear()
+    return code_version(f"{name}.stage")
+
+
+def test_closure_follows_imports_through_project_modules(package):
+    name, _ = package
+    closure = _closure(f"{name}.stage")
+    assert {f"{name}.stage", f"{name}.helper", f"{name}.numbers", "tokprob.regression"} <= closure
+    assert f"{name}.io" not in closure and f"{name}.unused" not in closure
+    assert "json" not in closure and "numpy" not in closure
+    # tokprob.regression imports tokprob.errors, which is orchestration: left out.
+    assert "tokprob.errors" not in closure
+
+
+@pytest.mark.parametrize(("file", "changes"), [
+    ("stage.py", True), ("helper.py", True), ("numbers.py", True),
+    ("io.py", False), ("unused.py", False),
+])
+def test_an_edit_changes_the_version_only_through_the_imports(package, file, changes):
+    name, root = package
+    before = code_version(f"{name}.stage")
+    after = _version_after_edit(name, root / file, "\n# an edit\n")
+    assert (after != before) is changes
+
+
+def test_an_orchestration_module_has_a_version_of_its_own(package):
+    name, root = package
+    before = code_version(f"{name}.io")
+    (root / "io.py").write_text("WHERE = 'cloud'\n")
+    code_version.cache_clear()
+    assert code_version(f"{name}.io") != before
+
+
+def test_version_is_a_short_hex_digest_and_deterministic():
+    version = code_version("tasks.regression")
+    assert len(version) == 16 and int(version, 16) >= 0
+    code_version.cache_clear()
+    assert code_version("tasks.regression") == version
+    # A new interpreter (another hash seed, another import order) agrees.
+    # A new interpreter (another hash seed, another import order) agrees. (tokprob.pca:
+    # computing a version imports the modules it names, and the tasks import torch.)
+    script = "from tokprob.codeversion import code_version; print(code_version('tokprob.pca'))"
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True, cwd=REPO, env={"PYTHONHASHSEED": "123", "PATH": ""})
+    assert other.stdout.split() == [code_version("tokprob.pca")]
+
+
+def test_project_stages_have_distinct_versions_covering_their_library_code():
+    assert code_version("tasks.regression") != code_version("tasks.sparsity")
+    regression = _closure("tasks.regression")
+    assert {"tasks.regression", "tokprob.regression", "tokprob.config"} <= regression
+    sparsity = _closure("tasks.sparsity")
+    assert {"tokprob.sparsity", "tokprob.regression"} <= sparsity
+    # Orchestration does not reach the key: the store, the stage runner, the workspace.
+    for closure in (regression, sparsity):
+        assert not closure & {"tokprob.store", "tasks._stage", "tokprob.workspace",
+                              "tokprob.hashing"}
+
+
+def test_an_unknown_module_has_the_version_of_nothing():
+    assert _closure("tokprob.no_such_module") == set()
+    assert code_version("tokprob.no_such_module") == code_version("tasks.no_such_module")

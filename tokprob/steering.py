@@ -1,0 +1,168 @@
+"""Steering output probabilities by editing output embeddings (paper §3, SPEC §1.4).
+
+To multiply the averaged probability α_w of token w by r, move its output embedding
+along the encoding direction found by the regression:
+
+    E'_w = E_w − log(r) · Ω Aᵀ / (A Ω Aᵀ)
+
+A is the regression slope (paper §2.1), Ω a 0/1 mask over dimensions. Only the LM head
+changes, so the effect on held-out text follows from the cached final hidden states h:
+the logit of w moves by −log(r)·(h·v) with v = ΩAᵀ/(AΩAᵀ), the other logits stay.
+
+    mask = omega_mask(regression_table, "bonferroni")
+    v = steering_direction(slope, mask)
+    effects = SteeringEvaluator(hidden, weight, bias).evaluate(token_ids, ratios, v)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tokprob.errors import TokprobError
+
+OMEGAS = ("bonferroni", "all", "top-k")
+
+
+def omega_mask(regression: pd.DataFrame, omega: str, significance: float = 0.05,
+               top_k: int = 16) -> np.ndarray:
+    """Which dimensions the edit may move: Bonferroni-significant ones, all, or the top-k
+    by |t|. `regression` has one row per dimension with `slope`, `t` and `p`."""
+    d = len(regression)
+    informative = np.isfinite(regression["t"].to_numpy())
+    if omega == "bonferroni":
+        mask = informative & (regression["p"].to_numpy() < significance / d)
+    elif omega == "all":
+        mask = informative
+    elif omega == "top-k":
+        if top_k < 1:
+            raise TokprobError(f"--top-k must be at least 1 (got {top_k}).")
+        order = np.argsort(-np.nan_to_num(np.abs(regression["t"].to_numpy()), nan=-1.0))
+        mask = np.zeros(d, dtype=bool)
+        mask[order[:top_k]] = True
+        mask &= informative
+    else:
+        raise TokprobError(f"Unknown --omega {omega!r}; choose one of {', '.join(OMEGAS)}.")
+    if not mask.any():
+        raise TokprobError(
+            f"Ω = {omega} selects no dimension of the {d} (none is "
+            + ("significant after Bonferroni correction" if omega == "bonferroni"
+               else "informative") + "). Use --omega all or --omega top-k, or more data."
+        )
+    return mask
+
+
+def steering_direction(slope: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """v = Ω Aᵀ / (A Ω Aᵀ): moving an embedding by −log(r)·v changes A·E by −log r."""
+    masked = np.where(mask, slope, 0.0).astype(np.float64)
+    norm = float(masked @ masked)
+    if norm == 0.0:
+        raise TokprobError("The regression slope is zero on every selected dimension; "
+                           "there is no encoding direction to steer along.")
+    return masked / norm
+
+
+def check_ratios(ratios: list[float]) -> None:
+    for ratio in ratios:
+        if not np.isfinite(ratio) or ratio <= 0:
+            raise TokprobError(
+                f"A steering ratio must be a positive finite number (got {ratio}); "
+                "r = 2 doubles a token's probability, r = 0.5 halves it."
+            )
+
+
+def steer_embeddings(weight: np.ndarray, targets: dict[int, float],
+                     direction: np.ndarray) -> np.ndarray:
+    """A copy of E with E_w − log(r_w)·v for each target token w."""
+    check_ratios(list(targets.values()))
+    steered = np.array(weight, dtype=np.float32, copy=True)
+    for token, ratio in targets.items():
+        steered[token] = weight[token] - np.log(ratio) * direction
+    return steered
+
+
+@dataclass(frozen=True)
+class SteeringEffects:
+    """Per (token, r) pair, on the held-out positions."""
+
+    alpha: np.ndarray
+    """α_w before the edit."""
+    steered_alpha: np.ndarray
+    """α'_w after it."""
+    kl_other: np.ndarray
+    """KL(α ‖ α') between the averaged distributions over the non-target tokens
+    (each renormalized): how much the edit disturbs every other token."""
+
+    @property
+    def achieved(self) -> np.ndarray:
+        return self.steered_alpha / self.alpha
+
+
+class SteeringEvaluator:
+    """Evaluates edits of single output rows from cached final hidden states.
+
+    With the logits z = hEᵀ + b of a position, editing row w by −log(r)·v moves only
+    z_w, to z_w − log(r)·(h·v); the normalizer follows in closed form. One pass over the
+    positions evaluates any number of (token, r) pairs.
+    """
+
+    def __init__(self, hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                 rows_per_chunk: int = 1024) -> None:
+        self.hidden = torch.as_tensor(np.asarray(hidden, dtype=np.float32))
+        self.weight = torch.as_tensor(np.asarray(weight, dtype=np.float32))
+        self.bias = None if bias is None else torch.as_tensor(np.asarray(bias, np.float32))
+        self.rows_per_chunk = rows_per_chunk
+
+    def evaluate(self, tokens: np.ndarray, ratios: np.ndarray,
+                 direction: np.ndarray) -> SteeringEffects:
+        """Effects of steering each tokens[k] by ratios[k], one edit at a time."""
+        tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+        log_r = torch.as_tensor(np.log(np.asarray(ratios, dtype=np.float64)))
+        v = torch.as_tensor(np.asarray(direction, dtype=np.float32))
+        vocab, pairs = self.weight.shape[0], len(tokens)
+        alpha = torch.zeros(vocab, dtype=torch.float64)
+        # Σ_x p_j(x)·(1 − p'_w(x))/(1 − p_w(x)): α' of every non-target token, per pair.
+        reweighted = torch.zeros(vocab, pairs, dtype=torch.float64)
+        target_before = torch.zeros(pairs, dtype=torch.float64)
+        target_after = torch.zeros(pairs, dtype=torch.float64)
+        n = self.hidden.shape[0]
+        with torch.inference_mode():
+            for start in range(0, n, self.rows_per_chunk):
+                h = self.hidden[start:start + self.rows_per_chunk]
+                logits = h @ self.weight.T
+                if self.bias is not None:
+                    logits = logits + self.bias
+                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+                probs = torch.exp(logits - lse)  # float32: only summed, never divided
+                z = logits.gather(1, tokens.expand(len(h), -1)).double()
+                lse = lse.double()
+                shifted = z - log_r * (h @ v).double().unsqueeze(1)
+                p_before = torch.exp(z - lse)
+                rest = torch.clamp(1.0 - p_before, min=0.0)
+                new_lse = torch.logaddexp(torch.log(rest) + lse, shifted)
+                p_after = torch.exp(shifted - new_lse)
+                alpha += probs.sum(0).double()
+                target_before += p_before.sum(0)
+                target_after += p_after.sum(0)
+                factor = (1.0 - p_after) / rest.clamp_min(1e-300)
+                reweighted += (probs.T @ factor.float()).double()
+        alpha_before = (target_before / n).numpy()
+        alpha_after = (target_after / n).numpy()
+        kl = _kl_over_non_targets((alpha / n).numpy(), (reweighted / n).numpy(), tokens.numpy())
+        return SteeringEffects(alpha=alpha_before, steered_alpha=alpha_after, kl_other=kl)
+
+
+def _kl_over_non_targets(alpha: np.ndarray, steered: np.ndarray,
+                         tokens: np.ndarray) -> np.ndarray:
+    kl = np.empty(len(tokens))
+    for k, token in enumerate(tokens):
+        keep = np.ones(len(alpha), dtype=bool)
+        keep[token] = False
+        p = alpha[keep] / alpha[keep].sum()
+        q = steered[keep, k] / steered[keep, k].sum()
+        positive = p > 0
+        kl[k] = float(np.sum(p[positive] * np.log(p[positive] / q[positive])))
+    return kl
