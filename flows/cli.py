@@ -20,12 +20,14 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from flows.stages import ENCODING_CONFIGS, ENCODING_STAGES
+from flows.stages import ENCODING_CONFIGS, ENCODING_STAGES, STEERING_CONFIGS, STEERING_STAGES
 from tokprob.config import field_docs
 from tokprob.errors import TokprobError
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL, DatasetSpec, ModelSpec
 from tokprob.store import ArtifactStore
 from tokprob.workspace import Workspace
+
+STEERING_ONLY = set(STEERING_STAGES) - set(ENCODING_STAGES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,13 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run an analysis flow")
     flows = run.add_subparsers(dest="flow", required=True)
     encoding = flows.add_parser("encoding", help="α, E, the MLR of −log α on E, sparsity, PCA")
-    _add_encoding_arguments(encoding)
-    encoding.set_defaults(handler=_run_encoding, refresh=[])
+    _add_flow_arguments(encoding, ENCODING_CONFIGS)
+    encoding.add_argument("--keep-hidden", action="store_true",
+                          help="also store final hidden states of the held-out split")
+    encoding.set_defaults(handler=_run_flow, refresh=[])
+    steering = flows.add_parser("steering", help="steer α by editing output embeddings "
+                                                 "(paper §3) and measure how precisely")
+    _add_flow_arguments(steering, STEERING_CONFIGS)
+    steering.set_defaults(handler=_run_flow, refresh=[])
 
     rerun = commands.add_parser("rerun", help="recompute one stage and what depends on it")
-    rerun.add_argument("stage", choices=ENCODING_STAGES)
-    _add_encoding_arguments(rerun)
-    rerun.set_defaults(handler=_rerun)
+    rerun.add_argument("stage", choices=list(dict.fromkeys(ENCODING_STAGES + STEERING_STAGES)))
+    _add_flow_arguments(rerun, ENCODING_CONFIGS | STEERING_CONFIGS)
+    rerun.set_defaults(handler=_rerun, keep_hidden=False)
+
+    steer = commands.add_parser(
+        "steer", help="write a copy of a model whose output embeddings multiply the "
+                      "probability of chosen tokens by chosen factors")
+    steer.add_argument("--token", action="append", required=True, dest="tokens",
+                       help="a token to steer: text that is exactly one token, or an id "
+                            "(repeat with --ratio for several)")
+    steer.add_argument("--ratio", action="append", required=True, type=float, dest="ratios",
+                       help="the factor for the matching --token (2 doubles its probability)")
+    steer.add_argument("--out", required=True, help="folder to write the steered model to")
+    _add_flow_arguments(steer, STEERING_CONFIGS)
+    steer.set_defaults(handler=_steer)
 
     artifacts = commands.add_parser("artifacts", help="list the cached artifacts")
     artifacts.add_argument("--stage", help="only this stage")
@@ -73,7 +93,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_flow_arguments(parser: argparse.ArgumentParser, configs: dict[str, type]) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="built-in name, hub id[@revision], model folder or .gguf file "
                              f"(default: {DEFAULT_MODEL})")
@@ -83,10 +103,9 @@ def _add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {DEFAULT_DATASET})")
     parser.add_argument("--split", default="train", help="split of a hub dataset")
     parser.add_argument("--text-column", default="text", help="column holding the text")
-    parser.add_argument("--keep-hidden", action="store_true",
-                        help="also store final hidden states of the held-out split")
-    for config in ENCODING_CONFIGS.values():
+    for config in configs.values():
         add_config_arguments(parser, config)
+    parser.set_defaults(configs=configs)
     _add_common(parser)
 
 
@@ -97,16 +116,39 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type) -> None:
     for field in dataclasses.fields(config):
         hint = hints[field.name]
         options: dict[str, Any] = {"default": field.default, "help": docs.get(field.name, "")}
-        if typing.get_origin(hint) is typing.Literal:
-            options["choices"] = list(typing.get_args(hint))
+        origin, members = typing.get_origin(hint), typing.get_args(hint)
+        if origin is typing.Literal:
+            options["choices"] = list(members)
+        elif hint is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif origin is tuple and members[0] is str:
+            options.update(action="append", default=None)  # repeat the option
+        elif origin is tuple:
+            options["type"] = _comma_separated(members[0])
         else:
             options["type"] = hint
-        options["help"] += f" (default: {field.default})"
+        if field.default not in ((), None):
+            shown = ",".join(map(str, field.default)) if origin is tuple else field.default
+            options["help"] += f" (default: {shown})"
         parser.add_argument("--" + field.name.replace("_", "-"), **options)
 
 
+def _comma_separated(kind: type):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} "
+                                             f"values, got {text!r}") from None
+    return parse
+
+
 def config_from_arguments(config: type, args: argparse.Namespace) -> Any:
-    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
+    values = {}
+    for field in dataclasses.fields(config):
+        value = getattr(args, field.name)
+        values[field.name] = tuple(value or ()) if isinstance(field.default, tuple) else value
+    return config(**values)
 
 
 def prepare_environment(workspace: Workspace) -> None:
@@ -120,33 +162,55 @@ def prepare_environment(workspace: Workspace) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _run_encoding(args: argparse.Namespace) -> int:
+def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow's keyword arguments, checked before Prefect starts (a typo fails in
+    milliseconds, not after the engine's start-up)."""
     workspace = Workspace.from_env(args.data_dir)
-    configs = {name: config_from_arguments(cls, args) for name, cls in ENCODING_CONFIGS.items()}
-    # Read the specs before starting Prefect, so a typo fails in milliseconds.
     ModelSpec.parse(args.model)
     DatasetSpec.parse(args.dataset, args.split, args.text_column)
+    inputs = {name: config_from_arguments(cls, args) for name, cls in args.configs.items()}
     prepare_environment(workspace)
-    from flows.encoding import encoding
-
     _configure_logging()
-    result = encoding(
-        model=args.model, dataset=args.dataset, split=args.split, text_column=args.text_column,
-        keep_hidden=args.keep_hidden, data_dir=workspace.data_dir, refresh=args.refresh,
-        **configs,
-    )
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        from tokprob.summary import encoding_text
+    return inputs | {"model": args.model, "dataset": args.dataset, "split": args.split,
+                     "text_column": args.text_column, "data_dir": workspace.data_dir}
 
-        print(encoding_text(result))
+
+def _run_flow(args: argparse.Namespace) -> int:
+    inputs = _flow_inputs(args) | {"refresh": args.refresh}
+    if args.flow == "encoding":
+        from flows.encoding import encoding as chosen
+        from tokprob.summary import encoding_text as describe
+
+        inputs["keep_hidden"] = args.keep_hidden
+    else:
+        from flows.steering import steering as chosen
+        from tokprob.summary import steering_text as describe
+    result = chosen(**inputs)
+    print(json.dumps(result, indent=2, default=str) if args.json else describe(result))
     return 0
 
 
 def _rerun(args: argparse.Namespace) -> int:
     args.refresh = [args.stage]
-    return _run_encoding(args)
+    args.flow = "steering" if args.stage in STEERING_ONLY else "encoding"
+    args.configs = STEERING_CONFIGS if args.flow == "steering" else ENCODING_CONFIGS
+    return _run_flow(args)
+
+
+def _steer(args: argparse.Namespace) -> int:
+    inputs = _flow_inputs(args)
+    from flows.steering import steer
+
+    result = steer(tokens=args.tokens, ratios=args.ratios, out=args.out, **inputs)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(f"wrote the steered model to {result['out']} (Ω = {result['omega']}, "
+          f"{result['omega_dims']} dimensions)")
+    for edit in result["edits"]:
+        print(f"  {edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested, "
+              f"× {edit['predicted_ratio_heldout']:.3f} on held-out text")
+    return 0
 
 
 def _list_artifacts(args: argparse.Namespace) -> int:
@@ -197,6 +261,8 @@ class _DropExpectedTracebacks(logging.Filter):
 def _configure_logging() -> None:
     """tokprob's own progress lines at INFO (Prefect forwards them to the run's log);
     TokprobErrors without tracebacks."""
+    import prefect  # noqa: F401  (configures Prefect's log handlers, filtered below)
+
     logging.getLogger("tokprob").setLevel(logging.INFO)
     for name in ("prefect", "prefect.task_runs", "prefect.flow_runs"):
         for handler in logging.getLogger(name).handlers:

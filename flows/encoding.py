@@ -9,6 +9,7 @@ Run it with `tokprob run encoding`, or call `encoding()` from Python.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
@@ -34,8 +35,46 @@ from tokprob.config import (
     SparsityConfig,
     WindowConfig,
 )
+from tokprob.corpora import CorpusSource
+from tokprob.models import ModelSource
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
+from tokprob.store import ArtifactRef
 from tokprob.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The stages every analysis starts from: the encoding found on the detecting split."""
+
+    model: ModelSource
+    corpus: CorpusSource
+    windows: ArtifactRef
+    embeddings: ArtifactRef
+    probabilities: ArtifactRef
+    regression: ArtifactRef
+
+
+def detect(stage: StageRunner, workspace: Workspace, model: str, dataset: str, split: str,
+           text_column: str, window_config: WindowConfig, run_config: RunConfig,
+           probability_config: ProbabilityConfig,
+           regression_config: RegressionConfig) -> Detection:
+    """Wire corpus → windows → probabilities and model → embeddings into the regression."""
+    source = model_source(workspace, model)
+    text = corpus_source(workspace, dataset, split, text_column)
+    docs = stage(corpus, workspace=workspace, source=text)
+    packed = stage(windows, workspace=workspace, corpus=docs, model=source, config=window_config)
+    matrix = stage(embeddings, workspace=workspace, model=source)
+    alphas = stage(probabilities, workspace=workspace, windows=packed, model=source,
+                   run=run_config, config=probability_config)
+    fitted = stage(regression, workspace=workspace, probabilities=alphas, embeddings=matrix,
+                   config=regression_config)
+    return Detection(source, text, packed, matrix, alphas, fitted)
+
+
+def keep_hidden_states(stage: StageRunner, workspace: Workspace, found: Detection,
+                       run_config: RunConfig, hidden_config: HiddenConfig) -> ArtifactRef:
+    return stage(hidden_states, workspace=workspace, windows=found.windows, model=found.model,
+                 run=run_config, config=hidden_config)
 
 
 @flow(name="encoding")
@@ -57,21 +96,14 @@ def encoding(
     """How the model encodes output probabilities in its output embeddings."""
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], ENCODING_STAGES)
-    source = model_source(workspace, model)
-    text = corpus_source(workspace, dataset, split, text_column)
-
-    docs = stage(corpus, workspace=workspace, source=text)
-    packed = stage(windows, workspace=workspace, corpus=docs, model=source, config=window_config)
-    matrix = stage(embeddings, workspace=workspace, model=source)
-    alphas = stage(probabilities, workspace=workspace, windows=packed, model=source,
-                   run=run_config, config=probability_config)
+    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
+                   run_config, probability_config, regression_config)
     if keep_hidden or "hidden" in stage.refresh:
-        stage(hidden_states, workspace=workspace, windows=packed, model=source, run=run_config,
-              config=hidden_config)
-    fitted = stage(regression, workspace=workspace, probabilities=alphas, embeddings=matrix,
-                   config=regression_config)
-    dims = stage(sparsity, workspace=workspace, regression=fitted, config=sparsity_config)
-    components = stage(pca, workspace=workspace, regression=fitted, embeddings=matrix)
-    stage(figures, workspace=workspace, regression=fitted, sparsity=dims, pca=components)
-
-    return summarize(workspace, source, text, stage.refs, stage.states)
+        keep_hidden_states(stage, workspace, found, run_config, hidden_config)
+    dims = stage(sparsity, workspace=workspace, regression=found.regression,
+                 config=sparsity_config)
+    components = stage(pca, workspace=workspace, regression=found.regression,
+                       embeddings=found.embeddings)
+    stage(figures, workspace=workspace, regression=found.regression, sparsity=dims,
+          pca=components)
+    return summarize(workspace, found.model, found.corpus, stage.refs, stage.states)

@@ -9,6 +9,7 @@ from tokprob.config import (
     RegressionConfig,
     RunConfig,
     SparsityConfig,
+    SteeringConfig,
     WindowConfig,
 )
 
@@ -24,3 +25,13 @@ ENCODING_CONFIGS: dict[str, type] = {
     "hidden_config": HiddenConfig,
 }
 """The encoding flow's config parameters and their classes."""
+
+STEERING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "regression", "hidden",
+                   "steering", "steering-figures"]
+
+STEERING_CONFIGS: dict[str, type] = {
+    name: ENCODING_CONFIGS[name]
+    for name in ("window_config", "run_config", "probability_config", "regression_config",
+                 "sparsity_config", "hidden_config")
+} | {"steering_config": SteeringConfig}
+"""The steering flow's config parameters and their classes."""

@@ -12,6 +12,8 @@ from tokprob.store import ArtifactRef
 EMBEDDINGS_FILE = "embeddings.parquet"
 BIAS_FILE = "bias.parquet"
 PROBABILITIES_FILE = "probabilities.parquet"
+PREFIXES_FILE = "alpha_prefixes.parquet"
+"""α over the first n detecting windows, one column `windows_<n>` per n (few-shot)."""
 
 
 def embeddings_table(matrix: np.ndarray) -> pa.Table:
@@ -45,3 +47,10 @@ def read_probabilities(ref: ArtifactRef) -> pd.DataFrame:
 def read_table(ref: ArtifactRef, name: str) -> pd.DataFrame:
     return pq.read_table(ref.file(name)).to_pandas()
 
+
+
+def read_alpha_prefixes(ref: ArtifactRef) -> dict[int, np.ndarray]:
+    """n → α over the first n detecting windows."""
+    table = pq.read_table(ref.file(PREFIXES_FILE))
+    return {int(name.split("_")[1]): table.column(name).to_numpy()
+            for name in table.column_names if name.startswith("windows_")}

@@ -14,6 +14,7 @@ from tasks.regression import FITTED_FILE
 from tasks.sparsity import DIMENSIONS_FILE
 from tasks.sparsity import TOPK_FILE as DIMENSION_TOPK
 from tokprob import plots
+from tokprob.probabilities import alpha_percentile
 from tokprob.store import ArtifactRef
 from tokprob.workspace import Workspace
 
@@ -38,7 +39,7 @@ def figures(workspace: Workspace, regression: ArtifactRef, sparsity: ArtifactRef
         subject = reg.get("subject", "")
         scores = read_table(pca, SCORES_FILE)
         plots.pca_scatter(scores[["pc1", "pc2"]].to_numpy(),
-                          plots.alpha_percentile(scores["alpha"].to_numpy()),
+                          alpha_percentile(scores["alpha"].to_numpy()),
                           f"{subject}: output embeddings, first two PCs",
                           out.path(FIGURES["pca_scatter"]))
         plots.abs_t_sorted(read_table(sparsity, DIMENSIONS_FILE), sp["bonferroni_abs_t"],

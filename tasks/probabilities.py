@@ -5,13 +5,13 @@ from __future__ import annotations
 import pyarrow as pa
 from prefect import task
 
-from tasks._io import PROBABILITIES_FILE
+from tasks._io import PREFIXES_FILE, PROBABILITIES_FILE
 from tasks._stage import publish_table, register, run_stage
 from tasks.windows import read_windows
 from tokprob.config import ProbabilityConfig, RunConfig
 from tokprob.errors import TokprobError
 from tokprob.models import ModelSource, check_head, load_model, load_tokenizer, output_head
-from tokprob.probabilities import averaged_probabilities
+from tokprob.probabilities import averaged_probabilities, prefix_grid
 from tokprob.progress import Progress
 from tokprob.store import ArtifactRef
 from tokprob.windows import DETECT
@@ -37,12 +37,16 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
         head = output_head(lm)
         check_head(lm, head, head.vocab_size)
         with Progress(detect.size, f"α over {detect.size:,} tokens") as progress:
-            result = averaged_probabilities(lm, head, detect, run.batch_size, progress)
+            result = averaged_probabilities(lm, head, detect, run.batch_size, progress,
+                                            prefixes=prefix_grid(len(detect)))
         tokens = token_strings(load_tokenizer(model.path), head.vocab_size)
         out.write_table(PROBABILITIES_FILE, pa.table({
             "token_id": pa.array(range(head.vocab_size), pa.int32()),
             "token": tokens, "alpha": result.alpha, "count": result.counts,
         }))
+        out.write_table(PREFIXES_FILE, pa.table(
+            {"token_id": pa.array(range(head.vocab_size), pa.int32())}
+            | {f"windows_{n}": alpha for n, alpha in sorted(result.prefixes.items())}))
         out.summary.update(
             n_tokens=result.n_positions, n_windows=len(detect), window=detect.shape[1],
             vocab_size=head.vocab_size, mean_nll=result.mean_nll,

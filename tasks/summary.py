@@ -13,10 +13,11 @@ from tasks.figures import FIGURES
 from tokprob.corpora import CorpusSource
 from tokprob.models import ModelSource
 from tokprob.store import ArtifactRef
-from tokprob.summary import encoding_markdown
+from tokprob.summary import encoding_markdown, steering_markdown
 from tokprob.workspace import Workspace
 
 MAIN_FILES = {
+    "steering": "steering.parquet",
     "corpus": "corpus.parquet",
     "windows": "windows.parquet",
     "embeddings": "embeddings.parquet",
@@ -57,4 +58,30 @@ def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
     create_markdown_artifact(markdown=encoding_markdown(result),
                              key=artifact_key("encoding", model.display_name),
                              description=f"Encoding analysis of {model.display_name}")
+    return result
+
+
+@task(name="steering-summary", cache_policy=NO_CACHE)
+def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
+                       refs: dict[str, ArtifactRef], stages: dict[str, str]) -> dict[str, Any]:
+    """The steering sweep's key numbers in one result, and a Markdown summary artifact."""
+    sweep = store_of(refs["steering"]).manifest(refs["steering"]).summary
+    figures = store_of(refs["steering-figures"]).manifest(refs["steering-figures"]).summary
+    result: dict[str, Any] = {
+        "model": model.display_name, "model_spec": model.spec, "dataset": corpus.spec,
+        "omega": sweep["omega"], "omega_dims": sweep["omega_dims"], "targets": sweep["targets"],
+        "errors": sweep["errors"], "median_abs_log_error": sweep["median_abs_log_error"],
+        "median_kl_other": sweep["median_kl_other"],
+        "fewshot_median_error": sweep["fewshot_median_error"],
+        "heldout_positions": sweep["heldout_positions"],
+        "stages": stages,
+        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
+                      for name, ref in refs.items() if name in MAIN_FILES},
+        "artifact_dirs": {name: ref.path for name, ref in refs.items()},
+        "plots": {name: str(refs["steering-figures"].file(file))
+                  for name, file in figures["figures"].items()},
+    }
+    create_markdown_artifact(markdown=steering_markdown(result),
+                             key=artifact_key("steering-summary", model.display_name),
+                             description=f"Steering of {model.display_name}")
     return result

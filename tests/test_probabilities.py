@@ -105,3 +105,19 @@ def test_stored_hidden_states_rebuild_the_logits(tiny_models, tmp_path, architec
         expected = model(input_ids=torch.as_tensor(windows, dtype=torch.long)).logits
     rebuilt = head_logits(torch.from_numpy(stored.hidden), head)
     torch.testing.assert_close(rebuilt, expected.reshape(-1, VOCAB_ROWS), rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_snapshots_equal_alpha_of_the_first_windows(tiny_models):
+    from tokprob.probabilities import prefix_grid
+
+    model = load_model(tiny_models["gpt_neox"])
+    head = output_head(model)
+    windows = _windows(n=11, length=8)
+    assert prefix_grid(11) == [1, 2, 4, 8]
+    result = averaged_probabilities(model, head, windows, batch_size=3, prefixes=[1, 2, 4, 8])
+    assert sorted(result.prefixes) == [1, 2, 4, 8]
+    for n, alpha in result.prefixes.items():
+        alone = averaged_probabilities(model, head, windows[:n], batch_size=5).alpha
+        np.testing.assert_allclose(alpha, alone, rtol=1e-6, atol=1e-12)
+    whole = averaged_probabilities(model, head, windows, batch_size=3).alpha
+    np.testing.assert_allclose(result.alpha, whole, rtol=1e-6, atol=1e-12)

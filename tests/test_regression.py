@@ -243,3 +243,23 @@ def test_the_smallest_fittable_size_works():
     result = fit_ols(x, y)
     assert result.df_resid == 1
     _close(result.r2, _statsmodels(x, y).rsquared)
+
+
+def test_refit_from_gram_for_another_target_matches_statsmodels():
+    from tokprob.regression import CenteredGram, slopes_from_gram
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(500, 7)).astype(np.float32)
+    y1 = x @ rng.normal(size=7) + rng.normal(size=500)
+    y2 = x @ rng.normal(size=7) + 0.3 * rng.normal(size=500) + 4.0
+    refit = CenteredGram.compute(x, y1, chunk_rows=64).with_target(x, y2, chunk_rows=64)
+    direct = CenteredGram.compute(x, y2)
+    np.testing.assert_allclose(refit.cross, direct.cross, rtol=1e-10)
+    assert refit.tss == pytest.approx(direct.tss, rel=1e-12)
+    table, r2 = slopes_from_gram(refit)
+    reference = fit_ols_statsmodels(x, y2)
+    np.testing.assert_allclose(table["slope"], reference.slope, rtol=1e-8)
+    np.testing.assert_allclose(table["std_err"], reference.std_err, rtol=1e-8)
+    np.testing.assert_allclose(table["t"], reference.t, rtol=1e-8)
+    np.testing.assert_allclose(table["p"], reference.p, rtol=1e-6, atol=1e-300)
+    assert r2 == pytest.approx(reference.r2, rel=1e-10)

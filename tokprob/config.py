@@ -122,6 +122,47 @@ class SparsityConfig:
                  self.significance)
 
 
+@dataclass(frozen=True)
+class SteeringConfig:
+    """Steering α by editing output embeddings (paper §3, SPEC §1.4)."""
+
+    omega: Literal["bonferroni", "all", "top-k"] = "bonferroni"
+    """Dimensions the edit may move: the Bonferroni-significant ones (at --significance),
+    all of them, or the top-k by |t|."""
+
+    top_k: int = 16
+    """k for --omega top-k."""
+
+    ratios: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 2.0, 5.0, 10.0, 20.0)
+    """Factors r to multiply a token's α by (comma-separated)."""
+
+    percentiles: tuple[float, ...] = (1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 99.0)
+    """α percentiles around which target tokens are sampled (comma-separated)."""
+
+    tokens_per_percentile: int = 3
+    """Target tokens sampled near each percentile."""
+
+    targets: tuple[str, ...] = ()
+    """More target tokens, as text (exactly one token) or as integer ids (repeatable)."""
+
+    fewshot: bool = True
+    """Also estimate A from the first 1, 2, 4, … detecting windows only."""
+
+    target_seed: int = 0
+    """Seed of the target sampling."""
+
+    def __post_init__(self) -> None:
+        _require(self.top_k >= 1, "--top-k", "at least 1", self.top_k)
+        _require(self.tokens_per_percentile >= 0, "--tokens-per-percentile",
+                 "0 or more", self.tokens_per_percentile)
+        _require(len(self.ratios) > 0, "--ratios", "at least one ratio", self.ratios)
+        for ratio in self.ratios:
+            _require(ratio > 0, "--ratios", "positive finite factors (r = 2 doubles α)",
+                     ratio)
+        for percentile in self.percentiles:
+            _require(0.0 <= percentile <= 100.0, "--percentiles", "in [0, 100]", percentile)
+
+
 def key_params(config: Any) -> dict[str, Any]:
     """The fields of a config that belong in a cache key."""
     return {

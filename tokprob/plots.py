@@ -10,14 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 DPI = 120
-
-
-def alpha_percentile(alpha: np.ndarray) -> np.ndarray:
-    """Percentile (0–100) of each token's α among all tokens."""
-    return 100.0 * (rankdata(alpha) - 1) / max(len(alpha) - 1, 1)
 
 
 def pca_scatter(scores: np.ndarray, percentile: np.ndarray, title: str, path: Path) -> None:
@@ -98,3 +92,49 @@ def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
     plt.close(fig)
+
+
+def steering_accuracy(sweep: pd.DataFrame, title: str, path: Path) -> None:
+    """Achieved α'/α against the requested r (log–log), one line per α percentile."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    ratios = np.sort(sweep["r"].unique())
+    for percentile, group in sweep.groupby("percentile", dropna=False):
+        label = "your tokens" if np.isnan(percentile) else f"α percentile {percentile:g}"
+        medians = group.groupby("r")["achieved"].median()
+        ax.plot(medians.index, medians.to_numpy(), marker="o", ms=3, label=label)
+    ax.plot(ratios, ratios, color="black", ls="--", lw=1, label="achieved = requested")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("requested ratio r")
+    ax.set_ylabel("achieved ratio α'/α (held-out, median over tokens)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def steering_error_by_percentile(sweep: pd.DataFrame, title: str, path: Path) -> None:
+    """|log(α'/α) − log r| of every target token against its α percentile, per r."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    magnitude = np.abs(np.log(sweep["r"].to_numpy()))
+    points = ax.scatter(sweep["alpha_percentile"], sweep["abs_log_error"], c=magnitude, s=14,
+                        cmap="viridis")
+    fig.colorbar(points, ax=ax, label="|log r|")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("α percentile of the target token")
+    ax.set_ylabel("|log(α'/α) − log r|")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def steering_error_by_fewshot(sweep: pd.DataFrame, title: str, path: Path) -> None:
+    """Median error against the number of detecting windows A was estimated from."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r, group in sweep.groupby("r"):
+        medians = group.groupby("n_fit")["abs_log_error"].median()
+        ax.plot(medians.index, medians.to_numpy(), marker="o", ms=3, label=f"r = {r:g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("detecting windows used to estimate A")
+    ax.set_ylabel("median |log(α'/α) − log r|")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)

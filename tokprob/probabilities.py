@@ -36,6 +36,8 @@ class AlphaResult:
     nll_sum: float
     """Σ −log P(next token) over the positions that have a next token."""
     n_predictions: int
+    prefixes: dict[int, np.ndarray]
+    """n → α over the first n windows only (few-shot estimates, paper §3)."""
 
     @property
     def mean_nll(self) -> float:
@@ -46,9 +48,27 @@ class AlphaResult:
         return float(np.exp(self.mean_nll))
 
 
+def alpha_percentile(alpha: np.ndarray) -> np.ndarray:
+    """Percentile (0–100) of each token's α among all tokens."""
+    from scipy.stats import rankdata
+
+    return 100.0 * (rankdata(alpha) - 1) / max(len(alpha) - 1, 1)
+
+
 def batches(windows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(windows), batch_size):
         yield windows[start:start + batch_size]
+
+
+def prefix_grid(n_windows: int) -> list[int]:
+    """1, 2, 4, … windows below n_windows: where few-shot α snapshots are taken."""
+    return [1 << i for i in range(n_windows.bit_length()) if (1 << i) < n_windows]
+
+
+def _batch_ends(n_windows: int, batch_size: int, prefixes: list[int]) -> list[int]:
+    """Batch boundaries, cut also at each prefix so its snapshot is exact."""
+    ends = set(range(batch_size, n_windows, batch_size)) | {n_windows}
+    return sorted(ends | {n for n in prefixes if 0 < n < n_windows})
 
 
 def averaged_probabilities(
@@ -57,14 +77,20 @@ def averaged_probabilities(
     windows: np.ndarray,
     batch_size: int,
     progress: Progress | None = None,
+    prefixes: list[int] | None = None,
 ) -> AlphaResult:
-    """α, counts and the mean next-token NLL over every position of `windows`."""
+    """α, counts and the mean next-token NLL over every position of `windows`, and α
+    over the first n windows for each n in `prefixes`."""
     device = head.weight.device
     vocab = head.vocab_size
     total = torch.zeros(vocab, dtype=torch.float64, device=device)
     nll_sum = 0.0
+    wanted = set(prefixes or [])
+    snapshots: dict[int, np.ndarray] = {}
+    start = 0
     with torch.inference_mode():
-        for batch in batches(windows, batch_size):
+        for end in _batch_ends(len(windows), batch_size, sorted(wanted)):
+            batch = windows[start:end]
             ids = torch.as_tensor(batch, dtype=torch.long, device=device)
             hidden = final_hidden_states(model, ids)
             targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], dim=1)
@@ -78,6 +104,9 @@ def averaged_probabilities(
                 )
             total += batch_sum
             nll_sum += batch_nll
+            if end in wanted:
+                snapshots[end] = (total / (end * windows.shape[1])).cpu().numpy()
+            start = end
             if progress is not None:
                 progress.update(batch.size)
     n_positions = int(windows.size)
@@ -88,7 +117,19 @@ def averaged_probabilities(
         n_positions=n_positions,
         nll_sum=nll_sum,
         n_predictions=int(windows.shape[0] * (windows.shape[1] - 1)),
+        prefixes=snapshots,
     )
+
+
+def alpha_from_hidden(hidden: torch.Tensor, head: OutputHead) -> np.ndarray:
+    """α over positions whose final hidden states are given: (positions, d) → (vocab,).
+
+    What a model with this head would give on the text the states came from; the
+    cheap way to evaluate edits of the LM head (paper §3, §4)."""
+    with torch.inference_mode():
+        no_targets = torch.full((hidden.shape[0],), -1, dtype=torch.long, device=hidden.device)
+        total, _ = _softmax_sums(hidden, no_targets, head)
+    return (total / hidden.shape[0]).cpu().numpy()
 
 
 def _softmax_sums(hidden: torch.Tensor, targets: torch.Tensor,

@@ -14,7 +14,7 @@ is the reference it is tested against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,17 @@ class CenteredGram:
         gram = np.tril(gram) + np.tril(gram, -1).T
         return cls(n=n, mean_x=mean_x, mean_y=mean_y, gram=gram, cross=cross,
                    tss=float(((y - mean_y) ** 2).sum()))
+
+    def with_target(self, x: np.ndarray, y: np.ndarray,
+                    chunk_rows: int = CHUNK_ROWS) -> CenteredGram:
+        """The same design with another target: X'X is reused, only X'y, ȳ and TSS change."""
+        y = np.asarray(y, dtype=np.float64)
+        mean_y = float(y.mean())
+        cross = np.zeros(len(self.mean_x))
+        for start, chunk in _chunks(x, chunk_rows, with_start=True):
+            centred = chunk.astype(np.float64) - self.mean_x
+            cross += centred.T @ (y[start:start + len(chunk)] - mean_y)
+        return replace(self, mean_y=mean_y, cross=cross, tss=float(((y - mean_y) ** 2).sum()))
 
     def r2_of(self, columns: np.ndarray) -> float:
         """R² of the least-squares fit on a subset of the columns (plus intercept)."""
@@ -141,14 +152,7 @@ def fit_ols(x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS,
             "whose α did not underflow to 0."
         )
     g = CenteredGram.compute(x, y, chunk_rows)
-    scale = np.sqrt(np.diag(g.gram))
-    # A column is constant when its spread is nothing next to its own size (rounding of
-    # the mean), not next to the other columns: scales of E's columns may differ widely.
-    keep = scale > 1e-12 * np.sqrt(scale**2 + n * g.mean_x**2)
-    s = scale[keep]
-    # Scaling to unit column norm makes the system's conditioning that of the
-    # correlation matrix, not of the raw embedding scales.
-    solve = _Solver(g.gram[np.ix_(keep, keep)] / np.outer(s, s))
+    keep, s, solve = _scaled_system(g)
     beta = solve(g.cross[keep] / s) / s
     residual, correction = _residual_pass(x, y, g, keep, beta, chunk_rows)
     for _ in range(refinements):
@@ -180,6 +184,28 @@ def fit_ols(x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS,
     )
 
 
+def slopes_from_gram(g: CenteredGram) -> tuple[pd.DataFrame, float]:
+    """The per-dimension table (dim, slope, std_err, t, p) and R² of the OLS, from its
+    sufficient statistics alone: a cheap refit for another target of the same design
+    (few-shot estimates of A, paper §3). No refinement pass, so accurate to the
+    conditioning of X'X rather than to statsmodels' 1e-8."""
+    keep, s, solve = _scaled_system(g)
+    beta = solve(g.cross[keep] / s) / s
+    rss = max(g.tss - float(g.cross[keep] @ beta), 0.0)
+    df_resid = g.n - solve.rank - 1
+    k = len(keep)
+    slope = np.zeros(k)
+    slope[keep] = beta
+    std_err = np.full(k, np.nan)
+    std_err[keep] = np.sqrt(rss / df_resid * solve.inverse_diagonal()) / s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(keep, slope / std_err, np.nan)
+    table = pd.DataFrame({"dim": np.arange(k, dtype=np.int32), "slope": slope,
+                          "std_err": std_err, "t": t,
+                          "p": 2.0 * stats.t.sf(np.abs(t), df_resid)})
+    return table, 1.0 - rss / g.tss
+
+
 def encoding_target(alpha: np.ndarray, counts: np.ndarray, target: str) -> np.ndarray:
     """y of the regression: −log α, or −log of the add-one smoothed next-token frequency."""
     if target == "frequency":
@@ -207,6 +233,18 @@ def fit_ols_statsmodels(x: np.ndarray, y: np.ndarray) -> OLSResult:
         f_pvalue=float(fit.f_pvalue), rss=float(fit.ssr), df_resid=int(fit.df_resid),
         fitted=np.asarray(fit.fittedvalues), gram=CenteredGram.compute(x, y),
     )
+
+
+def _scaled_system(g: CenteredGram) -> tuple[np.ndarray, np.ndarray, _Solver]:
+    """The informative columns, their scales, and a solver of the scaled normal equations."""
+    scale = np.sqrt(np.diag(g.gram))
+    # A column is constant when its spread is nothing next to its own size (rounding of
+    # the mean), not next to the other columns: scales of E's columns may differ widely.
+    keep = scale > 1e-12 * np.sqrt(scale**2 + g.n * g.mean_x**2)
+    s = scale[keep]
+    # Scaling to unit column norm makes the system's conditioning that of the
+    # correlation matrix, not of the raw embedding scales.
+    return keep, s, _Solver(g.gram[np.ix_(keep, keep)] / np.outer(s, s))
 
 
 class _Solver:

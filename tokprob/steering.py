@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from tokprob.errors import TokprobError
+from tokprob.probabilities import alpha_percentile
 
 OMEGAS = ("bonferroni", "all", "top-k")
 
@@ -63,6 +64,62 @@ def steering_direction(slope: np.ndarray, mask: np.ndarray) -> np.ndarray:
         raise TokprobError("The regression slope is zero on every selected dimension; "
                            "there is no encoding direction to steer along.")
     return masked / norm
+
+
+def resolve_targets(targets: tuple[str, ...], tokenizer, vocab_size: int) -> list[int]:
+    """Token ids of user targets: an integer is an id, anything else must be exactly one
+    token of the model's tokenizer."""
+    ids = []
+    for target in targets:
+        if target.strip().lstrip("-").isdigit():
+            token = int(target)
+            if not 0 <= token < vocab_size:
+                raise TokprobError(
+                    f"Token id {token} is not in the model's vocabulary of {vocab_size} "
+                    f"output rows (ids 0 to {vocab_size - 1})."
+                )
+            ids.append(token)
+            continue
+        pieces = tokenizer(target, add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1:
+            shown = ", ".join(repr(tokenizer.decode([p])) for p in pieces)
+            raise TokprobError(
+                f"{target!r} is not one token: the model's tokenizer makes {len(pieces)} "
+                f"of it ({shown or 'none'}). Steer one token at a time (each of those is "
+                "one), or give its integer id."
+            )
+        ids.append(int(pieces[0]))
+    return ids
+
+
+def sample_targets(alpha: np.ndarray, usable: np.ndarray, percentiles: tuple[float, ...],
+                   per_percentile: int, seed: int) -> list[tuple[int, float]]:
+    """(token, percentile) pairs: tokens whose α sits near each percentile, by seed."""
+    rank = alpha_percentile(alpha)
+    rng = np.random.default_rng(seed)
+    chosen: list[tuple[int, float]] = []
+    taken: set[int] = set()
+    for percentile in percentiles:
+        distance = np.where(usable, np.abs(rank - percentile), np.inf)
+        distance[list(taken)] = np.inf
+        near = np.flatnonzero(distance <= 0.5)
+        if len(near) < per_percentile:  # too few near it: the closest ones
+            near = np.argsort(distance, kind="stable")[:per_percentile]
+        for token in rng.choice(near, size=min(per_percentile, len(near)), replace=False):
+            chosen.append((int(token), float(percentile)))
+            taken.add(int(token))
+    return chosen
+
+
+def error_summary(sweep: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Median and 90th percentile of |log(α'/α) − log r| per r, for the full-data fit."""
+    full = sweep[sweep["n_fit"] == sweep["n_fit"].max()]
+    return {
+        f"{r:g}": {"median": float(group["abs_log_error"].median()),
+                   "p90": float(group["abs_log_error"].quantile(0.9)),
+                   "median_achieved": float(group["achieved"].median())}
+        for r, group in full.groupby("r")
+    }
 
 
 def check_ratios(ratios: list[float]) -> None:
@@ -116,16 +173,20 @@ class SteeringEvaluator:
         self.bias = None if bias is None else torch.as_tensor(np.asarray(bias, np.float32))
         self.rows_per_chunk = rows_per_chunk
 
-    def evaluate(self, tokens: np.ndarray, ratios: np.ndarray,
-                 direction: np.ndarray) -> SteeringEffects:
-        """Effects of steering each tokens[k] by ratios[k], one edit at a time."""
+    def evaluate(self, tokens: np.ndarray, ratios: np.ndarray, directions: np.ndarray,
+                 with_kl: bool = True) -> SteeringEffects:
+        """Effects of steering each tokens[k] by ratios[k] along directions[k] (or one
+        shared direction), one edit at a time. Without `with_kl`, kl_other is NaN and
+        the pass costs O(positions × pairs) instead of O(positions × vocab × pairs)."""
         tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+        pairs = len(tokens)
         log_r = torch.as_tensor(np.log(np.asarray(ratios, dtype=np.float64)))
-        v = torch.as_tensor(np.asarray(direction, dtype=np.float32))
-        vocab, pairs = self.weight.shape[0], len(tokens)
-        alpha = torch.zeros(vocab, dtype=torch.float64)
+        v = torch.as_tensor(np.broadcast_to(np.asarray(directions, dtype=np.float32),
+                                            (pairs, self.weight.shape[1])).copy())
+        vocab = self.weight.shape[0]
         # Σ_x p_j(x)·(1 − p'_w(x))/(1 − p_w(x)): α' of every non-target token, per pair.
-        reweighted = torch.zeros(vocab, pairs, dtype=torch.float64)
+        reweighted = torch.zeros(vocab, pairs if with_kl else 0, dtype=torch.float64)
+        alpha = torch.zeros(vocab, dtype=torch.float64)
         target_before = torch.zeros(pairs, dtype=torch.float64)
         target_after = torch.zeros(pairs, dtype=torch.float64)
         n = self.hidden.shape[0]
@@ -136,23 +197,23 @@ class SteeringEvaluator:
                 if self.bias is not None:
                     logits = logits + self.bias
                 lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-                probs = torch.exp(logits - lse)  # float32: only summed, never divided
                 z = logits.gather(1, tokens.expand(len(h), -1)).double()
-                lse = lse.double()
-                shifted = z - log_r * (h @ v).double().unsqueeze(1)
-                p_before = torch.exp(z - lse)
+                shifted = z - log_r * (h @ v.T).double()
+                p_before = torch.exp(z - lse.double())
                 rest = torch.clamp(1.0 - p_before, min=0.0)
-                new_lse = torch.logaddexp(torch.log(rest) + lse, shifted)
+                new_lse = torch.logaddexp(torch.log(rest) + lse.double(), shifted)
                 p_after = torch.exp(shifted - new_lse)
-                alpha += probs.sum(0).double()
                 target_before += p_before.sum(0)
                 target_after += p_after.sum(0)
-                factor = (1.0 - p_after) / rest.clamp_min(1e-300)
-                reweighted += (probs.T @ factor.float()).double()
-        alpha_before = (target_before / n).numpy()
-        alpha_after = (target_after / n).numpy()
-        kl = _kl_over_non_targets((alpha / n).numpy(), (reweighted / n).numpy(), tokens.numpy())
-        return SteeringEffects(alpha=alpha_before, steered_alpha=alpha_after, kl_other=kl)
+                if with_kl:
+                    probs = torch.exp(logits - lse)  # float32: only summed, never divided
+                    alpha += probs.sum(0).double()
+                    factor = (1.0 - p_after) / rest.clamp_min(1e-300)
+                    reweighted += (probs.T @ factor.float()).double()
+        kl = (_kl_over_non_targets((alpha / n).numpy(), (reweighted / n).numpy(),
+                                   tokens.numpy()) if with_kl else np.full(pairs, np.nan))
+        return SteeringEffects(alpha=(target_before / n).numpy(),
+                               steered_alpha=(target_after / n).numpy(), kl_other=kl)
 
 
 def _kl_over_non_targets(alpha: np.ndarray, steered: np.ndarray,
@@ -166,3 +227,17 @@ def _kl_over_non_targets(alpha: np.ndarray, steered: np.ndarray,
         positive = p > 0
         kl[k] = float(np.sum(p[positive] * np.log(p[positive] / q[positive])))
     return kl
+
+
+def steer_model(model, targets: dict[int, float], direction: np.ndarray) -> None:
+    """Edit a loaded model in place: untie its output embeddings, then move each target
+    row by −log(r)·v. The input embeddings and every other row stay as they were."""
+    from tokprob.models import output_head, untie_output_embeddings
+
+    untie_output_embeddings(model)
+    weight = output_head(model).weight
+    steered = steer_embeddings(weight.float().cpu().numpy(), targets, direction)
+    rows = torch.as_tensor(sorted(targets))
+    with torch.no_grad():
+        weight[rows] = torch.as_tensor(steered[rows.numpy()], dtype=weight.dtype,
+                                       device=weight.device)

@@ -76,3 +76,35 @@ def encoding_markdown(result: dict[str, Any]) -> str:
 
 def _at_k(values: dict[str, float]) -> str:
     return ", ".join(f"k={k}: {v:.3f}" for k, v in values.items())
+
+
+def steering_text(result: dict[str, Any]) -> str:
+    """The summary printed at the end of `tokprob run steering`."""
+    cached = sum(1 for state in result["stages"].values() if state == "cached")
+    lines = [
+        f"tokprob steering: {result['model']} on {result['dataset']}",
+        f"  {result['targets']} target tokens across the α range, Ω = {result['omega']} "
+        f"({result['omega_dims']} dimensions), evaluated on {result['heldout_positions']:,} "
+        "held-out positions",
+        "  requested r   achieved (median)   |log(α'/α) − log r| median   90th pct",
+        *(f"  {r:>11}   {e['median_achieved']:>17.3f}   {e['median']:>26.3f}   "
+          f"{e['p90']:>8.3f}" for r, e in result["errors"].items()),
+        f"  side effect on other tokens: median KL {result['median_kl_other']:.2e}",
+        "  few-shot (detecting windows → median error): "
+        + ", ".join(f"{n}: {e:.3f}" for n, e in result["fewshot_median_error"].items()),
+        f"  stages: {cached} of {len(result['stages'])} from cache",
+        "  plots:",
+        *(f"    {path}" for path in result["plots"].values()),
+        f"  sweep: {result['artifacts']['steering']}",
+    ]
+    return "\n".join(lines)
+
+
+def steering_markdown(result: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {r} | {e['median_achieved']:.3f} | {e['median']:.3f} | {e['p90']:.3f} |"
+                     for r, e in result["errors"].items())
+    return (f"# Steering: {result['model']} on {result['dataset']}\n\n"
+            f"{result['targets']} targets, Ω = {result['omega']} ({result['omega_dims']} "
+            f"dimensions); median KL on other tokens {result['median_kl_other']:.2e}\n\n"
+            "| r | achieved (median) | median abs. log error | 90th pct |\n"
+            f"|---:|---:|---:|---:|\n{rows}\n")

@@ -1,0 +1,17 @@
+"""Benchmarks of tokprob on the real default model and corpus, each against a baseline
+measured in the same run.
+
+    python -m benchmarks                       all of them (about 10 minutes on 2 CPU cores)
+    python -m benchmarks --quick               smaller sizes, for a quick look
+    python -m benchmarks --only alpha_memory   one of them (repeat --only for more)
+    make bench ARGS="--quick"
+
+| benchmark | measures | goal |
+|---|---|---|
+| alpha_throughput | α tokens/s ÷ bare forward tokens/s (float32, bfloat16) | ≥ 0.95 |
+| regression_solver | statsmodels s ÷ fit_ols s; their largest relative difference | ≥ 5×; ≤ 1e-8 |
+| alpha_memory | peak RSS of α at 4N tokens ÷ at N tokens | ≤ 1.1 |
+| cached_rerun | encoding flow: cached re-run seconds ÷ cold run seconds | ≤ 3% |
+
+Benchmarks report; they never fail on a missed goal (the tests check correctness).
+"""

@@ -1,0 +1,92 @@
+"""The `steering` flow and the `steer` flow (paper §3).
+
+    detect (corpus, windows, embeddings, probabilities, regression) ──┐
+                                       windows ──► hidden ────────────┴► steering ──► figures
+
+`steering` measures how precisely editing output embeddings multiplies α by r, on the
+held-out split, from cached hidden states; `steer` writes a steered copy of the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.encoding import detect, keep_hidden_states
+from flows.stages import STEERING_STAGES
+from tasks.runner import StageRunner
+from tasks.steer_model import save_steered_model
+from tasks.steering import steering as steering_sweep
+from tasks.steering import steering_figures
+from tasks.summary import summarize_steering
+from tokprob.config import (
+    HiddenConfig,
+    ProbabilityConfig,
+    RegressionConfig,
+    RunConfig,
+    SparsityConfig,
+    SteeringConfig,
+    WindowConfig,
+)
+from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
+from tokprob.workspace import Workspace
+
+
+@flow(name="steering")
+def steering(
+    model: str = DEFAULT_MODEL,
+    dataset: str = DEFAULT_DATASET,
+    split: str = "train",
+    text_column: str = "text",
+    window_config: WindowConfig = WindowConfig(),
+    run_config: RunConfig = RunConfig(),
+    probability_config: ProbabilityConfig = ProbabilityConfig(),
+    regression_config: RegressionConfig = RegressionConfig(),
+    sparsity_config: SparsityConfig = SparsityConfig(),
+    hidden_config: HiddenConfig = HiddenConfig(),
+    steering_config: SteeringConfig = SteeringConfig(),
+    data_dir: str | None = None,
+    refresh: list[str] | None = None,
+) -> dict[str, Any]:
+    """How accurately editing output embeddings steers averaged output probabilities."""
+    workspace = Workspace.from_env(data_dir)
+    stage = StageRunner(workspace, refresh or [], STEERING_STAGES)
+    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
+                   run_config, probability_config, regression_config)
+    held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
+    sweep = stage(steering_sweep, workspace=workspace, model=found.model,
+                  regression=found.regression, embeddings=found.embeddings,
+                  probabilities=found.probabilities, hidden=held, config=steering_config,
+                  significance=sparsity_config)
+    stage(steering_figures, workspace=workspace, steering=sweep)
+    return summarize_steering(workspace, found.model, found.corpus, stage.refs, stage.states)
+
+
+@flow(name="steer")
+def steer(
+    tokens: list[str],
+    ratios: list[float],
+    out: str,
+    model: str = DEFAULT_MODEL,
+    dataset: str = DEFAULT_DATASET,
+    split: str = "train",
+    text_column: str = "text",
+    window_config: WindowConfig = WindowConfig(),
+    run_config: RunConfig = RunConfig(),
+    probability_config: ProbabilityConfig = ProbabilityConfig(),
+    regression_config: RegressionConfig = RegressionConfig(),
+    sparsity_config: SparsityConfig = SparsityConfig(),
+    hidden_config: HiddenConfig = HiddenConfig(),
+    steering_config: SteeringConfig = SteeringConfig(),
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Write a copy of the model whose output embeddings steer the given tokens."""
+    workspace = Workspace.from_env(data_dir)
+    stage = StageRunner(workspace, [], STEERING_STAGES)
+    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
+                   run_config, probability_config, regression_config)
+    held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
+    return save_steered_model(found.model, found.regression, found.embeddings,
+                              found.probabilities, held, tokens, ratios, steering_config,
+                              sparsity_config, out)

@@ -1,0 +1,92 @@
+"""Writing a steered copy of a model that any transformers code can load (paper §3)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks._io import read_bias, read_embeddings, read_probabilities, read_table
+from tasks.hidden import HIDDEN_FILE
+from tasks.regression import REGRESSION_FILE
+from tokprob.config import SparsityConfig, SteeringConfig
+from tokprob.errors import TokprobError
+from tokprob.hidden import read_hidden_states
+from tokprob.models import ModelSource, OutputHead, load_model, load_tokenizer, output_head
+from tokprob.probabilities import alpha_from_hidden
+from tokprob.steering import (
+    check_ratios,
+    omega_mask,
+    resolve_targets,
+    steer_model,
+    steering_direction,
+)
+from tokprob.store import ArtifactRef
+
+RECORD = "tokprob-steering.json"
+
+
+@task(name="save-steered-model", cache_policy=NO_CACHE)
+def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: ArtifactRef,
+                       probabilities: ArtifactRef, hidden: ArtifactRef, tokens: list[str],
+                       ratios: list[float], config: SteeringConfig,
+                       significance: SparsityConfig, out: str) -> dict[str, Any]:
+    """Steer the tokens by the ratios and save the model with save_pretrained (untied),
+    its tokenizer, and a JSON record of the edit with the ratios predicted on held-out
+    text."""
+    if len(tokens) != len(ratios):
+        raise TokprobError(f"Give one --ratio per --token ({len(tokens)} tokens, "
+                           f"{len(ratios)} ratios).")
+    check_ratios(ratios)
+    target = Path(out).expanduser().resolve()
+    if target.exists() and any(target.iterdir()):
+        raise TokprobError(f"{target} exists and is not empty; choose another --out "
+                           "(tokprob never overwrites a folder).")
+    tokenizer = load_tokenizer(model.path)
+    weight = read_embeddings(embeddings)
+    ids = resolve_targets(tuple(tokens), tokenizer, len(weight))
+    if len(set(ids)) != len(ids):
+        raise TokprobError("A token is given twice; give each token once with its ratio.")
+    table = read_table(regression, REGRESSION_FILE)
+    mask = omega_mask(table, config.omega, significance.significance, config.top_k)
+    direction = steering_direction(table["slope"].to_numpy(), mask)
+    edits = dict(zip(ids, ratios, strict=True))
+    lm = load_model(model.path, dtype="float32", device="cpu")
+    steer_model(lm, edits, direction)
+    # The edits act together (one normalizer), so the prediction uses the whole new head.
+    hidden_states = torch.from_numpy(read_hidden_states(hidden.file(HIDDEN_FILE)).hidden)
+    bias = read_bias(embeddings)
+    bias = None if bias is None else torch.from_numpy(bias)
+    before = alpha_from_hidden(hidden_states, OutputHead(torch.from_numpy(weight), bias, False))
+    after = alpha_from_hidden(hidden_states, output_head(lm))
+    detect_alpha = read_probabilities(probabilities)["alpha"].to_numpy()
+    record = {
+        "source_model": model.spec, "source_fingerprint": model.fingerprint,
+        "omega": config.omega, "omega_dims": int(mask.sum()),
+        "direction": direction.tolist(),
+        "edits": [
+            {"token": tokenizer.decode([token]), "token_id": token, "ratio": ratio,
+             "alpha_detect": float(detect_alpha[token]),
+             "alpha_heldout": float(before[token]),
+             "predicted_ratio_heldout": float(after[token] / before[token])}
+            for token, ratio in edits.items()
+        ],
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        lm.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        (scratch / RECORD).write_text(json.dumps(record, indent=2))
+        if target.exists():
+            target.rmdir()
+        scratch.rename(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"out": str(target)} | {k: v for k, v in record.items() if k != "direction"}

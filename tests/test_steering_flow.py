@@ -1,0 +1,129 @@
+"""The steering flow and `tokprob steer` through Prefect, on tiny random models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from flows.cli import main
+from tokprob.config import HiddenConfig, ProbabilityConfig, SteeringConfig, WindowConfig
+from tokprob.windows import HELDOUT, Windows
+
+pytestmark = pytest.mark.prefect
+
+SMALL = {
+    "window_config": WindowConfig(window=16, heldout_fraction=0.3),
+    "probability_config": ProbabilityConfig(max_tokens=160),
+    "hidden_config": HiddenConfig(heldout_tokens=64),
+}
+STEER = SteeringConfig(omega="all", ratios=(0.1, 0.5, 2.0, 10.0), tokens_per_percentile=2,
+                       percentiles=(10.0, 50.0, 90.0), targets=(" the", "17"))
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_steering_flow_reuses_the_encoding_stages(prefect_api, tiny_models, tiny_text_dir,
+                                                  tmp_path):
+    from flows.encoding import encoding
+    from flows.steering import steering
+
+    common = {"model": str(tiny_models["phi"]), "dataset": str(tiny_text_dir),
+              "data_dir": str(tmp_path)}
+    encoding(**common, window_config=SMALL["window_config"],
+             probability_config=SMALL["probability_config"])
+    result = steering(**common, **SMALL, steering_config=STEER)
+    for stage in ("corpus", "windows", "embeddings", "probabilities", "regression"):
+        assert result["stages"][stage] == "cached"
+    assert result["stages"]["steering"] == "computed"
+    assert set(result["errors"]) == {"0.1", "0.5", "2", "10"}
+    assert result["targets"] == 3 * 2 + 2
+
+    sweep = pq.read_table(result["artifacts"]["steering"]).to_pandas()
+    for column in ("token_id", "token", "alpha", "r", "achieved", "abs_log_error", "kl_other",
+                   "n_fit", "omega"):
+        assert column in sweep.columns
+    full = sweep[sweep["n_fit"] == sweep["n_fit"].max()]
+    np.testing.assert_allclose(full["abs_log_error"],
+                               np.abs(np.log(full["achieved"]) - np.log(full["r"])))
+    assert (full["kl_other"] >= 0).all()
+    assert full["omega"].eq("all").all()
+    assert 17 in set(full["token_id"])
+    assert sweep["n_fit"].nunique() > 1  # few-shot fits from the first 1, 2, 4, … windows
+
+    again = steering(**common, **SMALL, steering_config=STEER)
+    assert set(again["stages"].values()) == {"cached"}
+    for path in result["plots"].values():
+        assert Path(path).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_steered_model_loads_and_shows_the_predicted_change(prefect_api, tiny_models,
+                                                            tiny_text_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    source = tiny_models["gpt2"]  # tied: must be untied before the edit
+    out = tmp_path / "steered"
+    code = main(["steer", "--model", str(source), "--dataset", str(tiny_text_dir),
+                 "--data-dir", str(tmp_path / "data"), "--window", "16",
+                 "--heldout-fraction", "0.3", "--max-tokens", "160", "--heldout-tokens", "64",
+                 "--omega", "all", "--token", " the", "--ratio", "4", "--token", "42",
+                 "--ratio", "0.25", "--out", str(out), "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert code == 0
+    saved = json.loads((out / "tokprob-steering.json").read_text())
+    assert [e["ratio"] for e in saved["edits"]] == [4.0, 0.25]
+
+    original = AutoModelForCausalLM.from_pretrained(source)
+    steered = AutoModelForCausalLM.from_pretrained(out)
+    assert not steered.config.tie_word_embeddings
+    torch.testing.assert_close(steered.get_input_embeddings().weight,
+                               original.get_input_embeddings().weight)
+    changed = (steered.get_output_embeddings().weight
+               != original.get_output_embeddings().weight).any(dim=1)
+    edited = {e["token_id"] for e in record["edits"]}
+    assert set(torch.nonzero(changed).flatten().tolist()) == edited
+
+    windows_file = next((tmp_path / "data" / "artifacts" / "windows").glob("*/windows.parquet"))
+    heldout = Windows.from_arrow(pq.read_table(windows_file)).take(HELDOUT, 64)
+    ids = torch.as_tensor(heldout, dtype=torch.long)
+    with torch.no_grad():
+        before = torch.softmax(original(input_ids=ids).logits.double(), -1).mean((0, 1))
+        after = torch.softmax(steered(input_ids=ids).logits.double(), -1).mean((0, 1))
+    for edit in record["edits"]:
+        token = edit["token_id"]
+        assert float(after[token] / before[token]) == pytest.approx(
+            edit["predicted_ratio_heldout"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--token", " the", "--ratio", "0"], "positive finite"),
+        (["--token", " the", "--ratio", "-2"], "positive finite"),
+        (["--token", " the", "--ratio", "nan"], "positive finite"),
+        (["--token", "The cat sat", "--ratio", "2"], "is not one token"),
+        (["--token", "99999", "--ratio", "2"], "not in the model's vocabulary"),
+        (["--token", " the", "--ratio", "2", "--token", "17"], "one --ratio per --token"),
+        (["--token", " the", "--ratio", "2", "--significance", "1e-300"], "selects no dimension"),
+    ],
+)
+def test_bad_steering_input_exits_2(prefect_api, tiny_models, tiny_text_dir, tmp_path, capsys,
+                                    arguments, message):
+    code = main(["steer", "--model", str(tiny_models["llama"]), "--dataset", str(tiny_text_dir),
+                 "--data-dir", str(tmp_path / "data"), "--window", "16", "--max-tokens", "160",
+                 "--heldout-fraction", "0.3", "--heldout-tokens", "32",
+                 "--out", str(tmp_path / "out"), *arguments])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert message in captured.err
+    assert not (tmp_path / "out").exists()
