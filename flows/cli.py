@@ -20,14 +20,19 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from flows.stages import ENCODING_CONFIGS, ENCODING_STAGES, STEERING_CONFIGS, STEERING_STAGES
+from flows.stages import (
+    ENCODING_CONFIGS,
+    ENCODING_STAGES,
+    PRUNING_CONFIGS,
+    PRUNING_STAGES,
+    STEERING_CONFIGS,
+    STEERING_STAGES,
+)
 from tokprob.config import field_docs
 from tokprob.errors import TokprobError
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL, DatasetSpec, ModelSpec
 from tokprob.store import ArtifactStore
 from tokprob.workspace import Workspace
-
-STEERING_ONLY = set(STEERING_STAGES) - set(ENCODING_STAGES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(paper §3) and measure how precisely")
     _add_flow_arguments(steering, STEERING_CONFIGS)
     steering.set_defaults(handler=_run_flow, refresh=[])
+    pruning = flows.add_parser("pruning", help="delete output-embedding dimensions by "
+                                               "regression saliency (paper §4) and measure "
+                                               "how far the outputs move")
+    _add_flow_arguments(pruning, PRUNING_CONFIGS)
+    _add_ood_argument(pruning)
+    pruning.set_defaults(handler=_run_flow, refresh=[])
 
     rerun = commands.add_parser("rerun", help="recompute one stage and what depends on it")
-    rerun.add_argument("stage", choices=list(dict.fromkeys(ENCODING_STAGES + STEERING_STAGES)))
-    _add_flow_arguments(rerun, ENCODING_CONFIGS | STEERING_CONFIGS)
+    rerun.add_argument("stage", choices=list(dict.fromkeys(
+        ENCODING_STAGES + STEERING_STAGES + PRUNING_STAGES)))
+    _add_flow_arguments(rerun, ENCODING_CONFIGS | STEERING_CONFIGS | PRUNING_CONFIGS)
+    _add_ood_argument(rerun)
     rerun.set_defaults(handler=_rerun, keep_hidden=False)
 
     steer = commands.add_parser(
@@ -81,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flow_arguments(steer, STEERING_CONFIGS)
     steer.set_defaults(handler=_steer)
 
+    prune = commands.add_parser(
+        "prune", help="write a copy of a model with its least salient output-embedding "
+                      "dimensions deleted")
+    prune.add_argument("--fraction", type=float, required=True,
+                       help="share of the dimensions to delete, in [0, 1)")
+    prune.add_argument("--out", required=True, help="folder to write the pruned model to")
+    # Writing the pruned model needs the regression, not the held-out hidden states.
+    _add_flow_arguments(prune, {name: config for name, config in PRUNING_CONFIGS.items()
+                                if name != "hidden_config"})
+    prune.set_defaults(handler=_prune)
+
     artifacts = commands.add_parser("artifacts", help="list the cached artifacts")
     artifacts.add_argument("--stage", help="only this stage")
     _add_common(artifacts)
@@ -91,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="artifact store (default: $TOKPROB_DATA or ./data)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_ood_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ood-dataset", default="shakespeare",
+                        help="out-of-distribution corpus for pruning (default: shakespeare)")
 
 
 def _add_flow_arguments(parser: argparse.ArgumentParser, configs: dict[str, type]) -> None:
@@ -182,9 +211,15 @@ def _run_flow(args: argparse.Namespace) -> int:
         from tokprob.summary import encoding_text as describe
 
         inputs["keep_hidden"] = args.keep_hidden
-    else:
+    elif args.flow == "steering":
         from flows.steering import steering as chosen
         from tokprob.summary import steering_text as describe
+    else:
+        from flows.pruning import pruning as chosen
+        from tokprob.summary import pruning_text as describe
+
+        DatasetSpec.parse(args.ood_dataset)
+        inputs["ood_dataset"] = args.ood_dataset
     result = chosen(**inputs)
     print(json.dumps(result, indent=2, default=str) if args.json else describe(result))
     return 0
@@ -192,9 +227,26 @@ def _run_flow(args: argparse.Namespace) -> int:
 
 def _rerun(args: argparse.Namespace) -> int:
     args.refresh = [args.stage]
-    args.flow = "steering" if args.stage in STEERING_ONLY else "encoding"
-    args.configs = STEERING_CONFIGS if args.flow == "steering" else ENCODING_CONFIGS
+    args.flow = ("steering" if args.stage in set(STEERING_STAGES) - set(ENCODING_STAGES)
+                 else "pruning" if args.stage in set(PRUNING_STAGES) - set(ENCODING_STAGES)
+                 else "encoding")
+    args.configs = {"encoding": ENCODING_CONFIGS, "steering": STEERING_CONFIGS,
+                    "pruning": PRUNING_CONFIGS}[args.flow]
     return _run_flow(args)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    inputs = _flow_inputs(args)
+    from flows.pruning import prune
+
+    result = prune(fraction=args.fraction, out=args.out, **inputs)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(f"wrote the pruned model to {result['out']}: {len(result['deleted_dimensions'])} "
+          f"of {result['hidden_size']} output-embedding dimensions deleted by "
+          f"{result['saliency']}-saliency (listed in {result['out']}/tokprob-pruning.json)")
+    return 0
 
 
 def _steer(args: argparse.Namespace) -> int:

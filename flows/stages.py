@@ -6,6 +6,7 @@ from __future__ import annotations
 from tokprob.config import (
     HiddenConfig,
     ProbabilityConfig,
+    PruningConfig,
     RegressionConfig,
     RunConfig,
     SparsityConfig,
@@ -35,3 +36,13 @@ STEERING_CONFIGS: dict[str, type] = {
                  "sparsity_config", "hidden_config")
 } | {"steering_config": SteeringConfig}
 """The steering flow's config parameters and their classes."""
+
+PRUNING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "regression", "hidden",
+                  "pruning", "pruning-figures"]
+
+PRUNING_CONFIGS: dict[str, type] = {
+    name: ENCODING_CONFIGS[name]
+    for name in ("window_config", "run_config", "probability_config", "regression_config",
+                 "hidden_config")
+} | {"pruning_config": PruningConfig}
+"""The pruning flow's config parameters and their classes."""

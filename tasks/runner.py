@@ -30,18 +30,23 @@ class StageRunner:
         self.results = workspace.prefect_results
         self.refresh = set(refresh)
         self.forced: set[str] = set()
+        """Keys of the artifacts this run recomputed on purpose."""
         self.states: dict[str, str] = {}
         self.refs: dict[str, ArtifactRef] = {}
 
-    def __call__(self, stage: Task[..., ArtifactRef], **arguments: Any) -> ArtifactRef:
-        name = stage.name
-        upstream = {v.stage for v in arguments.values() if isinstance(v, ArtifactRef)}
-        force = name in self.refresh or bool(upstream & self.forced)
-        if force:
-            self.forced.add(name)
-        stage = stage.with_options(result_storage=self.results, refresh_cache=force or None)
-        state = stage(**arguments, force=force, return_state=True)
+    def __call__(self, stage: Task[..., ArtifactRef], label: str | None = None,
+                 **arguments: Any) -> ArtifactRef:
+        """Run one stage; `label` names it in the records when a flow runs a stage twice
+        (on the in-distribution and the out-of-distribution corpus)."""
+        name = label or stage.name
+        upstream = {v.key for v in arguments.values() if isinstance(v, ArtifactRef)}
+        force = stage.name in self.refresh or bool(upstream & self.forced)
+        configured = stage.with_options(result_storage=self.results,
+                                        refresh_cache=force or None)
+        state = configured(**arguments, force=force, return_state=True)
         ref = state.result()
         self.states[name] = "cached" if state.name == "Cached" else "computed"
         self.refs[name] = ref
+        if force:
+            self.forced.add(ref.key)
         return ref

@@ -13,10 +13,14 @@ from tasks.figures import FIGURES
 from tokprob.corpora import CorpusSource
 from tokprob.models import ModelSource
 from tokprob.store import ArtifactRef
-from tokprob.summary import encoding_markdown, steering_markdown
+from tokprob.summary import encoding_markdown, pruning_markdown, steering_markdown
 from tokprob.workspace import Workspace
 
 MAIN_FILES = {
+    "pruning": "pruning.parquet",
+    "corpus-ood": "corpus.parquet",
+    "windows-ood": "windows.parquet",
+    "hidden-ood": "hidden.parquet",
     "steering": "steering.parquet",
     "corpus": "corpus.parquet",
     "windows": "windows.parquet",
@@ -84,4 +88,29 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
     create_markdown_artifact(markdown=steering_markdown(result),
                              key=artifact_key("steering-summary", model.display_name),
                              description=f"Steering of {model.display_name}")
+    return result
+
+
+@task(name="pruning-summary", cache_policy=NO_CACHE)
+def summarize_pruning(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
+                      ood: CorpusSource, refs: dict[str, ArtifactRef],
+                      stages: dict[str, str]) -> dict[str, Any]:
+    """The pruning sweep's key numbers in one result, and a Markdown summary artifact."""
+    sweep = store_of(refs["pruning"]).manifest(refs["pruning"]).summary
+    figures = store_of(refs["pruning-figures"]).manifest(refs["pruning-figures"]).summary
+    result: dict[str, Any] = {
+        "model": model.display_name, "model_spec": model.spec, "dataset": corpus.spec,
+        "ood_dataset": ood.spec, "saliency": sweep["saliency"],
+        "dimensions": sweep["dimensions"], "js_threshold": sweep["js_threshold"],
+        "headline": sweep["headline"], "metrics": sweep["table"],
+        "stages": stages,
+        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
+                      for name, ref in refs.items() if name in MAIN_FILES},
+        "artifact_dirs": {name: ref.path for name, ref in refs.items()},
+        "plots": {name: str(refs["pruning-figures"].file(file))
+                  for name, file in figures["figures"].items()},
+    }
+    create_markdown_artifact(markdown=pruning_markdown(result),
+                             key=artifact_key("pruning-summary", model.display_name),
+                             description=f"Pruning of {model.display_name}")
     return result

@@ -163,6 +163,50 @@ class SteeringConfig:
             _require(0.0 <= percentile <= 100.0, "--percentiles", "in [0, 100]", percentile)
 
 
+@dataclass(frozen=True)
+class PruningConfig:
+    """Pruning output-embedding dimensions by regression saliency (paper §4, SPEC §1.5)."""
+
+    fractions: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    """Shares of dimensions to delete, each in [0, 1) (comma-separated)."""
+
+    saliency: Literal["t", "slope-std"] = "t"
+    """Saliency of a dimension: |t| of its slope, or |slope × column std|."""
+
+    random_seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the random-dimensions baseline (comma-separated)."""
+
+    js_threshold: float = 1e-3
+    """The headline: the largest fraction whose JS divergence between the original and
+    pruned averaged distributions α stays below this."""
+
+    eval_tokens: int = 2048
+    """Held-out positions per corpus (in-distribution and out-of-distribution) on which
+    the pruned distributions are compared."""
+
+    prompts: int = 6
+    """Prompts (starts of held-out windows) for the greedy-generation comparison."""
+
+    prompt_tokens: int = 32
+    """Tokens of each prompt."""
+
+    new_tokens: int = 16
+    """Tokens generated greedily per prompt (0 skips the generation comparison)."""
+
+    def __post_init__(self) -> None:
+        _require(len(self.fractions) > 0, "--fractions", "at least one fraction such as "
+                 "0,0.1,0.2", self.fractions)
+        for fraction in self.fractions:
+            _require(0.0 <= fraction < 1.0, "--fractions", "fractions in [0, 1)", fraction)
+        _require(self.js_threshold > 0, "--js-threshold", "a positive number",
+                 self.js_threshold)
+        _require(self.eval_tokens > 0, "--eval-tokens", "a positive number of tokens",
+                 self.eval_tokens)
+        _require(self.prompts >= 1, "--prompts", "at least 1", self.prompts)
+        _require(self.prompt_tokens >= 1, "--prompt-tokens", "at least 1", self.prompt_tokens)
+        _require(self.new_tokens >= 0, "--new-tokens", "0 or more", self.new_tokens)
+
+
 def key_params(config: Any) -> dict[str, Any]:
     """The fields of a config that belong in a cache key."""
     return {

@@ -138,3 +138,55 @@ def steering_error_by_fewshot(sweep: pd.DataFrame, title: str, path: Path) -> No
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=2)
     _save(fig, path)
+
+
+PRUNING_PANELS = {
+    "kl": "mean KL(p ‖ p') per position",
+    "js": "mean JS(p, p') per position",
+    "alpha_js": "JS(α, α') of the averaged distributions",
+    "top1_agreement": "top-1 agreement",
+    "perplexity": "perplexity",
+    "generation_match": "greedy generation match rate",
+}
+METHOD_COLOURS = {"saliency": "tab:blue", "norm": "tab:orange", "random": "tab:grey"}
+
+
+def pruning_metrics(table: pd.DataFrame, title: str, path: Path) -> None:
+    """Each metric against the fraction deleted: one colour per method (random: mean over
+    seeds), solid in distribution, dashed out of distribution."""
+    panels = [name for name in PRUNING_PANELS if name in table]
+    columns = 3
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, panels, strict=False):
+        for (method, split), group in table.groupby(["method", "split"], sort=True):
+            curve = group.groupby("fraction")[name].mean()
+            ax.plot(curve.index, curve.to_numpy(), color=METHOD_COLOURS.get(method, "black"),
+                    ls="-" if split == "id" else "--", marker="o", ms=2.5,
+                    label=f"{method} ({split})")
+        if name in ("kl", "js", "alpha_js"):
+            ax.set_yscale("symlog", linthresh=1e-5)
+        ax.set_title(PRUNING_PANELS[name], fontsize=10)
+        ax.set_xlabel("fraction of dimensions deleted")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def pruning_alpha_js(table: pd.DataFrame, threshold: float, title: str, path: Path) -> None:
+    """The headline metric, JS(α, α'), against the fraction deleted, with the threshold."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for (method, split), group in table.groupby(["method", "split"], sort=True):
+        curve = group.groupby("fraction")["alpha_js"].mean()
+        ax.plot(curve.index, np.maximum(curve.to_numpy(), 1e-12),
+                color=METHOD_COLOURS.get(method, "black"), ls="-" if split == "id" else "--",
+                marker="o", ms=3, label=f"{method} ({split})")
+    ax.axhline(threshold, color="tab:red", lw=1, ls=":", label=f"threshold {threshold:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("fraction of dimensions deleted")
+    ax.set_ylabel("JS(α, α')")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -108,3 +108,49 @@ def steering_markdown(result: dict[str, Any]) -> str:
             f"dimensions); median KL on other tokens {result['median_kl_other']:.2e}\n\n"
             "| r | achieved (median) | median abs. log error | 90th pct |\n"
             f"|---:|---:|---:|---:|\n{rows}\n")
+
+
+def _pruning_rows(result: dict[str, Any]) -> list[tuple[str, str, float, dict[str, Any]]]:
+    return [(row["method"], row["split"], row["fraction"], row) for row in result["metrics"]]
+
+
+def pruning_text(result: dict[str, Any]) -> str:
+    """The summary printed at the end of `tokprob run pruning`."""
+    cached = sum(1 for state in result["stages"].values() if state == "cached")
+    headline = result["headline"]
+    lines = [
+        f"tokprob pruning: {result['model']}, {result['dimensions']} output-embedding "
+        f"dimensions; in distribution {result['dataset']}, out of distribution "
+        f"{result['ood_dataset']}",
+        f"  deletable with JS(α, α') < {result['js_threshold']:g}:",
+        *(f"    {method:<9} in distribution {headline[f'{method}/id']:>4.0%}   "
+          f"out of distribution {headline[f'{method}/ood']:>4.0%}"
+          for method in ("saliency", "norm", "random")),
+        "  method    split  fraction   mean KL   JS(α,α')   top-1   perplexity   gen. match",
+    ]
+    for method, split, fraction, row in _pruning_rows(result):
+        if round(fraction * 10, 6) % 3 != 0:  # 0, 30, 60, 90%: enough for a terminal
+            continue
+        lines.append(
+            f"  {method:<9} {split:<5}  {fraction:>7.0%}   {row['kl']:.2e}   "
+            f"{row['alpha_js']:.2e}   {row['top1_agreement']:.3f}   "
+            f"{row['perplexity']:>10.2f}   {row.get('generation_match', float('nan')):.3f}")
+    lines += [
+        f"  stages: {cached} of {len(result['stages'])} from cache",
+        "  plots:",
+        *(f"    {path}" for path in result["plots"].values()),
+        f"  metrics: {result['artifacts']['pruning']}",
+    ]
+    return "\n".join(lines)
+
+
+def pruning_markdown(result: dict[str, Any]) -> str:
+    headline = "\n".join(f"| {key} | {value:.0%} |" for key, value in result["headline"].items())
+    rows = "\n".join(
+        f"| {method} | {split} | {fraction:.0%} | {row['kl']:.2e} | {row['alpha_js']:.2e} | "
+        f"{row['top1_agreement']:.3f} | {row['perplexity']:.2f} |"
+        for method, split, fraction, row in _pruning_rows(result))
+    return (f"# Pruning: {result['model']}\n\nDeletable with JS(α, α') < "
+            f"{result['js_threshold']:g}:\n\n| method/split | fraction |\n|---|---:|\n"
+            f"{headline}\n\n| method | split | fraction | KL | JS(α,α') | top-1 | perplexity |\n"
+            f"|---|---|---:|---:|---:|---:|---:|\n{rows}\n")

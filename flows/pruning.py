@@ -1,0 +1,104 @@
+"""The `pruning` flow and the `prune` flow (paper §4).
+
+    detect (corpus, windows, embeddings, probabilities, regression)
+    windows ──► hidden (in distribution)            ──┐
+    ood corpus ──► windows ──► hidden (out of distribution) ──┴► pruning ──► figures
+
+`pruning` measures how far outputs move as 0–90% of E's dimensions are deleted by
+regression saliency, against random and low-norm baselines; `prune` writes a pruned
+copy of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from prefect import flow
+
+from flows.encoding import detect, keep_hidden_states
+from flows.stages import PRUNING_STAGES
+from tasks.corpus import corpus
+from tasks.hidden import hidden_states
+from tasks.prune_model import save_pruned_model
+from tasks.pruning import pruning as pruning_sweep
+from tasks.pruning import pruning_figures
+from tasks.runner import StageRunner
+from tasks.sources import corpus_source
+from tasks.summary import summarize_pruning
+from tasks.windows import windows
+from tokprob.config import (
+    HiddenConfig,
+    ProbabilityConfig,
+    PruningConfig,
+    RegressionConfig,
+    RunConfig,
+    WindowConfig,
+)
+from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
+from tokprob.workspace import Workspace
+
+DEFAULT_OOD = "shakespeare"
+
+
+@flow(name="pruning")
+def pruning(
+    model: str = DEFAULT_MODEL,
+    dataset: str = DEFAULT_DATASET,
+    ood_dataset: str = DEFAULT_OOD,
+    split: str = "train",
+    text_column: str = "text",
+    window_config: WindowConfig = WindowConfig(),
+    run_config: RunConfig = RunConfig(),
+    probability_config: ProbabilityConfig = ProbabilityConfig(),
+    regression_config: RegressionConfig = RegressionConfig(),
+    hidden_config: HiddenConfig = HiddenConfig(),
+    pruning_config: PruningConfig = PruningConfig(),
+    data_dir: str | None = None,
+    refresh: list[str] | None = None,
+) -> dict[str, Any]:
+    """How many output-embedding dimensions can go before the outputs move."""
+    workspace = Workspace.from_env(data_dir)
+    stage = StageRunner(workspace, refresh or [], PRUNING_STAGES)
+    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
+                   run_config, probability_config, regression_config)
+    held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
+    ood_text = corpus_source(workspace, ood_dataset, "train", "text")
+    ood_docs = stage(corpus, label="corpus-ood", workspace=workspace, source=ood_text)
+    ood_windows = stage(windows, label="windows-ood", workspace=workspace, corpus=ood_docs,
+                        model=found.model, config=window_config)
+    # Out of distribution only the evaluated positions are needed, not a steering sample.
+    ood_held = stage(hidden_states, label="hidden-ood", workspace=workspace,
+                     windows=ood_windows, model=found.model, run=run_config,
+                     config=replace(hidden_config, heldout_tokens=pruning_config.eval_tokens))
+    sweep = stage(pruning_sweep, workspace=workspace, model=found.model,
+                  regression=found.regression, embeddings=found.embeddings, hidden=held,
+                  hidden_ood=ood_held, windows=found.windows, windows_ood=ood_windows,
+                  config=pruning_config)
+    stage(pruning_figures, workspace=workspace, pruning=sweep)
+    return summarize_pruning(workspace, found.model, found.corpus, ood_text, stage.refs,
+                             stage.states)
+
+
+@flow(name="prune")
+def prune(
+    fraction: float,
+    out: str,
+    model: str = DEFAULT_MODEL,
+    dataset: str = DEFAULT_DATASET,
+    split: str = "train",
+    text_column: str = "text",
+    window_config: WindowConfig = WindowConfig(),
+    run_config: RunConfig = RunConfig(),
+    probability_config: ProbabilityConfig = ProbabilityConfig(),
+    regression_config: RegressionConfig = RegressionConfig(),
+    pruning_config: PruningConfig = PruningConfig(),
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Write a copy of the model with its least salient output dimensions deleted."""
+    workspace = Workspace.from_env(data_dir)
+    stage = StageRunner(workspace, [], PRUNING_STAGES)
+    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
+                   run_config, probability_config, regression_config)
+    return save_pruned_model(found.model, found.regression, found.embeddings, fraction,
+                             pruning_config, out)

@@ -1,0 +1,130 @@
+"""The pruning flow and `tokprob prune` through Prefect, on tiny random models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from flows.cli import main
+
+pytestmark = pytest.mark.prefect
+
+TINY = ["--window", "16", "--heldout-fraction", "0.3", "--max-tokens", "160",
+        "--heldout-tokens", "64", "--eval-tokens", "48", "--fractions", "0,0.25,0.5,0.75",
+        "--random-seeds", "0,1", "--prompts", "2", "--prompt-tokens", "8", "--new-tokens", "4"]
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ood_corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ood") / "ood.jsonl"
+    lines = [f"Number {i} and number {i * 7} are {'odd' if i % 2 else 'even'} friends."
+             for i in range(200)]
+    path.write_text("\n".join(json.dumps({"text": line}) for line in lines))
+    return path
+
+
+def _cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_pruning_flow_reports_every_method_in_and_out_of_distribution(
+        prefect_api, tiny_models, tiny_text_dir, ood_corpus, tmp_path, capsys):
+    common = ["--model", str(tiny_models["llama"]), "--dataset", str(tiny_text_dir),
+              "--ood-dataset", str(ood_corpus), "--data-dir", str(tmp_path), *TINY]
+    code, out, err = _cli(capsys, "run", "pruning", *common, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    metrics = pq.read_table(result["artifacts"]["pruning"]).to_pandas()
+    assert list(metrics.columns[:4]) == ["method", "seed", "fraction", "split"]
+    for column in ("kl", "js", "alpha_kl", "alpha_js", "top1_agreement", "perplexity",
+                   "generation_match", "first_divergence"):
+        assert column in metrics.columns
+    assert set(metrics["split"]) == {"id", "ood"}
+    assert set(metrics["method"]) == {"saliency", "norm", "random"}
+    assert sorted(metrics["fraction"].unique()) == [0.0, 0.25, 0.5, 0.75]
+    assert len(metrics) == 2 * 4 * (2 + 2)  # splits × fractions × (2 methods + 2 seeds)
+    unpruned = metrics[metrics["fraction"] == 0.0]
+    assert (unpruned["top1_agreement"] == 1.0).all() and (unpruned["kl"] < 1e-9).all()
+    assert (unpruned["generation_match"].dropna() == 1.0).all()
+    generated = metrics.dropna(subset=["generation_match"])
+    assert set(generated[generated["method"] == "random"]["seed"]) == {1}
+    assert set(result["headline"]) == {f"{m}/{s}" for m in ("saliency", "norm", "random")
+                                       for s in ("id", "ood")}
+    assert result["stages"]["windows-ood"] == "computed"
+
+    code, out, _ = _cli(capsys, "run", "pruning", *common, "--json")
+    assert set(json.loads(out)["stages"].values()) == {"cached"}
+    code, out, _ = _cli(capsys, "run", "pruning", *common)
+    assert "deletable with JS" in out and "pruning_metrics.png" in out
+
+
+def test_pruned_model_loads_with_its_columns_deleted(prefect_api, tiny_models, tiny_text_dir,
+                                                     tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    source = tiny_models["gpt2"]  # tied: the input embeddings must survive
+    out = tmp_path / "pruned"
+    code, stdout, err = _cli(capsys, "prune", "--model", str(source), "--dataset",
+                             str(tiny_text_dir), "--data-dir", str(tmp_path / "data"),
+                             "--window", "16", "--max-tokens", "160", "--fraction", "0.25",
+                             "--out", str(out), "--json")
+    assert code == 0, err
+    record = json.loads((out / "tokprob-pruning.json").read_text())
+    assert json.loads(stdout)["deleted_dimensions"] == record["deleted_dimensions"]
+    assert len(record["deleted_dimensions"]) == 8  # 25% of 32
+    original = AutoModelForCausalLM.from_pretrained(source)
+    pruned = AutoModelForCausalLM.from_pretrained(out)
+    weight = pruned.get_output_embeddings().weight
+    zero = (weight == 0).all(dim=0)
+    assert sorted(torch.nonzero(zero).flatten().tolist()) == record["deleted_dimensions"]
+    kept = ~zero
+    torch.testing.assert_close(weight[:, kept], original.get_output_embeddings().weight[:, kept])
+    torch.testing.assert_close(pruned.get_input_embeddings().weight,
+                               original.get_input_embeddings().weight)
+    with torch.no_grad():
+        assert torch.isfinite(pruned(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["prune", "--fraction", "1.0"], "[0, 1)"),
+        (["prune", "--fraction", "-0.1"], "[0, 1)"),
+        (["run", "pruning", "--fractions", ""], "--fractions"),
+        (["run", "pruning", "--fractions", "0,1.2"], "--fractions"),
+    ],
+)
+def test_bad_pruning_input_exits_2(prefect_api, tiny_models, tiny_text_dir, tmp_path, capsys,
+                                   command, message):
+    extra = ["--out", str(tmp_path / "out")] if command[0] == "prune" else []
+    code, out, err = _cli(capsys, *command, "--model", str(tiny_models["llama"]), "--dataset",
+                          str(tiny_text_dir), "--data-dir", str(tmp_path / "data"), "--window",
+                          "16", "--max-tokens", "160", *extra)
+    assert code == 2, err
+    assert message in err and out == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_ood_corpus_shorter_than_one_window_exits_2(prefect_api, tiny_models, tiny_text_dir,
+                                                   tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.")
+    code, _, err = _cli(capsys, "run", "pruning", "--model", str(tiny_models["llama"]),
+                        "--dataset", str(tiny_text_dir), "--ood-dataset", str(short),
+                        "--data-dir", str(tmp_path / "data"), *TINY)
+    assert code == 2
+    assert "fewer than one window" in err
