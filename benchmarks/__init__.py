@@ -12,6 +12,8 @@ measured in the same run.
 | regression_solver | statsmodels s ÷ fit_ols s; their largest relative difference | ≥ 5×; ≤ 1e-8 |
 | alpha_memory | peak RSS of α at 4N tokens ÷ at N tokens | ≤ 1.1 |
 | cached_rerun | encoding flow: cached re-run seconds ÷ cold run seconds | ≤ 3% |
+| steering_sweep | steering sweep by full forward passes ÷ from cached hidden states | ≥ 20× |
+| pruning_sweep | pruning sweep by full forward passes ÷ from cached hidden states | ≥ 20× |
 
 Benchmarks report; they never fail on a missed goal (the tests check correctness).
 """

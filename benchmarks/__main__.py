@@ -9,13 +9,21 @@ import sys
 import time
 import traceback
 
-from benchmarks import alpha_memory, alpha_throughput, cached_rerun, regression_solver
+from benchmarks import (
+    alpha_memory,
+    alpha_throughput,
+    cached_rerun,
+    pruning_sweep,
+    regression_solver,
+    steering_sweep,
+)
 from benchmarks._common import Result, fixture, summary_table
 
 # In this order: regression_solver reuses the float32 α that alpha_throughput computed.
 BENCHMARKS = {
     module.NAME: module
-    for module in (alpha_throughput, regression_solver, alpha_memory, cached_rerun)
+    for module in (alpha_throughput, regression_solver, alpha_memory, cached_rerun,
+                   steering_sweep, pruning_sweep)
 }
 
 

@@ -82,8 +82,8 @@ def prune_columns(weight: np.ndarray, dims: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Totals:
-    """Running sums of one (plan, fraction) over position chunks."""
+class Totals:
+    """Running sums of one pruned head's comparison with the original, over positions."""
 
     kl: float = 0.0
     js: float = 0.0
@@ -104,7 +104,7 @@ def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.
     b = None if bias is None else torch.as_tensor(np.asarray(bias, dtype=np.float32))
     t_all = torch.as_tensor(np.array(targets, dtype=np.int64))
     grid = sorted(set(fractions))
-    totals = {(i, f): _Totals() for i in range(len(plans)) for f in grid}
+    totals = {(i, f): Totals() for i in range(len(plans)) for f in grid}
     alpha = torch.zeros(w.shape[0], dtype=torch.float64)
     original_nll = 0.0
     n, predicted = h_all.shape[0], int((t_all >= 0).sum())
@@ -125,7 +125,7 @@ def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.
                         index = torch.as_tensor(dims)
                         current -= h[:, index] @ w[:, index].T
                         done += len(dims)
-                    _accumulate(totals[i, fraction], log_p, p, top, current, t)
+                    accumulate(totals[i, fraction], log_p, p, top, current, t)
     rows = []
     for (i, fraction), total in totals.items():
         plan = plans[i]
@@ -143,8 +143,10 @@ def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.
     return pd.DataFrame(rows)
 
 
-def _accumulate(total: _Totals, log_p: torch.Tensor, p: torch.Tensor, top: torch.Tensor,
-                logits: torch.Tensor, targets: torch.Tensor) -> None:
+def accumulate(total: Totals, log_p: torch.Tensor, p: torch.Tensor, top: torch.Tensor,
+               logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """Add one chunk of positions: the original log-probabilities, probabilities and
+    top-1 tokens against the pruned logits (rows: positions)."""
     log_q = torch.log_softmax(logits, dim=-1)
     q = log_q.exp()
     total.kl += float((p * (log_p - log_q)).sum(-1).double().sum())

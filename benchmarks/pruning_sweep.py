@@ -1,0 +1,97 @@
+"""The pruning sweep (paper §4) from cached hidden states against full forward passes.
+
+`tokprob.pruning.sweep` computes every metric (per-position KL and JS, top-1 agreement,
+perplexity, KL and JS of α) for every method and fraction from the held-out final hidden
+states, updating the logits incrementally along nested deletion orders; the baseline
+zeroes the columns of the untied LM head and runs the model over the same windows for
+each (method, fraction), then compares the distributions with the same code
+(`tokprob.pruning.accumulate`, float32). The baseline is timed on a few configurations
+and its time per configuration multiplied by the sweep's size; its per-position KL is
+compared with the sweep's on those ("same numbers"). Goal: ≥ 20× faster.
+
+Both sides compare full next-token distributions over the vocabulary at every position
+for every configuration; the cached side saves the transformer body and most of the LM
+head. For a model whose LM head is a large part of its compute (SmolLM2-135M: |V| =
+49,152 against d = 576 and 30 thin layers) that bounds the speed-up well below 20×.
+
+    python -m benchmarks --only pruning_sweep [--quick]
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from benchmarks._common import BATCH_SIZE, Fixture, Result, header, verdict
+from benchmarks._lm_head import editable_model, heldout
+from tokprob.config import PruningConfig
+from tokprob.models import output_head
+from tokprob.probabilities import batches
+from tokprob.pruning import Totals, accumulate, deletion_plans, prune_columns, sweep
+from tokprob.regression import fit_ols
+
+NAME = "pruning_sweep"
+GOAL = 20.0
+
+
+def run(fixture: Fixture, quick: bool) -> list[Result]:
+    header(NAME, "pruning.sweep on cached hidden states vs pruned head + full forward")
+    n_tokens, baseline_configs = (512, 2) if quick else (2048, 3)
+    windows, hidden, hidden_seconds = heldout(fixture, n_tokens)
+    targets = np.concatenate([windows[:, 1:], np.full((len(windows), 1), -1)], 1).ravel()
+    weight = output_head(fixture.model("float32")).weight.numpy()
+    fit = fit_ols(weight, -np.log(fixture.alpha(2048).alpha))
+    config = PruningConfig()
+    plans = deletion_plans(np.nan_to_num(np.abs(fit.t)), np.linalg.norm(weight, axis=0),
+                           config.random_seeds)
+    configurations = len(plans) * len(config.fractions)
+    print(f"  {configurations} configurations ({len(plans)} deletion orders × "
+          f"{len(config.fractions)} fractions) on {len(hidden):,} held-out positions; "
+          f"hidden states once: {hidden_seconds:.1f} s")
+
+    started = time.perf_counter()
+    table = sweep(hidden, targets, weight, None, plans, config.fractions)
+    cached_seconds = time.perf_counter() - started
+
+    model = editable_model(fixture)
+    head = output_head(model).weight
+    original = [_logits(model, batch) for batch in batches(windows, BATCH_SIZE)]
+    chosen = [(plans[0], 0.3), (plans[1], 0.5), (plans[2], 0.9)][:baseline_configs]
+    differences = []
+    started = time.perf_counter()
+    for plan, fraction in chosen:
+        with torch.no_grad():
+            head.copy_(torch.from_numpy(prune_columns(weight, plan.deleted(fraction))))
+        total = Totals()
+        for batch, logits in zip(batches(windows, BATCH_SIZE), original, strict=True):
+            log_p = torch.log_softmax(logits, -1)
+            batch_targets = torch.as_tensor(np.concatenate(
+                [batch[:, 1:], np.full((len(batch), 1), -1)], 1).ravel(), dtype=torch.long)
+            accumulate(total, log_p, log_p.exp(), logits.argmax(-1), _logits(model, batch),
+                       batch_targets)
+        row = table[(table["method"] == plan.method) & (table["seed"] == plan.seed)
+                    & (table["fraction"] == fraction)].iloc[0]
+        differences.append(abs(row["kl"] / (total.kl / len(hidden)) - 1.0))
+    per_config = (time.perf_counter() - started) / len(chosen)
+    baseline_seconds = per_config * configurations
+    speedup = baseline_seconds / cached_seconds
+    worst = max(differences)
+    print(f"  cached sweep {cached_seconds:.1f} s; full forward {per_config:.2f} s per "
+          f"configuration, × {configurations} = {baseline_seconds:.0f} s")
+    print(f"  speed-up {speedup:.0f}×; goal ≥ {GOAL:.0f}×: {verdict(speedup >= GOAL)}")
+    print(f"  mean KL, sweep vs full forward on {len(chosen)} configurations: max relative "
+          f"difference {worst:.1e}")
+    return [
+        Result(NAME, "full-forward s ÷ cached-hidden-state s", f"{speedup:.0f}×",
+               f"≥ {GOAL:.0f}×", speedup >= GOAL),
+        Result(NAME, "max rel. diff. of mean KL", f"{worst:.1e}", "≤ 1e-04", worst <= 1e-4),
+    ]
+
+
+def _logits(model, batch: np.ndarray) -> torch.Tensor:
+    """float32 logits of every position of a batch of windows: (positions, vocab)."""
+    with torch.inference_mode():
+        logits = model(input_ids=torch.as_tensor(batch, dtype=torch.long)).logits
+    return logits.float().reshape(-1, logits.shape[-1])

@@ -1,0 +1,87 @@
+"""The steering sweep (paper §3) from cached hidden states against full forward passes.
+
+`tokprob.steering.SteeringEvaluator` evaluates every (token, r) edit of the LM head from
+the held-out final hidden states the `hidden` stage stores once; the baseline edits the
+untied LM head of the model and runs it over the same held-out windows for each edit,
+reading α'_w/α_w and the KL over the other tokens from the full softmax. The baseline is
+timed on a few edits and its time per edit multiplied by the sweep's size; its numbers
+are compared with the evaluator's on those edits ("same results"). Goal: ≥ 20× faster.
+
+    python -m benchmarks --only steering_sweep [--quick]
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from benchmarks._common import Fixture, Result, header, verdict
+from benchmarks._lm_head import editable_model, forward_probabilities, heldout
+from tokprob.config import SteeringConfig
+from tokprob.models import output_head
+from tokprob.regression import fit_ols
+from tokprob.steering import (
+    SteeringEvaluator,
+    omega_mask,
+    sample_targets,
+    steer_embeddings,
+    steering_direction,
+)
+
+NAME = "steering_sweep"
+GOAL = 20.0
+
+
+def run(fixture: Fixture, quick: bool) -> list[Result]:
+    header(NAME, "SteeringEvaluator on cached hidden states vs edit + full forward per pair")
+    n_tokens, baseline_pairs = (1024, 2) if quick else (4096, 4)
+    windows, hidden, hidden_seconds = heldout(fixture, n_tokens)
+    weight = output_head(fixture.model("float32")).weight.numpy()
+    alpha = fixture.alpha(2048).alpha
+    fit = fit_ols(weight, -np.log(alpha))
+    direction = steering_direction(fit.slope, omega_mask(fit.table(), "bonferroni"))
+    config = SteeringConfig()
+    targets = [t for t, _ in sample_targets(alpha, np.ones(len(alpha), bool),
+                                            config.percentiles, 3, 0)]
+    tokens = np.repeat(targets, len(config.ratios))
+    ratios = np.tile(config.ratios, len(targets))
+    print(f"  {len(tokens)} pairs ({len(targets)} tokens × {len(config.ratios)} ratios) on "
+          f"{len(hidden):,} held-out positions; hidden states once: {hidden_seconds:.1f} s")
+
+    evaluator = SteeringEvaluator(hidden, weight, None)
+    started = time.perf_counter()
+    effects = evaluator.evaluate(tokens, ratios, direction)
+    cached_seconds = time.perf_counter() - started
+
+    model = editable_model(fixture)
+    head = output_head(model).weight
+    before = forward_probabilities(model, windows).mean(0)
+    picks = np.linspace(0, len(tokens) - 1, baseline_pairs).astype(int)
+    started = time.perf_counter()
+    differences = []
+    for k in picks:
+        steered = steer_embeddings(weight, {int(tokens[k]): float(ratios[k])}, direction)
+        with torch.no_grad():
+            head[int(tokens[k])] = torch.from_numpy(steered[int(tokens[k])])
+        after = forward_probabilities(model, windows).mean(0)
+        with torch.no_grad():
+            head[int(tokens[k])] = torch.from_numpy(weight[int(tokens[k])])
+        achieved = float(after[tokens[k]] / before[tokens[k]])
+        differences.append(abs(achieved / effects.achieved[k] - 1.0))
+    per_pair = (time.perf_counter() - started) / len(picks)
+    baseline_seconds = per_pair * len(tokens)
+    speedup = baseline_seconds / cached_seconds
+    worst = max(differences)
+    print(f"  cached sweep {cached_seconds:.2f} s (KL over other tokens included); full "
+          f"forward {per_pair:.2f} s per pair, × {len(tokens)} pairs = {baseline_seconds:.0f} s")
+    print(f"  speed-up {speedup:.0f}×; goal ≥ {GOAL:.0f}×: {verdict(speedup >= GOAL)}")
+    print(f"  achieved ratio, evaluator vs full forward on {len(picks)} pairs: max relative "
+          f"difference {worst:.1e}")
+    return [
+        Result(NAME, "full-forward s ÷ cached-hidden-state s", f"{speedup:.0f}×",
+               f"≥ {GOAL:.0f}×", speedup >= GOAL),
+        Result(NAME, "max rel. diff. of achieved α'/α", f"{worst:.1e}", "≤ 1e-05",
+               worst <= 1e-5),
+    ]
