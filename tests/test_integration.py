@@ -167,3 +167,41 @@ def test_steered_default_model_loads_with_transformers(default_run, real_workspa
     # The direction of the change is certain; its precision is the steering sweep's test.
     assert edits[0]["predicted_ratio_heldout"] < 0.9
     assert edits[1]["predicted_ratio_heldout"] > 1.5
+
+
+PRUNING_ARGS = ["--max-tokens", str(MAX_TOKENS), "--heldout-tokens", "2048",
+                "--eval-tokens", "256", "--fractions", "0,0.1,0.3", "--random-seeds", "0",
+                "--prompts", "2", "--new-tokens", "4"]
+
+
+def test_pruning_on_the_default_model_in_and_out_of_distribution(default_run, real_workspace):
+    import pyarrow.parquet as pq
+
+    done = _cli(real_workspace, "run", "pruning", *PRUNING_ARGS,
+                "--data-dir", real_workspace.data_dir, "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    for stage in ("corpus", "windows", "embeddings", "probabilities", "regression"):
+        assert result["stages"][stage] == "cached"
+    assert result["ood_dataset"] == "shakespeare"
+    metrics = pq.read_table(result["artifacts"]["pruning"]).to_pandas()
+    for split in ("id", "ood"):
+        curve = metrics[(metrics["method"] == "saliency") & (metrics["split"] == split)]
+        kl = curve.set_index("fraction")["kl"]
+        assert kl[0.0] < 1e-9 < kl[0.1] < kl[0.3]  # more deleted, further moved
+        assert curve.set_index("fraction")["top1_agreement"][0.0] == 1.0
+
+
+def test_pruned_default_model_loads_with_transformers(default_run, real_workspace, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "pruned"
+    done = _cli(real_workspace, "prune", "--max-tokens", str(MAX_TOKENS), "--fraction", "0.1",
+                "--data-dir", real_workspace.data_dir, "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    deleted = json.loads(done.stdout)["deleted_dimensions"]
+    assert len(deleted) == 57  # floor(0.1 × 576)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    zero = (model.get_output_embeddings().weight == 0).all(dim=0)
+    assert sorted(torch.nonzero(zero).flatten().tolist()) == deleted
+    assert not (model.get_input_embeddings().weight == 0).all(dim=0).any()

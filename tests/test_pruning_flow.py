@@ -128,3 +128,32 @@ def test_ood_corpus_shorter_than_one_window_exits_2(prefect_api, tiny_models, ti
                         "--data-dir", str(tmp_path / "data"), *TINY)
     assert code == 2
     assert "fewer than one window" in err
+
+
+def test_pruned_model_evaluates_under_lm_evaluation_harness(prefect_api, tiny_models,
+                                                            tiny_text_dir, tmp_path, capsys):
+    """HFLM takes the pruned folder as any local model; its log-likelihoods are the
+    pruned model's own."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "pruned"
+    code, _, err = _cli(capsys, "prune", "--model", str(tiny_models["llama"]), "--dataset",
+                        str(tiny_text_dir), "--data-dir", str(tmp_path / "data"), "--window",
+                        "16", "--max-tokens", "160", "--fraction", "0.5", "--out", str(out))
+    assert code == 0, err
+    harness = HFLM(pretrained=str(out), device="cpu", batch_size=1)
+    context, continuation = "The cat sat on the", " mat"
+    request = Instance(request_type="loglikelihood", doc={}, idx=0,
+                       arguments=(context, continuation))
+    ((loglikelihood, _),) = harness.loglikelihood([request])
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = harness.tokenizer
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    prefix = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].double(), -1)
+    expected = sum(float(log_p[i - 1, whole[i]]) for i in range(prefix, len(whole)))
+    assert loglikelihood == pytest.approx(expected, rel=1e-4)
