@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.stages import (
+    DYNAMICS_CONFIGS,
+    DYNAMICS_STAGES,
     ENCODING_CONFIGS,
     ENCODING_STAGES,
     PRUNING_CONFIGS,
@@ -74,12 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flow_arguments(pruning, PRUNING_CONFIGS)
     _add_ood_argument(pruning)
     pruning.set_defaults(handler=_run_flow, refresh=[])
+    dynamics = flows.add_parser("dynamics", help="frequency encoding and parameter "
+                                                 "convergence across training checkpoints "
+                                                 "(paper §5)")
+    _add_flow_arguments(dynamics, DYNAMICS_CONFIGS, with_model=False)
+    _add_dynamics_arguments(dynamics)
+    dynamics.set_defaults(handler=_run_flow, refresh=[])
 
     rerun = commands.add_parser("rerun", help="recompute one stage and what depends on it")
     rerun.add_argument("stage", choices=list(dict.fromkeys(
-        ENCODING_STAGES + STEERING_STAGES + PRUNING_STAGES)))
-    _add_flow_arguments(rerun, ENCODING_CONFIGS | STEERING_CONFIGS | PRUNING_CONFIGS)
+        ENCODING_STAGES + STEERING_STAGES + PRUNING_STAGES + DYNAMICS_STAGES)))
+    _add_flow_arguments(rerun, ENCODING_CONFIGS | STEERING_CONFIGS | PRUNING_CONFIGS
+                        | DYNAMICS_CONFIGS)
     _add_ood_argument(rerun)
+    _add_dynamics_arguments(rerun)
     rerun.set_defaults(handler=_rerun, keep_hidden=False)
 
     steer = commands.add_parser(
@@ -105,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 if name != "hidden_config"})
     prune.set_defaults(handler=_prune)
 
+    pretrain = commands.add_parser(
+        "pretrain", help="pre-train the built-in small GPT-2 on a corpus, keeping "
+                         "log-spaced checkpoints (transformers folders)")
+    _add_flow_arguments(pretrain, {"pretrain_config": DYNAMICS_CONFIGS["pretrain_config"]},
+                        with_model=False)
+    pretrain.set_defaults(handler=_pretrain, refresh=[])
+
     artifacts = commands.add_parser("artifacts", help="list the cached artifacts")
     artifacts.add_argument("--stage", help="only this stage")
     _add_common(artifacts)
@@ -122,10 +139,24 @@ def _add_ood_argument(parser: argparse.ArgumentParser) -> None:
                         help="out-of-distribution corpus for pruning (default: shakespeare)")
 
 
-def _add_flow_arguments(parser: argparse.ArgumentParser, configs: dict[str, type]) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="built-in name, hub id[@revision], model folder or .gguf file "
-                             f"(default: {DEFAULT_MODEL})")
+def _add_dynamics_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoints", type=lambda text: [c for c in text.split(",") if c],
+                        default=[], help="comma-separated checkpoints (hub id@revision or "
+                        "folders), oldest first; none: pre-train the built-in model")
+    parser.add_argument("--alpha", action=argparse.BooleanOptionalAction, default=True,
+                        help="also regress −log α of each checkpoint (on --dataset's "
+                             "detecting split) (default: yes)")
+    parser.add_argument("--tokens-per-step", type=float, default=None,
+                        help="tokens per training step of the given checkpoints, for the "
+                             "tokens-seen axis (e.g. 2097152 for Pythia)")
+
+
+def _add_flow_arguments(parser: argparse.ArgumentParser, configs: dict[str, type],
+                        with_model: bool = True) -> None:
+    if with_model:
+        parser.add_argument("--model", default=DEFAULT_MODEL,
+                            help="built-in name, hub id[@revision], model folder or .gguf "
+                                 f"file (default: {DEFAULT_MODEL})")
     parser.add_argument("--dataset", default=DEFAULT_DATASET,
                         help="built-in name (wiki-leads, shakespeare), .txt/.json/.jsonl/"
                              ".parquet files, or hub name[:config][@revision] "
@@ -195,13 +226,15 @@ def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """The flow's keyword arguments, checked before Prefect starts (a typo fails in
     milliseconds, not after the engine's start-up)."""
     workspace = Workspace.from_env(args.data_dir)
-    ModelSpec.parse(args.model)
     DatasetSpec.parse(args.dataset, args.split, args.text_column)
     inputs = {name: config_from_arguments(cls, args) for name, cls in args.configs.items()}
+    inputs |= {"dataset": args.dataset, "split": args.split, "text_column": args.text_column,
+               "data_dir": workspace.data_dir}
+    if hasattr(args, "model"):
+        ModelSpec.parse(args.model)
+        inputs["model"] = args.model
     prepare_environment(workspace)
-    _configure_logging()
-    return inputs | {"model": args.model, "dataset": args.dataset, "split": args.split,
-                     "text_column": args.text_column, "data_dir": workspace.data_dir}
+    return inputs
 
 
 def _run_flow(args: argparse.Namespace) -> int:
@@ -214,12 +247,22 @@ def _run_flow(args: argparse.Namespace) -> int:
     elif args.flow == "steering":
         from flows.steering import steering as chosen
         from tokprob.summary import steering_text as describe
-    else:
+    elif args.flow == "pruning":
         from flows.pruning import pruning as chosen
         from tokprob.summary import pruning_text as describe
 
         DatasetSpec.parse(args.ood_dataset)
         inputs["ood_dataset"] = args.ood_dataset
+    else:
+        from flows.dynamics import dynamics as chosen
+        from tokprob.summary import dynamics_text as describe
+
+        for spec in args.checkpoints:
+            ModelSpec.parse(spec)
+        inputs.pop("model", None)  # `rerun` offers --model for the other flows
+        inputs |= {"checkpoints": args.checkpoints, "alpha": args.alpha,
+                   "tokens_per_step": args.tokens_per_step}
+    _configure_logging()
     result = chosen(**inputs)
     print(json.dumps(result, indent=2, default=str) if args.json else describe(result))
     return 0
@@ -227,18 +270,37 @@ def _run_flow(args: argparse.Namespace) -> int:
 
 def _rerun(args: argparse.Namespace) -> int:
     args.refresh = [args.stage]
-    args.flow = ("steering" if args.stage in set(STEERING_STAGES) - set(ENCODING_STAGES)
-                 else "pruning" if args.stage in set(PRUNING_STAGES) - set(ENCODING_STAGES)
-                 else "encoding")
+    flows = {"steering": STEERING_STAGES, "pruning": PRUNING_STAGES,
+             "dynamics": DYNAMICS_STAGES}
+    args.flow = next((flow for flow, stages in flows.items()
+                      if args.stage in set(stages) - set(ENCODING_STAGES)), "encoding")
     args.configs = {"encoding": ENCODING_CONFIGS, "steering": STEERING_CONFIGS,
-                    "pruning": PRUNING_CONFIGS}[args.flow]
+                    "pruning": PRUNING_CONFIGS, "dynamics": DYNAMICS_CONFIGS}[args.flow]
     return _run_flow(args)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    inputs = _flow_inputs(args)
+    from flows.dynamics import pretraining
+
+    _configure_logging()
+    result = pretraining(refresh=args.refresh, **inputs)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(f"pre-trained on {result['dataset']}: {len(result['checkpoints'])} checkpoints in "
+          f"{result['artifact']}/checkpoints")
+    for checkpoint in result["checkpoints"]:
+        print(f"  step {checkpoint['step']:>6}  loss {checkpoint['loss']:.3f}  "
+              f"{checkpoint['path']}")
+    return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
     inputs = _flow_inputs(args)
     from flows.pruning import prune
 
+    _configure_logging()
     result = prune(fraction=args.fraction, out=args.out, **inputs)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
@@ -253,6 +315,7 @@ def _steer(args: argparse.Namespace) -> int:
     inputs = _flow_inputs(args)
     from flows.steering import steer
 
+    _configure_logging()
     result = steer(tokens=args.tokens, ratios=args.ratios, out=args.out, **inputs)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
@@ -312,9 +375,8 @@ class _DropExpectedTracebacks(logging.Filter):
 
 def _configure_logging() -> None:
     """tokprob's own progress lines at INFO (Prefect forwards them to the run's log);
-    TokprobErrors without tracebacks."""
-    import prefect  # noqa: F401  (configures Prefect's log handlers, filtered below)
-
+    TokprobErrors without tracebacks. Called once the flow module is imported: Prefect
+    has set up its log handlers by then."""
     logging.getLogger("tokprob").setLevel(logging.INFO)
     for name in ("prefect", "prefect.task_runs", "prefect.flow_runs"):
         for handler in logging.getLogger(name).handlers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tokprob.config import (
     HiddenConfig,
+    PretrainConfig,
     ProbabilityConfig,
     PruningConfig,
     RegressionConfig,
@@ -46,3 +47,14 @@ PRUNING_CONFIGS: dict[str, type] = {
                  "hidden_config")
 } | {"pruning_config": PruningConfig}
 """The pruning flow's config parameters and their classes."""
+
+DYNAMICS_STAGES = ["corpus", "pretrain", "unigram", "windows", "embeddings", "probabilities",
+                   "checkpoint", "dynamics"]
+
+DYNAMICS_CONFIGS: dict[str, type] = {
+    "pretrain_config": PretrainConfig,
+    "window_config": WindowConfig,
+    "run_config": RunConfig,
+    "probability_config": ProbabilityConfig,
+}
+"""The dynamics flow's config parameters and their classes."""

@@ -81,10 +81,13 @@ def identify(stage: str, arguments: dict[str, Any]) -> StageIdentity:
         if name in NOT_IN_KEY:
             continue
         if isinstance(value, ArtifactRef):
-            manifest = store_of(value).manifest(value)
-            inputs[name] = {"stage": value.stage, "key": value.key,
-                            "content": manifest.content_sha256}
-            subjects.append(manifest.summary.get("subject", ""))
+            inputs[name], subject = _upstream(value)
+            subjects.append(subject)
+        elif isinstance(value, list | tuple) and value and all(
+                isinstance(item, ArtifactRef) for item in value):
+            inputs[name] = [_upstream(item)[0] for item in value]
+        elif hasattr(value, "cache_identity"):
+            inputs[name] = value.cache_identity()
         elif isinstance(value, ModelSource | CorpusSource):
             inputs[name] = value.fingerprint
             if isinstance(value, ModelSource):
@@ -97,11 +100,26 @@ def identify(stage: str, arguments: dict[str, Any]) -> StageIdentity:
         params[f"{package}_version"] = _version(package)
     version = code_version(spec.module)
     key = sha256_json({"stage": stage, "params": params,
-                       "inputs": {k: v["content"] if isinstance(v, dict) else v
-                                  for k, v in inputs.items()},
+                       "inputs": {k: _content(v) for k, v in inputs.items()},
                        "code": version})[:20]
     subject = next((s for s in subjects if s), "")
     return StageIdentity(key, params, inputs, version, subject)
+
+
+def _upstream(ref: ArtifactRef) -> tuple[dict[str, str], str]:
+    """An upstream artifact's identity (its content hash) and subject."""
+    manifest = store_of(ref).manifest(ref)
+    return ({"stage": ref.stage, "key": ref.key, "content": manifest.content_sha256},
+            manifest.summary.get("subject", ""))
+
+
+def _content(identity: Any) -> Any:
+    """What of an input's identity enters the key: content, not where it is stored."""
+    if isinstance(identity, dict) and "content" in identity:
+        return identity["content"]
+    if isinstance(identity, list):
+        return [_content(item) for item in identity]
+    return identity
 
 
 def run_stage(

@@ -39,7 +39,9 @@ class StageRunner:
         """Run one stage; `label` names it in the records when a flow runs a stage twice
         (on the in-distribution and the out-of-distribution corpus)."""
         name = label or stage.name
-        upstream = {v.key for v in arguments.values() if isinstance(v, ArtifactRef)}
+        upstream = {ref.key for value in arguments.values()
+                    for ref in (value if isinstance(value, list) else [value])
+                    if isinstance(ref, ArtifactRef)}
         force = stage.name in self.refresh or bool(upstream & self.forced)
         configured = stage.with_options(result_storage=self.results,
                                         refresh_cache=force or None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from prefect import task
@@ -13,10 +14,18 @@ from tasks.figures import FIGURES
 from tokprob.corpora import CorpusSource
 from tokprob.models import ModelSource
 from tokprob.store import ArtifactRef
-from tokprob.summary import encoding_markdown, pruning_markdown, steering_markdown
+from tokprob.summary import (
+    dynamics_markdown,
+    encoding_markdown,
+    pruning_markdown,
+    steering_markdown,
+)
 from tokprob.workspace import Workspace
 
 MAIN_FILES = {
+    "dynamics": "dynamics.parquet",
+    "unigram": "counts.parquet",
+    "pretrain": "loss.parquet",
     "pruning": "pruning.parquet",
     "corpus-ood": "corpus.parquet",
     "windows-ood": "windows.parquet",
@@ -113,4 +122,32 @@ def summarize_pruning(workspace: Workspace, model: ModelSource, corpus: CorpusSo
     create_markdown_artifact(markdown=pruning_markdown(result),
                              key=artifact_key("pruning-summary", model.display_name),
                              description=f"Pruning of {model.display_name}")
+    return result
+
+
+@task(name="dynamics-summary", cache_policy=NO_CACHE)
+def summarize_dynamics(workspace: Workspace, corpus: CorpusSource,
+                       refs: dict[str, ArtifactRef], stages: dict[str, str]) -> dict[str, Any]:
+    """Per checkpoint the main numbers, and when the encoding and convergence set in."""
+    import pandas as pd
+
+    table_ref = refs["dynamics"]
+    summary = store_of(table_ref).manifest(table_ref).summary
+    table = pd.read_parquet(table_ref.file(MAIN_FILES["dynamics"]))
+    columns = ["step", "tokens_seen", "loss", "eval_nll", "adj_r2_freq", "adj_r2_alpha",
+               "rel_distance_mean", "cosine_mean"]
+    result: dict[str, Any] = {
+        "dataset": corpus.spec, "model": summary.get("subject", ""),
+        "checkpoints": json.loads(table[columns].to_json(orient="records")),
+        "freq_half_step": summary["freq_half_step"],
+        "distance_half_step": summary["distance_half_step"],
+        "final_adj_r2_freq": summary["final_adj_r2_freq"],
+        "stages": stages,
+        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
+                      for name, ref in refs.items() if name in MAIN_FILES},
+        "plots": {name: str(table_ref.file(file)) for name, file in summary["figures"].items()},
+    }
+    create_markdown_artifact(markdown=dynamics_markdown(result),
+                             key=artifact_key("dynamics-summary", corpus.spec),
+                             description=f"Training dynamics on {corpus.spec}")
     return result

@@ -207,6 +207,58 @@ class PruningConfig:
         _require(self.new_tokens >= 0, "--new-tokens", "0 or more", self.new_tokens)
 
 
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The built-in pre-training run (paper §5): a small GPT-2 from scratch."""
+
+    vocab_size: int = 8192
+    """Size of the BPE vocabulary trained on the corpus."""
+
+    layers: int = 4
+    """Transformer layers."""
+
+    hidden_size: int = 256
+    """Width d of the model (and of its output embeddings)."""
+
+    heads: int = 4
+    """Attention heads."""
+
+    context: int = 128
+    """Tokens per training window."""
+
+    train_batch: int = 16
+    """Windows per training step."""
+
+    steps: int = 300
+    """Optimizer steps; checkpoints at 0, 1, 2, 4, … and the last step."""
+
+    learning_rate: float = 1e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to a tenth)."""
+
+    warmup_steps: int = 30
+    """Steps of linear warm-up."""
+
+    tie_embeddings: bool = False
+    """Tie output to input embeddings (GPT-2 does; Pythia, the paper's §5 model, does not)."""
+
+    train_seed: int = 0
+    """Seed of the initialization and of the batch order."""
+
+    def __post_init__(self) -> None:
+        for flag, value, least in (("--vocab-size", self.vocab_size, 300),
+                                   ("--layers", self.layers, 1),
+                                   ("--hidden-size", self.hidden_size, 8),
+                                   ("--heads", self.heads, 1), ("--context", self.context, 8),
+                                   ("--train-batch", self.train_batch, 1),
+                                   ("--steps", self.steps, 1),
+                                   ("--warmup-steps", self.warmup_steps, 1)):
+            _require(value >= least, flag, f"at least {least}", value)
+        _require(self.hidden_size % self.heads == 0, "--heads",
+                 f"a divisor of --hidden-size {self.hidden_size}", self.heads)
+        _require(self.learning_rate > 0, "--learning-rate", "a positive rate",
+                 self.learning_rate)
+
+
 def key_params(config: Any) -> dict[str, Any]:
     """The fields of a config that belong in a cache key."""
     return {

@@ -190,3 +190,40 @@ def pruning_alpha_js(table: pd.DataFrame, threshold: float, title: str, path: Pa
     ax.set_title(title)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def dynamics_encoding(table: pd.DataFrame, title: str, path: Path) -> None:
+    """Adjusted R² of −log frequency (and −log α) against step, log and linear x axes."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, scale in zip(axes, ("symlog", "linear"), strict=True):
+        ax.plot(table["step"], table["adj_r2_freq"], marker="o", ms=3,
+                label="−log frequency ~ E")
+        if table["adj_r2_alpha"].notna().any():
+            ax.plot(table["step"], table["adj_r2_alpha"], marker="s", ms=3,
+                    label="−log α ~ E")
+        ax.set_xscale(scale, **({"linthresh": 1} if scale == "symlog" else {}))
+        ax.set_xlabel(f"training step ({'log' if scale == 'symlog' else 'linear'} axis)")
+        ax.set_ylabel("adjusted R²")
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def dynamics_convergence(table: pd.DataFrame, title: str, path: Path) -> None:
+    """Relative distance to the final checkpoint per parameter group against step."""
+    groups = sorted(c.removeprefix("rel_distance_") for c in table
+                    if c.startswith("rel_distance_") and c != "rel_distance_mean")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(groups), 1)))
+    for ax, scale in zip(axes, ("symlog", "linear"), strict=True):
+        for group, colour in zip(groups, colours, strict=True):
+            ax.plot(table["step"], table[f"rel_distance_{group}"], color=colour, lw=1.2,
+                    label=group)
+        ax.plot(table["step"], table["rel_distance_mean"], color="black", ls="--", lw=1.5,
+                label="mean")
+        ax.set_xscale(scale, **({"linthresh": 1} if scale == "symlog" else {}))
+        ax.set_xlabel(f"training step ({'log' if scale == 'symlog' else 'linear'} axis)")
+        ax.set_ylabel("‖θ − θ_final‖ / ‖θ_final‖")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    _save(fig, path)

@@ -83,8 +83,11 @@ class ArtifactWriter:
         self.summary: dict[str, Any] = {}
 
     def path(self, name: str) -> Path:
-        """Where to write a file of this artifact (inside the temporary folder)."""
-        return self.directory / name
+        """Where to write a file of this artifact (inside the temporary folder); `name` may
+        hold sub-folders, which are created."""
+        target = self.directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
 
     def write_table(self, name: str, table: pa.Table | pd.DataFrame) -> Path:
         if isinstance(table, pd.DataFrame):
@@ -183,9 +186,11 @@ def _seal(
     summary: dict[str, Any],
 ) -> Manifest:
     files = {}
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+    # Sub-folders count too: a stage may store whole model folders (checkpoints).
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         rows = pq.ParquetFile(path).metadata.num_rows if path.suffix == ".parquet" else None
-        files[path.name] = FileEntry(sha256=sha256_file(path), size=path.stat().st_size, rows=rows)
+        name = path.relative_to(directory).as_posix()
+        files[name] = FileEntry(sha256=sha256_file(path), size=path.stat().st_size, rows=rows)
     manifest = Manifest(
         stage=stage,
         key=key,

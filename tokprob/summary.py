@@ -154,3 +154,42 @@ def pruning_markdown(result: dict[str, Any]) -> str:
             f"{result['js_threshold']:g}:\n\n| method/split | fraction |\n|---|---:|\n"
             f"{headline}\n\n| method | split | fraction | KL | JS(α,α') | top-1 | perplexity |\n"
             f"|---|---|---:|---:|---:|---:|---:|\n{rows}\n")
+
+
+def dynamics_text(result: dict[str, Any]) -> str:
+    """The summary printed at the end of `tokprob run dynamics`."""
+    cached = sum(1 for state in result["stages"].values() if state == "cached")
+    lines = [
+        f"tokprob dynamics: {len(result['checkpoints'])} checkpoints, counts of "
+        f"{result['dataset']}",
+        "     step   tokens seen     loss   adj R² −log f   adj R² −log α   rel. distance",
+        *(f"  {c['step']:>7}   {_number(c['tokens_seen']):>11}   {_number(c['loss'], 3):>6}   "
+          f"{c['adj_r2_freq']:>13.3f}   {_number(c['adj_r2_alpha'], 3):>13}   "
+          f"{c['rel_distance_mean']:>13.3f}" for c in result["checkpoints"]),
+        f"  frequency encoding passes half its final adjusted R² at step "
+        f"{_number(result['freq_half_step'])}; parameters come within half their initial "
+        f"distance of the final checkpoint at step {_number(result['distance_half_step'])}",
+        f"  stages: {cached} of {len(result['stages'])} from cache",
+        "  plots:",
+        *(f"    {path}" for path in result["plots"].values()),
+        f"  table: {result['artifacts']['dynamics']}",
+    ]
+    return "\n".join(lines)
+
+
+def dynamics_markdown(result: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {c['step']} | {_number(c['tokens_seen'])} | {_number(c['loss'], 3)} | "
+        f"{c['adj_r2_freq']:.3f} | {_number(c['adj_r2_alpha'], 3)} | "
+        f"{c['rel_distance_mean']:.3f} |" for c in result["checkpoints"])
+    return (f"# Training dynamics on {result['dataset']}\n\n"
+            f"Frequency encoding at half strength: step {_number(result['freq_half_step'])}; "
+            f"half-way convergence: step {_number(result['distance_half_step'])}\n\n"
+            "| step | tokens | loss | adj R² −log f | adj R² −log α | rel. distance |\n"
+            f"|---:|---:|---:|---:|---:|---:|\n{rows}\n")
+
+
+def _number(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return f"{value:,.{digits}f}"

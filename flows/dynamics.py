@@ -1,0 +1,102 @@
+"""The `dynamics` flow (paper §5) and the `pretraining` flow.
+
+    corpus ──► pretrain (when no checkpoints are given) ──► checkpoints
+    corpus + final checkpoint ──► unigram counts, windows
+    per checkpoint: embeddings, probabilities ──► checkpoint ──┐
+                                                  all rows ──┴► dynamics (table, plots)
+
+Each checkpoint is its own cached stage, one model in memory at a time: adding a
+checkpoint computes only the new one (and the final table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from prefect import flow
+
+from flows.stages import DYNAMICS_STAGES
+from tasks.corpus import corpus
+from tasks.dynamics import check_checkpoints, checkpoint_analysis, dynamics_table, unigram
+from tasks.embeddings import embeddings
+from tasks.pretrain import named_checkpoint, pretrain, pretrained_checkpoints
+from tasks.probabilities import probabilities
+from tasks.runner import StageRunner
+from tasks.sources import corpus_source
+from tasks.summary import summarize_dynamics
+from tasks.windows import windows
+from tokprob.config import PretrainConfig, ProbabilityConfig, RunConfig, WindowConfig
+from tokprob.specs import DEFAULT_DATASET
+from tokprob.workspace import Workspace
+
+
+@flow(name="dynamics")
+def dynamics(
+    dataset: str = DEFAULT_DATASET,
+    checkpoints: list[str] | None = None,
+    split: str = "train",
+    text_column: str = "text",
+    pretrain_config: PretrainConfig = PretrainConfig(),
+    window_config: WindowConfig = WindowConfig(),
+    run_config: RunConfig = RunConfig(),
+    probability_config: ProbabilityConfig = ProbabilityConfig(),
+    alpha: bool = True,
+    tokens_per_step: float | None = None,
+    data_dir: str | None = None,
+    refresh: list[str] | None = None,
+) -> dict[str, Any]:
+    """When do output embeddings start to encode token frequency, against how far the
+    parameters still are from convergence?"""
+    workspace = Workspace.from_env(data_dir)
+    stage = StageRunner(workspace, refresh or [], DYNAMICS_STAGES)
+    text = corpus_source(workspace, dataset, split, text_column)
+    docs = stage(corpus, workspace=workspace, source=text)
+    if checkpoints:
+        found = [named_checkpoint(workspace, spec, index, tokens_per_step)
+                 for index, spec in enumerate(checkpoints)]
+    else:
+        run = stage(pretrain, workspace=workspace, corpus=docs, config=pretrain_config)
+        found = pretrained_checkpoints(run)
+        # The built-in model reads at most `context` tokens at once.
+        window_config = replace(window_config,
+                                window=min(window_config.window, pretrain_config.context))
+    ordered = check_checkpoints(found)
+    final = ordered[-1].source
+    counts = stage(unigram, workspace=workspace, corpus=docs, model=final)
+    packed = stage(windows, workspace=workspace, corpus=docs, model=final,
+                   config=window_config) if alpha else None
+    rows = []
+    for checkpoint in ordered:
+        at = f"@step{checkpoint.step}"
+        matrix = stage(embeddings, label=f"embeddings{at}", workspace=workspace,
+                       model=checkpoint.source)
+        alphas = stage(probabilities, label=f"probabilities{at}", workspace=workspace,
+                       windows=packed, model=checkpoint.source, run=run_config,
+                       config=probability_config) if alpha else None
+        rows.append(stage(checkpoint_analysis, label=f"checkpoint{at}", workspace=workspace,
+                          checkpoint=checkpoint, final=final, embeddings=matrix,
+                          counts=counts, probabilities=alphas))
+    stage(dynamics_table, workspace=workspace, rows=rows)
+    return summarize_dynamics(workspace, text, stage.refs, stage.states)
+
+
+@flow(name="pretraining")
+def pretraining(
+    dataset: str = DEFAULT_DATASET,
+    split: str = "train",
+    text_column: str = "text",
+    pretrain_config: PretrainConfig = PretrainConfig(),
+    data_dir: str | None = None,
+    refresh: list[str] | None = None,
+) -> dict[str, Any]:
+    """Pre-train the built-in small GPT-2 on a corpus, keeping log-spaced checkpoints."""
+    workspace = Workspace.from_env(data_dir)
+    stage = StageRunner(workspace, refresh or [], DYNAMICS_STAGES)
+    text = corpus_source(workspace, dataset, split, text_column)
+    docs = stage(corpus, workspace=workspace, source=text)
+    run = stage(pretrain, workspace=workspace, corpus=docs, config=pretrain_config)
+    return {"dataset": text.spec, "stages": stage.states, "artifact": run.path,
+            "checkpoints": [{"step": c.step, "path": c.source.path, "loss": c.loss,
+                             "tokens_seen": c.tokens_seen}
+                            for c in pretrained_checkpoints(run)]}

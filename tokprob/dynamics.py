@@ -1,0 +1,109 @@
+"""Frequency encoding through training (paper §5, SPEC §1.6).
+
+For a series of checkpoints: the regression of −log f_w (add-one smoothed unigram
+frequency of the training corpus) on each checkpoint's output embeddings, and how far
+each group of parameters still is from the final checkpoint, relative distance
+‖θ_c − θ_f‖/‖θ_f‖ and cosine similarity. The paper's claim: frequency encoding appears
+in the very first steps, before the parameters visibly converge.
+
+Parameters are compared tensor by tensor straight from the safetensors files, so memory
+stays at one tensor of each checkpoint, not two models.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tokprob.errors import TokprobError
+
+_LAYER = re.compile(r"\.(?:h|layers|layer|blocks)\.(\d+)\.")
+_STEP = re.compile(r"(?:step|checkpoint)[-_]?(\d+)", re.IGNORECASE)
+
+
+def parameter_group(name: str) -> str:
+    """embeddings, layer_<i>, head (untied output embeddings) or other (final norm…)."""
+    layer = _LAYER.search(name)
+    if layer:
+        return f"layer_{int(layer.group(1))}"
+    if "lm_head" in name or "embed_out" in name:
+        return "head"
+    if any(part in name for part in ("wte", "wpe", "embed")):
+        return "embeddings"
+    return "other"
+
+
+def step_of(spec: str) -> int | None:
+    """The training step a revision or folder name states (step1000, step-000128)."""
+    found = _STEP.findall(spec)
+    return int(found[-1]) if found else None
+
+
+def convergence(checkpoint: Path, final: Path) -> dict[str, dict[str, float]]:
+    """Per parameter group: relative distance to the final checkpoint and cosine."""
+    sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4))  # diff², f², c², c·f
+    with ExitStack() as stack:
+        current = _tensors(checkpoint, stack)
+        reference = dict(_tensors(final, stack))
+        seen = set()
+        for name, tensor in current:
+            if name not in reference:
+                continue
+            target = reference[name]()
+            value = tensor()
+            if value.shape != target.shape:
+                raise TokprobError(
+                    f"Parameter {name} has shape {tuple(value.shape)} in {checkpoint} but "
+                    f"{tuple(target.shape)} in {final}: the checkpoints are not of one model."
+                )
+            value, target = value.double(), target.double()
+            sums[parameter_group(name)] += np.array([
+                float(((value - target) ** 2).sum()), float((target**2).sum()),
+                float((value**2).sum()), float((value * target).sum())])
+            seen.add(name)
+    if not seen:
+        raise TokprobError(f"{checkpoint} and {final} share no parameter names.")
+    result = {}
+    for group, (diff, final_sq, current_sq, dot) in sorted(sums.items()):
+        result[group] = {
+            "rel_distance": float(np.sqrt(diff / final_sq)) if final_sq > 0 else float("nan"),
+            "cosine": float(dot / np.sqrt(final_sq * current_sq))
+            if final_sq > 0 and current_sq > 0 else float("nan"),
+        }
+    return result
+
+
+def first_step(table: pd.DataFrame, column: str, above: bool, share: float) -> float:
+    """The first step at which `column` is above (or below) `share` of its final value
+    (above) or of its initial value (below); NaN if it never is."""
+    ordered = table.sort_values("step")
+    values = ordered[column].to_numpy()
+    reference = values[-1] if above else values[0]
+    hit = values > share * reference if above else values < share * reference
+    return float(ordered["step"].to_numpy()[np.argmax(hit)]) if hit.any() else float("nan")
+
+
+def _tensors(folder: Path, stack: ExitStack) -> Iterator[tuple[str, callable]]:
+    """(name, loader) for every parameter of a model folder, loaded one at a time."""
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        from safetensors import safe_open
+
+        for path in files:
+            handle = stack.enter_context(safe_open(str(path), framework="pt"))
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield name, (lambda handle=handle, name=name: handle.get_tensor(name))
+        return
+    binaries = sorted(folder.glob("pytorch_model*.bin"))
+    if not binaries:
+        raise TokprobError(f"No weights (.safetensors or pytorch_model.bin) in {folder}.")
+    for path in binaries:
+        for name, tensor in torch.load(path, map_location="cpu", weights_only=True).items():
+            yield name, (lambda tensor=tensor: tensor)
