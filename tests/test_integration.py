@@ -205,3 +205,20 @@ def test_pruned_default_model_loads_with_transformers(default_run, real_workspac
     zero = (model.get_output_embeddings().weight == 0).all(dim=0)
     assert sorted(torch.nonzero(zero).flatten().tolist()) == deleted
     assert not (model.get_input_embeddings().weight == 0).all(dim=0).any()
+
+
+@pytest.mark.slow
+def test_default_pretraining_and_dynamics(real_workspace):
+    """The built-in pre-training (300 steps) on wiki-leads and the dynamics analysis of
+    its 11 checkpoints: several minutes, run by hand (`-m slow`)."""
+    done = _cli(real_workspace, "run", "dynamics", "--data-dir", real_workspace.data_dir,
+                "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    steps = [c["step"] for c in result["checkpoints"]]
+    assert steps == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300]
+    final = result["checkpoints"][-1]
+    assert final["loss"] < result["checkpoints"][1]["loss"] - 2.0  # it learned
+    assert final["adj_r2_freq"] > 0.5
+    # The paper's claim: frequency encoding sets in before the parameters converge.
+    assert result["freq_half_step"] <= result["distance_half_step"]
