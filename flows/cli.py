@@ -226,6 +226,7 @@ def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """The flow's keyword arguments, checked before Prefect starts (a typo fails in
     milliseconds, not after the engine's start-up)."""
     workspace = Workspace.from_env(args.data_dir)
+    workspace.ensure_writable()
     DatasetSpec.parse(args.dataset, args.split, args.text_column)
     inputs = {name: config_from_arguments(cls, args) for name, cls in args.configs.items()}
     inputs |= {"dataset": args.dataset, "split": args.split, "text_column": args.text_column,

@@ -223,3 +223,34 @@ def test_manifests_lists_complete_artifacts_only(artifacts):
 
 def test_manifests_of_an_empty_store(tmp_path):
     assert ArtifactStore(tmp_path / "none").manifests() == []
+
+
+def test_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from tokprob.errors import TokprobError
+    from tokprob.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "artifacts")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(TokprobError, match="is full"), \
+            store.write("alpha", "k1", {}, {}, "v") as out:
+        out.path("a.bin").write_bytes(b"x")
+        no_space()
+    assert store.verify("alpha", "k1") is None
+    assert not list((tmp_path / "artifacts" / "alpha").iterdir())
+
+
+def test_unwritable_data_folder_is_a_clear_error(tmp_path):
+    from tokprob.errors import TokprobError
+    from tokprob.workspace import Workspace
+
+    blocker = tmp_path / "a-file"  # a file where a folder should be: fails even for root
+    blocker.write_text("")
+    with pytest.raises(TokprobError, match="Cannot write to the data folder"):
+        Workspace.from_env(blocker / "data").ensure_writable()
+    Workspace.from_env(tmp_path / "fine").ensure_writable()
+    assert (tmp_path / "fine").is_dir()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -162,6 +163,16 @@ class ArtifactStore:
             yield writer
             manifest = _seal(temporary, stage, key, params, inputs, code_version, writer.summary)
             _publish(temporary, self.directory(stage, key))
+        except OSError as error:
+            shutil.rmtree(temporary, ignore_errors=True)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise TokprobError(
+                    f"The disk holding {self.root} is full: the {stage} artifact could not be "
+                    "written (nothing half-written was kept). Free some space, or move the "
+                    "store with --data-dir or TOKPROB_DATA, and run again: finished stages "
+                    "are reused."
+                ) from None
+            raise
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise

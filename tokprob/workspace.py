@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tokprob.errors import TokprobError
 
 
 def default_data_dir() -> Path:
@@ -28,6 +31,20 @@ class Workspace:
         """The workspace at `data_dir`, else `$TOKPROB_DATA`, else `default_data_dir()`."""
         chosen = data_dir or os.environ.get("TOKPROB_DATA") or default_data_dir()
         return cls(str(Path(chosen).expanduser().resolve()))
+
+    def ensure_writable(self) -> None:
+        """Fail now, with the remedy, if the store cannot be written (not after an hour
+        of forward passes)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+                pass
+        except OSError as error:
+            raise TokprobError(
+                f"Cannot write to the data folder {self.root} ({error.strerror or error}). "
+                "Give a writable folder with --data-dir or TOKPROB_DATA, or fix its "
+                "permissions."
+            ) from None
 
     @property
     def root(self) -> Path:
