@@ -7,10 +7,12 @@ the parent and handed over as a small .npy file) and runs
 The child reports its peak resident set size before the first forward pass and after α:
 the kernel's high-water mark VmHWM from /proc/self/status. (Not `getrusage().ru_maxrss`:
 on Linux a child started by fork/vfork + exec inherits the parent's peak there, which
-here is the benchmark runner's several GB.) Ratio: peak at 4N ÷ peak at N. Goal: flat,
-≤ 1.1.
+here is the benchmark runner's several GB.) A peak varies by several percent from run to
+run (the allocator's timing; the memory-mapped weights, whose pages the kernel may evict
+while other processes press on memory), so each size runs twice, interleaved (once with
+--quick), and the higher peak counts. Ratio: peak at 4N ÷ peak at N. Goal: flat, ≤ 1.1.
 N = 4,096 tokens (2,048 with --quick): at least one full batch, so both sizes run the
-same batch shape and only the number of batches differs. For scale, a third child runs
+same batch shape and only the number of batches differs. For scale, one more child runs
 the bare forward pass `model(input_ids=ids).logits` over the N tokens instead of α.
 
     python -m benchmarks --only alpha_memory [--quick]
@@ -40,21 +42,24 @@ TIMEOUT_S = 1200
 def run(fixture: Fixture, quick: bool) -> list[Result]:
     header(NAME, "peak RSS of averaged_probabilities at N and 4N tokens, fresh processes")
     n_tokens = (1 if quick else 2) * BATCH_SIZE * fixture.windows.tokens.shape[1]
+    repeats = 1 if quick else 2
     with tempfile.TemporaryDirectory(prefix="tokprob-bench-") as scratch:
         windows_file = Path(scratch) / "windows.npy"
         np.save(windows_file, fixture.detect(4 * n_tokens))
-        reports = {}
-        for what, tokens in (("alpha", n_tokens), ("alpha", 4 * n_tokens), ("bare", n_tokens)):
+        peaks: dict[tuple[str, int], list[float]] = {}
+        runs = [("alpha", n_tokens), ("alpha", 4 * n_tokens)] * repeats + [("bare", n_tokens)]
+        for what, tokens in runs:
             report = _in_child(fixture.model_source.path, windows_file, tokens, what)
             if report is None:
                 return [Result(NAME, "peak RSS at 4N ÷ at N", "failed", f"≤ {GOAL}", False)]
-            reports[what, tokens] = report
+            peaks.setdefault((what, tokens), []).append(report["peak_mb"])
             label = "α" if what == "alpha" else "bare forward"
             print(f"  {label:<12} {report['tokens']:>6,} tokens: peak RSS "
                   f"{report['peak_mb']:,.0f} MB ({report['before_mb']:,.0f} MB before the first "
                   f"forward pass; took {report['seconds']:.1f} s)")
-    ratio = reports["alpha", 4 * n_tokens]["peak_mb"] / reports["alpha", n_tokens]["peak_mb"]
-    print(f"  ratio 4N/N {ratio:.3f}; goal ≤ {GOAL}: {verdict(ratio <= GOAL)}")
+    ratio = max(peaks["alpha", 4 * n_tokens]) / max(peaks["alpha", n_tokens])
+    print(f"  ratio 4N/N {ratio:.3f}" + (f" (highest of {repeats} each)" if repeats > 1 else "")
+          + f"; goal ≤ {GOAL}: {verdict(ratio <= GOAL)}")
     return [Result(NAME, f"peak RSS at {4 * n_tokens:,} ÷ at {n_tokens:,} tokens",
                    f"{ratio:.3f}", f"≤ {GOAL}", ratio <= GOAL)]
 

@@ -13,8 +13,11 @@ artifact makes the stage run again instead of being used.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.locking.filesystem import FileSystemLockManager
 
 from tokprob.codeversion import code_version
 from tokprob.config import key_params
@@ -166,6 +170,55 @@ class StagePolicy(CachePolicy):
                         self.stage, identity.key)
             return None
         return prefect_key
+
+
+class LiveHolderLockManager(FileSystemLockManager):
+    """File locks that a killed process cannot leave behind.
+
+    Under SERIALIZABLE isolation a second run of the same stage waits for the first and
+    then reads its cached result, so two simultaneous runs compute each stage once. A
+    plain file lock never expires, so a run killed while holding one would block every
+    later run; these lock files also name the host and process that took them, and a
+    lock whose process is gone counts as released.
+    """
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
+        if acquired:
+            path = self._lock_path_for_key(key)
+            info = json.loads(path.read_text())
+            path.write_text(json.dumps(info | {"host": socket.gethostname(),
+                                               "pid": os.getpid()}))
+        return acquired
+
+    def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        info = self._get_lock_info(key, use_cache=use_cache)
+        if info is not None and not _process_alive(info.get("host"), info.get("pid")):
+            log.warning("%s: the run holding its lock has died; taking over", key)
+            Path(info["path"]).unlink(missing_ok=True)
+            self._locks.pop(key, None)
+            return False
+        return super().is_locked(key, use_cache=use_cache)
+
+
+def _process_alive(host: str | None, pid: int | None) -> bool:
+    if host != socket.gethostname() or pid is None:
+        return True  # another machine's lock, or one being written: assume it is alive
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stage_policy(stage: str, workspace: Workspace) -> StagePolicy:
+    """The cache policy a stage runs under in a flow: keyed by content, serialized per
+    key across processes through lock files in the workspace."""
+    return StagePolicy(stage=stage, isolation_level="SERIALIZABLE",
+                       lock_manager=LiveHolderLockManager(workspace.root / "locks"))
 
 
 def artifact_key(stage: str, subject: str) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import Task
 
+from tasks._stage import stage_policy
 from tokprob.errors import TokprobError
 from tokprob.store import ArtifactRef
 from tokprob.workspace import Workspace
@@ -27,6 +28,7 @@ class StageRunner:
                 f"Unknown stage {', '.join(unknown)} to re-run; this flow's stages are "
                 f"{', '.join(stages)}."
             )
+        self.workspace = workspace
         self.results = workspace.prefect_results
         self.refresh = set(refresh)
         self.forced: set[str] = set()
@@ -44,6 +46,7 @@ class StageRunner:
                     if isinstance(ref, ArtifactRef)}
         force = stage.name in self.refresh or bool(upstream & self.forced)
         configured = stage.with_options(result_storage=self.results,
+                                        cache_policy=stage_policy(stage.name, self.workspace),
                                         refresh_cache=force or None)
         state = configured(**arguments, force=force, return_state=True)
         ref = state.result()

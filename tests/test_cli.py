@@ -138,23 +138,16 @@ def test_nan_model_from_the_shell_exits_2_without_traceback(tmp_path, tiny_text_
     assert done.stdout == ""
 
 
-def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path):
-    """kill -9 in the middle of the probabilities stage, then run again."""
-    import signal
-    import time
-
+def _slow_run(tmp_path):
+    """A model big enough that α takes seconds, a corpus, and the command that runs them."""
+    from conftest import build_tokenizer, tiny_corpus
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from tokprob.store import ArtifactStore
-    from tokprob.workspace import Workspace
-
-    folder = tmp_path / "slow-model"  # big enough that α takes seconds, not milliseconds
+    folder = tmp_path / "slow-model"
     config = LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=512,
                          num_hidden_layers=4, num_attention_heads=4,
                          max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    from conftest import build_tokenizer, tiny_corpus
-
     build_tokenizer().save_pretrained(folder)
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"text": t}) for t in tiny_corpus(3000)))
@@ -164,7 +157,18 @@ def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path):
                "--max-tokens", "60000", "--json"]
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
+    return command, env, data
 
+
+def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path):
+    """kill -9 in the middle of the probabilities stage, then run again."""
+    import signal
+    import time
+
+    from tokprob.store import ArtifactStore
+    from tokprob.workspace import Workspace
+
+    command, env, data = _slow_run(tmp_path)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     in_progress = data / "artifacts" / "probabilities"
@@ -187,3 +191,22 @@ def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path):
     assert stages["corpus"] == stages["windows"] == "cached"
     assert stages["probabilities"] == "computed"
     assert not list(in_progress.glob(".tmp-*"))  # the killed run's leftovers are cleaned
+
+
+def test_simultaneous_runs_compute_each_stage_once(tmp_path):
+    """Two runs started together on the same inputs: one computes, the other waits for
+    each stage's lock and then takes the cached result."""
+    command, env, _ = _slow_run(tmp_path)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    second = subprocess.Popen(command, env=env | {"PREFECT_HOME": str(tmp_path / "p2")},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = []
+    for process in (first, second):
+        out, err = process.communicate(timeout=900)
+        assert process.returncode == 0, err[-2000:]
+        results.append(json.loads(out)["stages"])
+    for stage in results[0]:
+        states = sorted(result[stage] for result in results)
+        assert states == ["cached", "computed"], (stage, states)
+    assert results[0]["probabilities"] != results[1]["probabilities"]
