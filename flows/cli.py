@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
                         with_model=False)
     pretrain.set_defaults(handler=_pretrain, refresh=[])
 
+    server = commands.add_parser(
+        "server", help="start a Prefect server with its UI; tokprob commands run against it "
+                       "while it is up")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only)")
+    server.add_argument("--port", type=int, default=4200, help="port (default: 4200)")
+    server.add_argument("--data-dir", help="workspace whose Prefect home holds the database")
+    server.set_defaults(handler=_server)
+
     artifacts = commands.add_parser("artifacts", help="list the cached artifacts")
     artifacts.add_argument("--stage", help="only this stage")
     _add_common(artifacts)
@@ -212,14 +221,39 @@ def config_from_arguments(config: type, args: argparse.Namespace) -> Any:
 
 
 def prepare_environment(workspace: Workspace) -> None:
-    """Settings that must be in place before Prefect is imported."""
+    """Settings that must be in place before Prefect is imported.
+
+    Without PREFECT_API_URL, a server started by `tokprob server` for this workspace is
+    used when it answers; otherwise each command starts a temporary one.
+    """
     os.environ.setdefault("PREFECT_HOME", str(workspace.prefect_home))
-    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ["PREFECT_HOME"]).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tokprob")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "PREFECT_API_URL" not in os.environ and (url := running_server(home)):
+        os.environ["PREFECT_API_URL"] = url
+
+
+SERVER_RECORD = "tokprob-server.json"
+
+
+def running_server(prefect_home: Path) -> str | None:
+    """The API address of the `tokprob server` of this Prefect home, if it answers."""
+    import urllib.request
+
+    record = prefect_home / SERVER_RECORD
+    if not record.is_file():
+        return None
+    url = json.loads(record.read_text())["api_url"]
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            return url if answer.status == 200 else None
+    except OSError:
+        return None
 
 
 def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
@@ -327,6 +361,34 @@ def _steer(args: argparse.Namespace) -> int:
         print(f"  {edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested, "
               f"× {edit['predicted_ratio_heldout']:.3f} on held-out text")
     return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    """Run `prefect server start` in the foreground, with this workspace's Prefect home
+    (SQLite database), analytics off, and a record that lets other commands find it."""
+    import subprocess
+
+    workspace = Workspace.from_env(args.data_dir)
+    workspace.ensure_writable()
+    prepare_environment(workspace)
+    os.environ.pop("PREFECT_API_URL", None)  # the server must not talk to another one
+    home = Path(os.environ["PREFECT_HOME"]).expanduser()
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    ui = f"http://{shown}:{args.port}"
+    record = home / SERVER_RECORD
+    record.write_text(json.dumps({"api_url": f"{ui}/api", "ui_url": ui, "pid": os.getpid()}))
+    print(f"Prefect UI: {ui}\n"
+          f"tokprob commands with this data folder run against it while it is up; other "
+          f"Prefect clients: export PREFECT_API_URL={ui}/api\n"
+          f"database and settings: {home}\nstop with Ctrl-C", flush=True)
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", args.host,
+               "--port", str(args.port)]
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        record.unlink(missing_ok=True)
 
 
 def _list_artifacts(args: argparse.Namespace) -> int:

@@ -142,12 +142,16 @@ def _softmax_sums(hidden: torch.Tensor, targets: torch.Tensor,
     total = torch.zeros(head.vocab_size, dtype=torch.float64, device=hidden.device)
     nll = 0.0
     for start in range(0, hidden.shape[0], rows_per_chunk):
-        probs = torch.softmax(head_logits(hidden[start:start + rows_per_chunk], head), dim=-1)
-        # A float32 sum over one chunk (≤ a few thousand rows) loses nothing measurable;
-        # the running total across chunks is float64.
-        total += probs.sum(dim=0).double()
+        logits = head_logits(hidden[start:start + rows_per_chunk], head)
         chunk_targets = targets[start:start + rows_per_chunk]
         has_next = chunk_targets >= 0
-        picked = probs[has_next].gather(1, chunk_targets[has_next].unsqueeze(1))
-        nll -= float(torch.log(picked.double().clamp_min(1e-300)).sum())
+        top = logits.amax(dim=-1, keepdim=True)
+        picked = logits.gather(1, chunk_targets.clamp_min(0).unsqueeze(1))
+        # The softmax in place (one buffer of logits, no copy): exp(z − max), then each
+        # row divided by its sum inside one vector–matrix product, which also sums the
+        # rows. Over one chunk float32 loses nothing measurable; the running total
+        # across chunks is float64.
+        norm = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)
+        total += ((1.0 / norm).T @ logits).squeeze(0).double()
+        nll -= float((picked - top - norm.log())[has_next].double().sum())
     return total, nll
