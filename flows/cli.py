@@ -25,6 +25,7 @@ from flows.stages import (
     DYNAMICS_STAGES,
     ENCODING_CONFIGS,
     ENCODING_STAGES,
+    PAPER_CONFIGS,
     PRUNING_CONFIGS,
     PRUNING_STAGES,
     STEERING_CONFIGS,
@@ -82,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flow_arguments(dynamics, DYNAMICS_CONFIGS, with_model=False)
     _add_dynamics_arguments(dynamics)
     dynamics.set_defaults(handler=_run_flow, refresh=[])
+    paper = flows.add_parser("paper", help="the whole paper (encoding, steering, pruning, "
+                                           "dynamics) for one or several models, compared")
+    paper.add_argument("--models", type=lambda text: [m for m in text.split(",") if m],
+                       default=[DEFAULT_MODEL],
+                       help=f"comma-separated model specs (default: {DEFAULT_MODEL})")
+    _add_flow_arguments(paper, PAPER_CONFIGS, with_model=False)
+    _add_ood_argument(paper)
+    _add_dynamics_arguments(paper)
+    paper.add_argument("--with-dynamics", action=argparse.BooleanOptionalAction, default=True,
+                       help="include the training dynamics (default: yes)")
+    paper.set_defaults(handler=_run_flow, refresh=[])
 
     rerun = commands.add_parser("rerun", help="recompute one stage and what depends on it")
     rerun.add_argument("stage", choices=list(dict.fromkeys(
@@ -130,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=4200, help="port (default: 4200)")
     server.add_argument("--data-dir", help="workspace whose Prefect home holds the database")
     server.set_defaults(handler=_server)
+
+    report = commands.add_parser(
+        "report", help="one HTML (and Markdown) file with every plot and table of a run, "
+                       "or of the latest runs about a model")
+    report.add_argument("query", metavar="RUN-OR-MODEL",
+                        help="a flow run's name or id, or a model (its name or spec)")
+    _add_common(report)
+    report.set_defaults(handler=_report)
 
     artifacts = commands.add_parser("artifacts", help="list the cached artifacts")
     artifacts.add_argument("--stage", help="only this stage")
@@ -288,6 +308,15 @@ def _run_flow(args: argparse.Namespace) -> int:
 
         DatasetSpec.parse(args.ood_dataset)
         inputs["ood_dataset"] = args.ood_dataset
+    elif args.flow == "paper":
+        from flows.paper import paper as chosen
+        from tokprob.summary import paper_text as describe
+
+        for spec in args.models + args.checkpoints:
+            ModelSpec.parse(spec)
+        DatasetSpec.parse(args.ood_dataset)
+        inputs |= {"models": args.models, "ood_dataset": args.ood_dataset,
+                   "with_dynamics": args.with_dynamics, "checkpoints": args.checkpoints}
     else:
         from flows.dynamics import dynamics as chosen
         from tokprob.summary import dynamics_text as describe
@@ -389,6 +418,21 @@ def _server(args: argparse.Namespace) -> int:
         return 0
     finally:
         record.unlink(missing_ok=True)
+
+
+def _report(args: argparse.Namespace) -> int:
+    workspace = Workspace.from_env(args.data_dir)
+    prepare_environment(workspace)
+    from tasks.runs import find_runs, write_report
+
+    records = find_runs(workspace, args.query)
+    html_path, md_path = write_report(workspace, records, args.query)
+    runs = [f"{r['flow']} ({r['flow_run_name']}, {r['created']})" for r in records]
+    if args.json:
+        print(json.dumps({"html": str(html_path), "markdown": str(md_path), "runs": runs}))
+    else:
+        print(f"report of {', '.join(runs)}:\n  {html_path}\n  {md_path}")
+    return 0
 
 
 def _list_artifacts(args: argparse.Namespace) -> int:

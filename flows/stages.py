@@ -58,3 +58,11 @@ DYNAMICS_CONFIGS: dict[str, type] = {
     "probability_config": ProbabilityConfig,
 }
 """The dynamics flow's config parameters and their classes."""
+
+
+PAPER_STAGES = list(dict.fromkeys(ENCODING_STAGES + STEERING_STAGES + PRUNING_STAGES
+                                  + DYNAMICS_STAGES))
+
+PAPER_CONFIGS: dict[str, type] = (ENCODING_CONFIGS | STEERING_CONFIGS | PRUNING_CONFIGS
+                                  | DYNAMICS_CONFIGS)
+"""The paper flow's config parameters and their classes."""

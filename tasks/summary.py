@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks._stage import artifact_key, store_of
 from tasks.figures import FIGURES
+from tasks.runs import publish_run
 from tokprob.corpora import CorpusSource
 from tokprob.models import ModelSource
 from tokprob.store import ArtifactRef
@@ -71,7 +72,7 @@ def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
     create_markdown_artifact(markdown=encoding_markdown(result),
                              key=artifact_key("encoding", model.display_name),
                              description=f"Encoding analysis of {model.display_name}")
-    return result
+    return publish_run(workspace, "encoding", result)
 
 
 @task(name="steering-summary", cache_policy=NO_CACHE)
@@ -97,7 +98,7 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
     create_markdown_artifact(markdown=steering_markdown(result),
                              key=artifact_key("steering-summary", model.display_name),
                              description=f"Steering of {model.display_name}")
-    return result
+    return publish_run(workspace, "steering", result)
 
 
 @task(name="pruning-summary", cache_policy=NO_CACHE)
@@ -122,7 +123,7 @@ def summarize_pruning(workspace: Workspace, model: ModelSource, corpus: CorpusSo
     create_markdown_artifact(markdown=pruning_markdown(result),
                              key=artifact_key("pruning-summary", model.display_name),
                              description=f"Pruning of {model.display_name}")
-    return result
+    return publish_run(workspace, "pruning", result)
 
 
 @task(name="dynamics-summary", cache_policy=NO_CACHE)
@@ -150,4 +151,4 @@ def summarize_dynamics(workspace: Workspace, corpus: CorpusSource,
     create_markdown_artifact(markdown=dynamics_markdown(result),
                              key=artifact_key("dynamics-summary", corpus.spec),
                              description=f"Training dynamics on {corpus.spec}")
-    return result
+    return publish_run(workspace, "dynamics", result)

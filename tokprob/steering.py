@@ -178,7 +178,7 @@ class SteeringEvaluator:
         """Effects of steering each tokens[k] by ratios[k] along directions[k] (or one
         shared direction), one edit at a time. Without `with_kl`, kl_other is NaN and
         the pass costs O(positions × pairs) instead of O(positions × vocab × pairs)."""
-        tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+        tokens = torch.as_tensor(np.array(tokens, dtype=np.int64))
         pairs = len(tokens)
         log_r = torch.as_tensor(np.log(np.asarray(ratios, dtype=np.float64)))
         v = torch.as_tensor(np.broadcast_to(np.asarray(directions, dtype=np.float32),

@@ -193,3 +193,21 @@ def _number(value: Any, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "–"
     return f"{value:,.{digits}f}"
+
+
+def paper_text(result: dict[str, Any]) -> str:
+    """The comparison printed at the end of `tokprob run paper`."""
+    lines = [f"tokprob paper: {len(result['comparison'])} models",
+             "  model                       adj R²   top-4 dims   steer err r=2   r=20   "
+             "prunable (saliency, id/ood)"]
+    for row in result["comparison"]:
+        lines.append(
+            f"  {row['model'][:26]:<26}  {row['adj_r2']:>6.3f}   {row['adj_r2_top4_dims']:>10.3f}"
+            f"   {row['steering_error_r2']:>13.3f}   {row['steering_error_r20']:>4.2f}   "
+            f"{row['prunable_saliency_id']:.0%} / {row['prunable_saliency_ood']:.0%}")
+    if result.get("freq_half_step") is not None:
+        lines.append(f"  dynamics: frequency encoding at half strength by step "
+                     f"{_number(result['freq_half_step'])}, parameters half-way converged at "
+                     f"step {_number(result['distance_half_step'])}")
+    lines.append(f"  report: {result['report']}")
+    return "\n".join(lines)
