@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--data-dir", help="workspace whose Prefect home holds the database")
     server.set_defaults(handler=_server)
 
+    serve = commands.add_parser(
+        "serve", help="serve deployments of the flows on schedules from a TOML file "
+                      "(see flows/serve.py)")
+    serve.add_argument("config", help="TOML file of [[deployment]] entries")
+    serve.add_argument("--data-dir", help="artifact store the deployments use")
+    serve.set_defaults(handler=_serve)
+
     report = commands.add_parser(
         "report", help="one HTML (and Markdown) file with every plot and table of a run, "
                        "or of the latest runs about a model")
@@ -412,12 +419,33 @@ def _server(args: argparse.Namespace) -> int:
           f"database and settings: {home}\nstop with Ctrl-C", flush=True)
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", args.host,
                "--port", str(args.port)]
+    # The UI asks its browser to call this address; by default it would name port 4200.
+    env = os.environ | {"PREFECT_UI_API_URL": f"{ui}/api",
+                        "PREFECT_SERVER_API_HOST": args.host,
+                        "PREFECT_SERVER_API_PORT": str(args.port)}
     try:
-        return subprocess.call(command)
+        return subprocess.call(command, env=env)
     except KeyboardInterrupt:
         return 0
     finally:
         record.unlink(missing_ok=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flows.serve import read_deployments
+
+    workspace = Workspace.from_env(args.data_dir)
+    workspace.ensure_writable()
+    deployments = read_deployments(Path(args.config))
+    prepare_environment(workspace)
+    if "PREFECT_API_URL" not in os.environ:
+        print("tokprob: no Prefect server found; serving on a temporary one (start "
+              "`tokprob server` first to watch the runs in the UI)", file=sys.stderr)
+    from flows.serve import serve_deployments
+
+    _configure_logging()
+    serve_deployments(deployments, workspace.data_dir)
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

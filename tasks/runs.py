@@ -25,7 +25,7 @@ def publish_run(workspace: Workspace, flow: str, result: dict[str, Any]) -> dict
     """Record the run, write its report, and link the report from the flow run."""
     from prefect.runtime import flow_run
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     record = {"flow": flow, "flow_run_id": str(flow_run.id or ""),
               "flow_run_name": flow_run.name or "local",
               "created": now.isoformat(timespec="seconds"), "result": result}

@@ -205,7 +205,7 @@ def _seal(
     manifest = Manifest(
         stage=stage,
         key=key,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         params=params,
         inputs=inputs,
         code_version=code_version,

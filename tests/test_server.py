@@ -1,0 +1,169 @@
+"""Against a real Prefect server started on loopback by the test (`tokprob server`): flow
+runs, their task runs and artifacts read back through the Prefect API, a served
+deployment triggered by its schedule, and the UI's flow-run page in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.server
+
+TINY_RUN = ["--window", "16", "--heldout-fraction", "0.2", "--max-tokens", "160"]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`tokprob server` on a free loopback port, with its own data folder."""
+    data = tmp_path_factory.mktemp("served") / "data"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "server", "--port", str(port), "--data-dir",
+         str(data)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2):
+                break
+        except OSError:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "the server did not answer in 120 s"
+            time.sleep(0.5)
+    yield {"api": api, "ui": f"http://127.0.0.1:{port}", "data": data, "env": env}
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _tokprob(server, *args, timeout=600):
+    """The CLI with no PREFECT_* settings at all: it must find the server by itself."""
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args, "--data-dir",
+                           str(server["data"])], env=server["env"], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _client(server):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(server["api"])
+
+
+def _flow_runs(client, flow_name: str, deployment_id=None):
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowFilter,
+        FlowFilterName,
+    )
+
+    deployments = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])) \
+        if deployment_id else None
+    return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                 deployment_filter=deployments)
+
+
+def _task_states(client, flow_run_id) -> dict[str, str]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+        any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def test_runs_against_the_server_and_reads_back_states_and_artifacts(server, tiny_models,
+                                                                      tiny_text_dir):
+    arguments = ["run", "encoding", "--model", str(tiny_models["gpt_neox"]), "--dataset",
+                 str(tiny_text_dir), *TINY_RUN, "--json"]
+    for _ in range(2):
+        done = _tokprob(server, *arguments)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Starting temporary server" not in done.stderr  # it used the running one
+    with _client(server) as client:
+        runs = sorted(_flow_runs(client, "encoding"), key=lambda run: run.start_time)
+        assert len(runs) == 2 and all(run.state.is_completed() for run in runs)
+        first, second = (_task_states(client, run.id) for run in runs)
+        stages = ["corpus", "windows", "embeddings", "probabilities", "regression",
+                  "sparsity", "pca", "figures"]
+        assert all(first[stage] == "Completed" for stage in stages)
+        assert all(second[stage] == "Cached" for stage in stages)
+        artifacts = client.read_artifacts()
+        keys = {artifact.key for artifact in artifacts}
+        assert {"regression-gpt-neox", "encoding-gpt-neox", "report-encoding-gpt-neox"} <= keys
+        links = [a for a in artifacts if a.key == "report-encoding-gpt-neox"]
+        assert all("file://" in a.data and ".html" in a.data for a in links)
+    server["encoding_run"] = runs[-1]
+
+
+def test_a_served_deployment_runs_on_its_schedule_from_cache(server, tiny_models,
+                                                            tiny_text_dir, tmp_path):
+    config = tmp_path / "deployments.toml"
+    config.write_text(f"""
+[[deployment]]
+name = "every-few-seconds"
+flow = "encoding"
+interval = 8
+[deployment.parameters]
+model = "{tiny_models['llama']}"
+dataset = "{tiny_text_dir}"
+window_config = {{ window = 16, heldout_fraction = 0.2 }}
+probability_config = {{ max_tokens = 160 }}
+""")
+    served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config),
+                               "--data-dir", str(server["data"])], env=server["env"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with _client(server) as client:
+            deadline = time.monotonic() + 300
+            while True:
+                deployment = next((d for d in client.read_deployments()
+                                   if d.name == "every-few-seconds"), None)
+                runs = _flow_runs(client, "encoding", deployment.id) if deployment else []
+                done = sorted((r for r in runs if r.state.is_completed()),
+                              key=lambda run: run.start_time)
+                if len(done) >= 2:
+                    break
+                assert served.poll() is None, served.stdout.read()[-3000:]
+                assert time.monotonic() < deadline, "no two scheduled runs in 300 s"
+                time.sleep(2)
+            assert all(run.auto_scheduled for run in done[:2])
+            later = _task_states(client, done[1].id)
+            assert later["regression"] == later["probabilities"] == "Cached"
+    finally:
+        served.terminate()
+        served.wait(timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_ui_shows_the_flow_run(server):
+    run = server.get("encoding_run")
+    assert run is not None, "runs after test_runs_against_the_server_…"
+    SCREENSHOTS.mkdir(exist_ok=True)
+    shot = SCREENSHOTS / "ui-flow-run.png"
+    page = f"{server['ui']}/runs/flow-run/{run.id}"
+    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+               "--virtual-time-budget=20000", f"--user-data-dir={shot.parent / 'profile'}"]
+    dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True,
+                         timeout=180)
+    assert run.name in dom.stdout, dom.stderr[-2000:]
+    subprocess.run([*browser, f"--screenshot={shot}", page], capture_output=True,
+                   timeout=180, check=True)
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
