@@ -14,6 +14,7 @@ measured in the same run.
 | cached_rerun | encoding flow: cached re-run seconds ÷ cold run seconds | ≤ 3% |
 | steering_sweep | steering sweep by full forward passes ÷ from cached hidden states | ≥ 20× |
 | pruning_sweep | pruning sweep by full forward passes ÷ from cached hidden states | ≥ 20× |
+| dask_shards | α in one process ÷ on a 2-worker local Dask cluster; same numbers | report; ≤ 1e-9 |
 
 Benchmarks report; they never fail on a missed goal (the tests check correctness).
 """

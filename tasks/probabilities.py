@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 from prefect import task
 
@@ -36,9 +38,18 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
         lm = load_model(model.path, run.dtype, run.device)
         head = output_head(lm)
         check_head(lm, head, head.vocab_size)
-        with Progress(detect.size, f"α over {detect.size:,} tokens") as progress:
-            result = averaged_probabilities(lm, head, detect, run.batch_size, progress,
-                                            prefixes=prefix_grid(len(detect)))
+        if run.shards > 1:
+            from tasks.shards import dask_runner, sharded_alpha
+
+            started = time.monotonic()
+            result = sharded_alpha.with_options(task_runner=dask_runner(run))(
+                model, windows, config.max_tokens, len(detect), run, prefix_grid(len(detect)))
+            rate = detect.size / (time.monotonic() - started)
+        else:
+            with Progress(detect.size, f"α over {detect.size:,} tokens") as progress:
+                result = averaged_probabilities(lm, head, detect, run.batch_size, progress,
+                                                prefixes=prefix_grid(len(detect)))
+            rate = progress.rate
         tokens = token_strings(load_tokenizer(model.path), head.vocab_size)
         out.write_table(PROBABILITIES_FILE, pa.table({
             "token_id": pa.array(range(head.vocab_size), pa.int32()),
@@ -50,7 +61,7 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
         out.summary.update(
             n_tokens=result.n_positions, n_windows=len(detect), window=detect.shape[1],
             vocab_size=head.vocab_size, mean_nll=result.mean_nll,
-            perplexity=result.perplexity, tokens_per_second=progress.rate,
+            perplexity=result.perplexity, tokens_per_second=rate,
             dtype=run.dtype,
         )
         top = sorted(zip(result.alpha, tokens, strict=True), reverse=True)[:10]

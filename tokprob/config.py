@@ -60,7 +60,15 @@ class RunConfig:
     device: str = _execution("auto")
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
 
+    shards: int = _execution(1)
+    """Shards of the detecting windows for α, run in parallel on a Dask cluster (1: in
+    this process)."""
+
+    dask_address: str = _execution("")
+    """Address of a running Dask scheduler for --shards; empty: a local cluster."""
+
     def __post_init__(self) -> None:
+        _require(self.shards >= 1, "--shards", "at least 1", self.shards)
         _require(self.dtype in DTYPES, "--dtype", " or ".join(DTYPES), self.dtype)
         _require(self.batch_size > 0, "--batch-size", "a positive number of windows",
                  self.batch_size)

@@ -71,21 +71,30 @@ def _batch_ends(n_windows: int, batch_size: int, prefixes: list[int]) -> list[in
     return sorted(ends | {n for n in prefixes if 0 < n < n_windows})
 
 
-def averaged_probabilities(
-    model,
-    head: OutputHead,
-    windows: np.ndarray,
-    batch_size: int,
-    progress: Progress | None = None,
-    prefixes: list[int] | None = None,
-) -> AlphaResult:
-    """α, counts and the mean next-token NLL over every position of `windows`, and α
-    over the first n windows for each n in `prefixes`."""
+@dataclass(frozen=True)
+class PartialSums:
+    """What a run over some windows contributes to α: sums, not yet averages, so that
+    shards of the windows computed apart (on a Dask cluster) add up exactly."""
+
+    total: np.ndarray
+    """(vocab,) float64 Σ over positions of P(w | x)."""
+    counts: np.ndarray
+    """(vocab,) int64 next-token occurrences."""
+    nll_sum: float
+    n_windows: int
+    window: int
+    cuts: dict[int, np.ndarray]
+    """Local window count n → the total over this part's first n windows."""
+
+
+def alpha_sums(model, head: OutputHead, windows: np.ndarray, batch_size: int,
+               progress: Progress | None = None, cuts: list[int] | None = None) -> PartialSums:
+    """Softmax sums, counts and NLL over every position of `windows`, with the running
+    total kept after the first n windows for each n in `cuts`."""
     device = head.weight.device
-    vocab = head.vocab_size
-    total = torch.zeros(vocab, dtype=torch.float64, device=device)
+    total = torch.zeros(head.vocab_size, dtype=torch.float64, device=device)
     nll_sum = 0.0
-    wanted = set(prefixes or [])
+    wanted = set(cuts or [])
     snapshots: dict[int, np.ndarray] = {}
     start = 0
     with torch.inference_mode():
@@ -105,20 +114,54 @@ def averaged_probabilities(
             total += batch_sum
             nll_sum += batch_nll
             if end in wanted:
-                snapshots[end] = (total / (end * windows.shape[1])).cpu().numpy()
+                snapshots[end] = total.cpu().numpy().copy()
             start = end
             if progress is not None:
                 progress.update(batch.size)
-    n_positions = int(windows.size)
-    counts = np.bincount(windows[:, 1:].reshape(-1), minlength=vocab).astype(np.int64)
+    counts = np.bincount(windows[:, 1:].reshape(-1), minlength=head.vocab_size)
+    return PartialSums(total=total.cpu().numpy(), counts=counts.astype(np.int64),
+                       nll_sum=nll_sum, n_windows=len(windows), window=windows.shape[1],
+                       cuts=snapshots)
+
+
+def combine(parts: list[PartialSums], prefixes: list[int] | None = None) -> AlphaResult:
+    """α from the partial sums of consecutive parts of the windows (in order), with α
+    over the first n windows for each n in `prefixes` (each part must have been cut at
+    the prefixes that fall inside it: see `shard_cuts`)."""
+    window = parts[0].window
+    total = np.sum([part.total for part in parts], axis=0)
+    n_windows = sum(part.n_windows for part in parts)
+    snapshots = {}
+    before, offset = np.zeros_like(total), 0
+    for part in parts:
+        for local, cut in part.cuts.items():
+            if offset + local in (prefixes or []):
+                snapshots[offset + local] = (before + cut) / ((offset + local) * window)
+        before, offset = before + part.total, offset + part.n_windows
     return AlphaResult(
-        alpha=(total / n_positions).cpu().numpy(),
-        counts=counts,
-        n_positions=n_positions,
-        nll_sum=nll_sum,
-        n_predictions=int(windows.shape[0] * (windows.shape[1] - 1)),
-        prefixes=snapshots,
-    )
+        alpha=total / (n_windows * window), counts=np.sum([p.counts for p in parts], axis=0),
+        n_positions=n_windows * window, nll_sum=float(sum(p.nll_sum for p in parts)),
+        n_predictions=n_windows * (window - 1), prefixes=snapshots)
+
+
+def shard_cuts(start: int, stop: int, prefixes: list[int]) -> list[int]:
+    """The local cuts a part covering windows [start, stop) needs for global prefixes."""
+    return [n - start for n in prefixes if start < n <= stop]
+
+
+def averaged_probabilities(
+    model,
+    head: OutputHead,
+    windows: np.ndarray,
+    batch_size: int,
+    progress: Progress | None = None,
+    prefixes: list[int] | None = None,
+) -> AlphaResult:
+    """α, counts and the mean next-token NLL over every position of `windows`, and α
+    over the first n windows for each n in `prefixes`."""
+    part = alpha_sums(model, head, windows, batch_size, progress,
+                      shard_cuts(0, len(windows), prefixes or []))
+    return combine([part], prefixes)
 
 
 def alpha_from_hidden(hidden: torch.Tensor, head: OutputHead) -> np.ndarray:

@@ -1,0 +1,69 @@
+"""α sharded over a Dask cluster (prefect-dask's DaskTaskRunner): each shard of the
+detecting windows runs in a worker and returns its partial sums; the sums add up to α.
+
+The probabilities stage calls this when `--shards` is above 1; it runs as a sub-flow of
+that stage, on a local cluster of that many single-threaded workers, or on the cluster
+at `--dask-address` (whose workers must see the same data folder).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.windows import read_windows
+from tokprob.config import RunConfig
+from tokprob.models import ModelSource, load_model, output_head
+from tokprob.probabilities import AlphaResult, PartialSums, alpha_sums, combine, shard_cuts
+from tokprob.store import ArtifactRef
+from tokprob.windows import DETECT
+
+
+def shard_bounds(n_windows: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of whole batches, as even as possible: a batch never straddles
+    two shards, so every float32 batch sum is the one a single process computes."""
+    batches = -(-n_windows // batch_size)
+    per_shard, extra = divmod(batches, shards)
+    bounds, start = [], 0
+    for shard in range(shards):
+        count = per_shard + (shard < extra)
+        if count:
+            stop = min(start + count * batch_size, n_windows)
+            bounds.append((start, stop))
+            start = stop
+    return bounds
+
+
+@task(name="alpha-shard", cache_policy=NO_CACHE, persist_result=False)
+def alpha_shard(model: ModelSource, windows: ArtifactRef, max_tokens: int, start: int,
+                stop: int, run: RunConfig, cuts: list[int], threads: int) -> PartialSums:
+    """Partial sums of α over detecting windows [start, stop)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    chosen = read_windows(windows).take(DETECT, max_tokens)[start:stop]
+    lm = load_model(model.path, run.dtype, run.device)
+    return alpha_sums(lm, output_head(lm), chosen, run.batch_size, cuts=cuts)
+
+
+@flow(name="probabilities-sharded")
+def sharded_alpha(model: ModelSource, windows: ArtifactRef, max_tokens: int, n_windows: int,
+                  run: RunConfig, prefixes: list[int]) -> AlphaResult:
+    """Submit one shard task per range of batches, then add their sums."""
+    threads = max(1, (os.cpu_count() or 1) // run.shards)
+    futures = [alpha_shard.submit(model, windows, max_tokens, start, stop, run,
+                                  shard_cuts(start, stop, prefixes), threads)
+               for start, stop in shard_bounds(n_windows, run.shards, run.batch_size)]
+    return combine([future.result() for future in futures], prefixes)
+
+
+def dask_runner(run: RunConfig):
+    """A local cluster of `shards` single-threaded worker processes, or the given one."""
+    from prefect_dask import DaskTaskRunner
+
+    if run.dask_address:
+        return DaskTaskRunner(address=run.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": run.shards, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})

@@ -1,0 +1,56 @@
+"""α sharded over a local Dask cluster (prefect-dask) against a single process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.shards import shard_bounds
+from tokprob.config import ProbabilityConfig, RunConfig, WindowConfig
+
+pytestmark = pytest.mark.prefect
+
+
+def test_shards_are_whole_batches_covering_every_window():
+    bounds = shard_bounds(23, 3, 4)
+    assert bounds == [(0, 8), (8, 16), (16, 23)]
+    assert shard_bounds(5, 4, 4) == [(0, 4), (4, 5)]  # fewer batches than shards
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_sharded_alpha_equals_single_process_alpha(prefect_api, tiny_models, tiny_text_dir,
+                                                   tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from flows.encoding import encoding
+
+    runs = {}
+    for shards in (1, 2):
+        runs[shards] = encoding(
+            model=str(tiny_models["llama"]), dataset=str(tiny_text_dir),
+            data_dir=str(tmp_path / f"shards-{shards}"),
+            window_config=WindowConfig(window=16, heldout_fraction=0.2),
+            run_config=RunConfig(batch_size=3, shards=shards),
+            probability_config=ProbabilityConfig(max_tokens=160))
+    single, sharded = (pq.read_table(runs[s]["artifacts"]["probabilities"]).to_pandas()
+                       for s in (1, 2))
+    np.testing.assert_allclose(sharded["alpha"], single["alpha"], rtol=1e-9, atol=0)
+    np.testing.assert_array_equal(sharded["count"], single["count"])
+    prefix_files = [pq.read_table(runs[s]["artifact_dirs"]["probabilities"]
+                                  + "/alpha_prefixes.parquet").to_pandas() for s in (1, 2)]
+    assert list(prefix_files[0].columns) == list(prefix_files[1].columns)
+    for column in prefix_files[0].columns[1:]:
+        np.testing.assert_allclose(prefix_files[1][column], prefix_files[0][column], rtol=1e-9)
+    assert runs[2]["perplexity"] == pytest.approx(runs[1]["perplexity"], rel=1e-9)
+
+    with get_client(sync_client=True) as client:
+        names = [run.name for run in client.read_task_runs()]
+    assert sum(name.startswith("alpha-shard") for name in names) == 2
