@@ -149,7 +149,7 @@ def materialize_gguf(gguf: Path, models_dir: Path) -> tuple[Path, str]:
     models_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=models_dir, prefix=".gguf-"))
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             try:
                 model = AutoModelForCausalLM.from_pretrained(
                     gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -180,7 +180,7 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
     except (ValueError, OSError, KeyError) as error:
         raise TokprobError(
@@ -193,7 +193,7 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    with _quiet_transformers():
+    with quiet_transformers():
         return AutoTokenizer.from_pretrained(path)
 
 
@@ -279,7 +279,7 @@ def check_head(model, head: OutputHead, vocab_size: int) -> None:
         )
 
 
-class _quiet_transformers:
+class quiet_transformers:
     """Silence transformers' progress bars and advisory warnings while loading."""
 
     def __enter__(self) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokprob.models import quiet_transformers
 from tokprob.progress import Progress
 
 END_OF_TEXT = "<|endoftext|>"
@@ -154,8 +155,9 @@ class Pretraining:
     def _save(self, model, optimizer, step: int) -> None:
         folder = self.checkpoint_dir(step)
         scratch = folder.with_name(folder.name + ".tmp")
-        model.save_pretrained(scratch)
-        self.tokenizer.save_pretrained(scratch)
+        with quiet_transformers():
+            model.save_pretrained(scratch)
+            self.tokenizer.save_pretrained(scratch)
         (scratch / "tokprob-pretrain.json").write_text(json.dumps(
             asdict(self.settings) | {"step": step}, indent=2))
         if folder.exists():  # written before an interruption: the same weights
