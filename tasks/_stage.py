@@ -89,7 +89,9 @@ def identify(stage: str, arguments: dict[str, Any]) -> StageIdentity:
             subjects.append(subject)
         elif isinstance(value, list | tuple) and value and all(
                 isinstance(item, ArtifactRef) for item in value):
-            inputs[name] = [_upstream(item)[0] for item in value]
+            upstream = [_upstream(item) for item in value]
+            inputs[name] = [identity for identity, _ in upstream]
+            subjects.extend(subject for _, subject in upstream)
         elif hasattr(value, "cache_identity"):
             inputs[name] = value.cache_identity()
         elif isinstance(value, ModelSource | CorpusSource):

@@ -4,6 +4,7 @@ convergence across training checkpoints (paper §5, SPEC §1.6)."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,8 @@ def dynamics_table(workspace: Workspace, rows: list[ArtifactRef],
         table["cosine_mean"] = table[[c.replace("rel_distance", "cosine")
                                       for c in distances]].mean(axis=1)
         out.write_table(DYNAMICS_FILE, table)
-        subject = out.summary.get("subject", "")
+        # The checkpoints' common name, without the step of the last one.
+        subject = re.sub(r"@step\d+$", "", out.summary.get("subject", ""))
         plots.dynamics_encoding(table, f"{subject}: encoding through training",
                                 out.path(FIGURES["encoding"]))
         plots.dynamics_convergence(table, f"{subject}: distance to the final checkpoint",

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,12 +12,13 @@ from prefect.cache_policies import NO_CACHE
 from tasks._io import read_embeddings, read_table
 from tasks.regression import REGRESSION_FILE, read_gram
 from tokprob.config import PruningConfig
-from tokprob.errors import TokprobError
 from tokprob.models import (
     ModelSource,
     load_model,
     load_tokenizer,
+    new_model_folder,
     output_head,
+    save_model_folder,
     untie_output_embeddings,
 )
 from tokprob.pruning import check_fractions, deletion_plans, prune_columns, saliency_scores
@@ -36,10 +33,7 @@ def save_pruned_model(model: ModelSource, regression: ArtifactRef, embeddings: A
     """Zero the least salient fraction of E's columns (untied first; the bias stays) and
     save the model with save_pretrained, its tokenizer and the deleted dimensions."""
     check_fractions((fraction,))
-    target = Path(out).expanduser().resolve()
-    if target.exists() and any(target.iterdir()):
-        raise TokprobError(f"{target} exists and is not empty; choose another --out "
-                           "(tokprob never overwrites a folder).")
+    target = new_model_folder(out)
     weight = read_embeddings(embeddings)
     gram = read_gram(regression)
     scores = saliency_scores(read_table(regression, REGRESSION_FILE),
@@ -53,15 +47,5 @@ def save_pruned_model(model: ModelSource, regression: ArtifactRef, embeddings: A
     record = {"source_model": model.spec, "source_fingerprint": model.fingerprint,
               "fraction": fraction, "saliency": config.saliency,
               "hidden_size": int(weight.shape[1]), "deleted_dimensions": deleted.tolist()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        lm.save_pretrained(scratch)
-        load_tokenizer(model.path).save_pretrained(scratch)
-        (scratch / RECORD).write_text(json.dumps(record, indent=2))
-        if target.exists():
-            target.rmdir()
-        scratch.rename(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    save_model_folder(lm, load_tokenizer(model.path), target, RECORD, record)
     return {"out": str(target)} | record

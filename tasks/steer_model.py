@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +14,15 @@ from tasks.regression import REGRESSION_FILE
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
 from tokprob.hidden import read_hidden_states
-from tokprob.models import ModelSource, OutputHead, load_model, load_tokenizer, output_head
+from tokprob.models import (
+    ModelSource,
+    OutputHead,
+    load_model,
+    load_tokenizer,
+    new_model_folder,
+    output_head,
+    save_model_folder,
+)
 from tokprob.probabilities import alpha_from_hidden
 from tokprob.steering import (
     check_ratios,
@@ -44,10 +48,7 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
         raise TokprobError(f"Give one --ratio per --token ({len(tokens)} tokens, "
                            f"{len(ratios)} ratios).")
     check_ratios(ratios)
-    target = Path(out).expanduser().resolve()
-    if target.exists() and any(target.iterdir()):
-        raise TokprobError(f"{target} exists and is not empty; choose another --out "
-                           "(tokprob never overwrites a folder).")
+    target = new_model_folder(out)
     tokenizer = load_tokenizer(model.path)
     weight = read_embeddings(embeddings)
     ids = resolve_targets(tuple(tokens), tokenizer, len(weight))
@@ -78,15 +79,5 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
             for token, ratio in edits.items()
         ],
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        lm.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-        (scratch / RECORD).write_text(json.dumps(record, indent=2))
-        if target.exists():
-            target.rmdir()
-        scratch.rename(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    save_model_folder(lm, tokenizer, target, RECORD, record)
     return {"out": str(target)} | {k: v for k, v in record.items() if k != "direction"}

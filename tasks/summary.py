@@ -10,7 +10,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks._stage import artifact_key, store_of
-from tasks.figures import FIGURES
 from tasks.runs import publish_run
 from tokprob.corpora import CorpusSource
 from tokprob.models import ModelSource
@@ -43,6 +42,18 @@ MAIN_FILES = {
 }
 
 
+def outputs(refs: dict[str, ArtifactRef], figures: str) -> dict[str, dict[str, str]]:
+    """Where a run's results are: each stage's main Parquet file and folder, and the PNG
+    plots of its figures stage (listed in that stage's manifest)."""
+    plots = store_of(refs[figures]).manifest(refs[figures]).summary["figures"]
+    return {
+        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
+                      for name, ref in refs.items() if name in MAIN_FILES},
+        "artifact_dirs": {name: ref.path for name, ref in refs.items()},
+        "plots": {name: str(refs[figures].file(file)) for name, file in plots.items()},
+    }
+
+
 @task(name="summary", cache_policy=NO_CACHE)
 def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
               refs: dict[str, ArtifactRef], stages: dict[str, str]) -> dict[str, Any]:
@@ -64,11 +75,7 @@ def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
         "topk_dims_adj_r2": sp["topk_adj_r2"], "topk_components_adj_r2": pc["topk_adj_r2"],
         "pc1_r": pc["pc1_r"], "pc2_r": pc["pc2_r"],
         "stages": stages,
-        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
-                      for name, ref in refs.items() if name in MAIN_FILES},
-        "artifact_dirs": {name: ref.path for name, ref in refs.items()},
-        "plots": {name: str(refs["figures"].file(file)) for name, file in FIGURES.items()},
-    }
+    } | outputs(refs, "figures")
     create_markdown_artifact(markdown=encoding_markdown(result),
                              key=artifact_key("encoding", model.display_name),
                              description=f"Encoding analysis of {model.display_name}")
@@ -80,7 +87,6 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
                        refs: dict[str, ArtifactRef], stages: dict[str, str]) -> dict[str, Any]:
     """The steering sweep's key numbers in one result, and a Markdown summary artifact."""
     sweep = store_of(refs["steering"]).manifest(refs["steering"]).summary
-    figures = store_of(refs["steering-figures"]).manifest(refs["steering-figures"]).summary
     result: dict[str, Any] = {
         "model": model.display_name, "model_spec": model.spec, "dataset": corpus.spec,
         "omega": sweep["omega"], "omega_dims": sweep["omega_dims"], "targets": sweep["targets"],
@@ -89,12 +95,7 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
         "fewshot_median_error": sweep["fewshot_median_error"],
         "heldout_positions": sweep["heldout_positions"],
         "stages": stages,
-        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
-                      for name, ref in refs.items() if name in MAIN_FILES},
-        "artifact_dirs": {name: ref.path for name, ref in refs.items()},
-        "plots": {name: str(refs["steering-figures"].file(file))
-                  for name, file in figures["figures"].items()},
-    }
+    } | outputs(refs, "steering-figures")
     create_markdown_artifact(markdown=steering_markdown(result),
                              key=artifact_key("steering-summary", model.display_name),
                              description=f"Steering of {model.display_name}")
@@ -107,19 +108,13 @@ def summarize_pruning(workspace: Workspace, model: ModelSource, corpus: CorpusSo
                       stages: dict[str, str]) -> dict[str, Any]:
     """The pruning sweep's key numbers in one result, and a Markdown summary artifact."""
     sweep = store_of(refs["pruning"]).manifest(refs["pruning"]).summary
-    figures = store_of(refs["pruning-figures"]).manifest(refs["pruning-figures"]).summary
     result: dict[str, Any] = {
         "model": model.display_name, "model_spec": model.spec, "dataset": corpus.spec,
         "ood_dataset": ood.spec, "saliency": sweep["saliency"],
         "dimensions": sweep["dimensions"], "js_threshold": sweep["js_threshold"],
         "headline": sweep["headline"], "metrics": sweep["table"],
         "stages": stages,
-        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
-                      for name, ref in refs.items() if name in MAIN_FILES},
-        "artifact_dirs": {name: ref.path for name, ref in refs.items()},
-        "plots": {name: str(refs["pruning-figures"].file(file))
-                  for name, file in figures["figures"].items()},
-    }
+    } | outputs(refs, "pruning-figures")
     create_markdown_artifact(markdown=pruning_markdown(result),
                              key=artifact_key("pruning-summary", model.display_name),
                              description=f"Pruning of {model.display_name}")
@@ -144,10 +139,7 @@ def summarize_dynamics(workspace: Workspace, corpus: CorpusSource,
         "distance_half_step": summary["distance_half_step"],
         "final_adj_r2_freq": summary["final_adj_r2_freq"],
         "stages": stages,
-        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
-                      for name, ref in refs.items() if name in MAIN_FILES},
-        "plots": {name: str(table_ref.file(file)) for name, file in summary["figures"].items()},
-    }
+    } | outputs(refs, "dynamics")
     create_markdown_artifact(markdown=dynamics_markdown(result),
                              key=artifact_key("dynamics-summary", corpus.spec),
                              description=f"Training dynamics on {corpus.spec}")

@@ -197,6 +197,33 @@ def load_tokenizer(path: str | Path):
         return AutoTokenizer.from_pretrained(path)
 
 
+def new_model_folder(out: str | Path) -> Path:
+    """The absolute folder to write a derived model to; an error if it holds anything."""
+    target = Path(out).expanduser().resolve()
+    if target.exists() and any(target.iterdir()):
+        raise TokprobError(f"{target} exists and is not empty; choose another --out "
+                           "(tokprob never overwrites a folder).")
+    return target
+
+
+def save_model_folder(model, tokenizer, target: Path, record_name: str,
+                      record: dict) -> None:
+    """save_pretrained the model and tokenizer plus a JSON record, all or nothing: the
+    folder appears complete under its name, or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        with quiet_transformers():
+            model.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
+        (scratch / record_name).write_text(json.dumps(record, indent=2))
+        if target.exists():
+            target.rmdir()
+        scratch.rename(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def resolve_device(device: str) -> torch.device:
     """`auto` means CUDA when available, else CPU; an unavailable CUDA is an error."""
     if device == "auto":
