@@ -80,7 +80,8 @@ def test_content_hash_follows_content_not_creation_time_or_params(artifacts, mon
         def now(cls, tz=None):
             return dt.datetime(2031, 1, 2, 3, 4, 5, tzinfo=tz)
 
-    monkeypatch.setattr(store, "dt", SimpleNamespace(datetime=Later, timezone=dt.timezone))
+    monkeypatch.setattr(store, "dt", SimpleNamespace(datetime=Later, timezone=dt.timezone,
+                                                     UTC=dt.UTC))
     same = _write(artifacts, key="b", params={"other": 1})
     changed = _write(artifacts, key="c", values=(1.0, 2.0, 3.5))
     assert same.created.startswith("2031-01-02T03:04:05") and same.created != first.created
