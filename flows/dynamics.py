@@ -17,10 +17,11 @@ from typing import Any
 from prefect import flow
 
 from flows.stages import DYNAMICS_STAGES
+from tasks.checkpoints import named_checkpoint, pretrained_checkpoints
 from tasks.corpus import corpus
 from tasks.dynamics import check_checkpoints, checkpoint_analysis, dynamics_table, unigram
 from tasks.embeddings import embeddings
-from tasks.pretrain import named_checkpoint, pretrain, pretrained_checkpoints
+from tasks.pretrain import pretrain
 from tasks.probabilities import probabilities
 from tasks.runner import StageRunner
 from tasks.sources import corpus_source

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks._io import read_embeddings, read_probabilities, read_table
 from tasks._stage import publish_table, register, run_stage, store_of
-from tasks.pretrain import Checkpoint
+from tasks.checkpoints import Checkpoint
 from tokprob import plots
 from tokprob.dynamics import convergence, first_step
 from tokprob.errors import TokprobError
