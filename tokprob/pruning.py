@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from tokprob.errors import TokprobError
+from tokprob.tensors import read_only_tensor
 
 METHODS = ("saliency", "norm", "random")
 
@@ -100,8 +101,8 @@ def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.
     and KL and JS between the averaged distributions α and α'."""
     check_fractions(fractions)
     h_all = torch.as_tensor(np.array(hidden, dtype=np.float32))
-    w = torch.as_tensor(np.asarray(weight, dtype=np.float32))
-    b = None if bias is None else torch.as_tensor(np.asarray(bias, dtype=np.float32))
+    w = read_only_tensor(weight)
+    b = None if bias is None else read_only_tensor(bias)
     t_all = torch.as_tensor(np.array(targets, dtype=np.int64))
     grid = sorted(set(fractions))
     totals = {(i, f): Totals() for i in range(len(plans)) for f in grid}

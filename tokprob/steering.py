@@ -24,6 +24,7 @@ import torch
 
 from tokprob.errors import TokprobError
 from tokprob.probabilities import alpha_percentile
+from tokprob.tensors import read_only_tensor
 
 OMEGAS = ("bonferroni", "all", "top-k")
 
@@ -168,9 +169,9 @@ class SteeringEvaluator:
 
     def __init__(self, hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                  rows_per_chunk: int = 1024) -> None:
-        self.hidden = torch.as_tensor(np.asarray(hidden, dtype=np.float32))
-        self.weight = torch.as_tensor(np.asarray(weight, dtype=np.float32))
-        self.bias = None if bias is None else torch.as_tensor(np.asarray(bias, np.float32))
+        self.hidden = read_only_tensor(hidden)
+        self.weight = read_only_tensor(weight)
+        self.bias = None if bias is None else read_only_tensor(bias)
         self.rows_per_chunk = rows_per_chunk
 
     def evaluate(self, tokens: np.ndarray, ratios: np.ndarray, directions: np.ndarray,
