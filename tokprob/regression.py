@@ -54,7 +54,8 @@ class CenteredGram:
         gram = np.zeros((k, k), order="F")
         cross = np.zeros(k)
         for start, chunk in _chunks(x, chunk_rows, with_start=True):
-            centred = chunk.astype(np.float64) - mean_x
+            centred = chunk.astype(np.float64)
+            centred -= mean_x
             # Half the flops of centred.T @ centred: only the lower triangle is formed.
             gram = dsyrk(1.0, centred.T, beta=1.0, c=gram, lower=1, overwrite_c=1)
             cross += centred.T @ (y[start:start + len(chunk)] - mean_y)
@@ -69,7 +70,8 @@ class CenteredGram:
         mean_y = float(y.mean())
         cross = np.zeros(len(self.mean_x))
         for start, chunk in _chunks(x, chunk_rows, with_start=True):
-            centred = chunk.astype(np.float64) - self.mean_x
+            centred = chunk.astype(np.float64)
+            centred -= self.mean_x
             cross += centred.T @ (y[start:start + len(chunk)] - mean_y)
         return replace(self, mean_y=mean_y, cross=cross, tss=float(((y - mean_y) ** 2).sum()))
 
@@ -154,12 +156,12 @@ def fit_ols(x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS,
     g = CenteredGram.compute(x, y, chunk_rows)
     keep, s, solve = _scaled_system(g)
     beta = solve(g.cross[keep] / s) / s
-    residual, correction = _residual_pass(x, y, g, keep, beta, chunk_rows)
     for _ in range(refinements):
         # Iterative refinement: solve for the normal-equation residual of the current
         # beta, which recovers the accuracy the squared conditioning of X'X costs.
+        _, correction = _residual_pass(x, y, g, keep, beta, chunk_rows, with_correction=True)
         beta = beta + solve(correction / s) / s
-        residual, correction = _residual_pass(x, y, g, keep, beta, chunk_rows)
+    residual, _ = _residual_pass(x, y, g, keep, beta, chunk_rows)
     rank = solve.rank
     df_resid = n - rank - 1
     rss = float(residual @ residual)
@@ -281,15 +283,21 @@ class _Solver:
 
 
 def _residual_pass(x: np.ndarray, y: np.ndarray, g: CenteredGram, keep: np.ndarray,
-                   beta: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Residuals of beta and the normal-equation residual Σ (x − x̄) r, in one pass."""
+                   beta: np.ndarray, chunk_rows: int,
+                   with_correction: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals of beta and, when asked, the normal-equation residual Σ (x − x̄) r, in
+    one pass over x."""
     residual = np.empty(len(y))
     correction = np.zeros(len(beta))
+    every_column = bool(keep.all())
     for start, chunk in _chunks(x, chunk_rows, with_start=True):
-        centred = chunk[:, keep].astype(np.float64) - g.mean_x[keep]
+        # Skipping the column selection when nothing is dropped saves a copy per chunk.
+        centred = (chunk if every_column else chunk[:, keep]).astype(np.float64)
+        centred -= g.mean_x[keep]
         stop = start + len(chunk)
         residual[start:stop] = (y[start:stop] - g.mean_y) - centred @ beta
-        correction += centred.T @ residual[start:stop]
+        if with_correction:
+            correction += centred.T @ residual[start:stop]
     return residual, correction
 
 
