@@ -10,7 +10,7 @@ from conftest import ARCHITECTURES, VOCAB_ROWS
 from tokprob import probabilities as probabilities_module
 from tokprob.errors import TokprobError
 from tokprob.hidden import read_hidden_states, write_hidden_states
-from tokprob.models import head_logits, load_model, output_head
+from tokprob.models import OutputHead, head_logits, load_model, output_head
 from tokprob.probabilities import averaged_probabilities
 from tokprob.progress import Progress
 
@@ -41,6 +41,29 @@ def test_alpha_equals_the_averaged_softmax(tiny_models, architecture):
     assert result.n_positions == windows.size
     assert result.nll_sum == pytest.approx(nll, rel=1e-5)
     assert result.n_predictions == windows.shape[0] * (windows.shape[1] - 1)
+
+
+@pytest.mark.parametrize(("offset", "unshifted"), [(-200.0, False), (30.0, True),
+                                                    (500.0, False)])
+def test_alpha_is_exact_whether_or_not_the_softmax_is_shifted(tiny_models, monkeypatch,
+                                                              offset, unshifted):
+    # A constant bias moves every logit but no probability. Row maxima far below 0
+    # underflow and far above 60 overflow unless the max is subtracted; in between the
+    # shift is skipped.
+    model = load_model(tiny_models["gpt2"])
+    plain = output_head(model)
+    offset_head = OutputHead(weight=plain.weight, tied=False,
+                             bias=torch.full((plain.vocab_size,), offset))
+    decisions = []
+    decide = probabilities_module._exp_is_safe_unshifted
+    monkeypatch.setattr(probabilities_module, "_exp_is_safe_unshifted",
+                        lambda top: decisions.append(decide(top)) or decisions[-1])
+    windows = _windows()
+    result = averaged_probabilities(model, offset_head, windows, batch_size=2)
+    expected, nll = _reference_alpha(model, windows)
+    assert set(decisions) == {unshifted}
+    np.testing.assert_allclose(result.alpha, expected, rtol=1e-5, atol=1e-12)
+    assert result.nll_sum == pytest.approx(nll, rel=1e-5)
 
 
 def test_counts_are_next_tokens_within_windows(tiny_models):

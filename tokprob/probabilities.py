@@ -190,11 +190,27 @@ def _softmax_sums(hidden: torch.Tensor, targets: torch.Tensor,
         has_next = chunk_targets >= 0
         top = logits.amax(dim=-1, keepdim=True)
         picked = logits.gather(1, chunk_targets.clamp_min(0).unsqueeze(1))
-        # The softmax in place (one buffer of logits, no copy): exp(z − max), then each
+        if not _exp_is_safe_unshifted(top):
+            logits.sub_(top)
+            picked -= top
+        # The softmax in place (one buffer of logits, no copy): exp(z [− max]), then each
         # row divided by its sum inside one vector–matrix product, which also sums the
         # rows. Over one chunk float32 loses nothing measurable; the running total
         # across chunks is float64.
-        norm = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)
+        norm = logits.exp_().sum(dim=-1, keepdim=True)
         total += ((1.0 / norm).T @ logits).squeeze(0).double()
-        nll -= float((picked - top - norm.log())[has_next].double().sum())
+        nll -= float((picked - norm.log())[has_next].double().sum())
     return total, nll
+
+
+UNSHIFTED_MAX_LOGIT = 60.0
+"""Largest row maximum exp(z) takes unshifted: e^60 times even a billion tokens stays
+below float32's largest value (3.4e38), so no row sum overflows."""
+
+
+def _exp_is_safe_unshifted(row_max: torch.Tensor) -> bool:
+    """Whether exp(z) needs no max subtraction for these rows: each row maximum lies in
+    [0, UNSHIFTED_MAX_LOGIT]. Then nothing overflows, and since every logit sits no
+    lower than it would after the shift, nothing underflows that the shifted softmax
+    keeps; skipping the shift saves a pass over the logits (α throughput, §2.1)."""
+    return bool(row_max.min() >= 0.0) and bool(row_max.max() <= UNSHIFTED_MAX_LOGIT)
