@@ -111,3 +111,26 @@ def workspace(tmp_path):
     from tokprob.workspace import Workspace
 
     return Workspace.from_env(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect server (its own SQLite database) for every test that runs
+    flows in this process: starting it takes ~20 s, so the whole session shares it, and
+    tests that read runs or artifacts back select their own flow run. Yields the API
+    URL, for command-line processes that should use it instead of starting their own."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+def last_flow_run_id(data_dir: Path) -> str:
+    """The id of the latest flow run recorded in a data folder (`data/runs`)."""
+    from tasks.runs import run_records
+    from tokprob.workspace import Workspace
+
+    records = run_records(Workspace.from_env(data_dir))
+    assert records, f"no flow run is recorded in {data_dir}"
+    return records[-1]["flow_run_id"]

@@ -17,14 +17,6 @@ from flows.cli import main
 TINY_RUN = ["--window", "16", "--heldout-fraction", "0.2", "--max-tokens", "160"]
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _run(capsys, *args):
     code = main(list(args))
     captured = capsys.readouterr()
@@ -160,8 +152,9 @@ def _slow_run(tmp_path):
     return command, env, data
 
 
-def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path):
-    """kill -9 in the middle of the probabilities stage, then run again."""
+def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path, prefect_api):
+    """kill -9 in the middle of the probabilities stage, then run again (against a
+    running server, as a service would, so the kill leaves no ephemeral server behind)."""
     import signal
     import time
 
@@ -169,6 +162,7 @@ def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path):
     from tokprob.workspace import Workspace
 
     command, env, data = _slow_run(tmp_path)
+    env["PREFECT_API_URL"] = prefect_api
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     in_progress = data / "artifacts" / "probabilities"

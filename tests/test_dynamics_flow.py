@@ -17,14 +17,6 @@ TINY_RUN = ["--vocab-size", "320", "--layers", "1", "--hidden-size", "16", "--he
             "--max-tokens", "256"]
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _cli(capsys, *args):
     code = main(list(args))
     captured = capsys.readouterr()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import VOCAB_ROWS
+from conftest import VOCAB_ROWS, last_flow_run_id
 
 from tokprob.config import HiddenConfig, ProbabilityConfig, RegressionConfig, WindowConfig
 from tokprob.store import ArtifactStore
@@ -17,14 +17,6 @@ pytestmark = pytest.mark.prefect
 
 UPSTREAM = ["corpus", "windows", "embeddings", "probabilities"]
 DOWNSTREAM_OF_REGRESSION = ["regression", "sparsity", "pca", "figures"]
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture
@@ -149,16 +141,21 @@ def test_hidden_states_are_kept_on_request(run):
     assert hidden.column("hidden").type.list_size == 32
 
 
-def test_stages_publish_prefect_artifacts(run):
+def test_stages_publish_prefect_artifacts(run, tmp_path):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
 
     result = run(model="llama")
     subject = result["model"].lower()
     keys = [f"{stage}-{subject}" for stage in ("regression", "sparsity", "pca", "encoding")]
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    with get_client(sync_client=True) as client:  # this run's, not an earlier test's
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=keys),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[last_flow_run_id(tmp_path / "data")])))
     assert {artifact.key for artifact in found} == set(keys)
     summary = next(a for a in found if a.key == f"encoding-{subject}")
     assert "adjusted R²" in summary.data

@@ -37,7 +37,7 @@ MAX_TOKENS = 2048
 
 
 @pytest.fixture(scope="module")
-def real_workspace(tmp_path_factory) -> Workspace:
+def real_workspace(tmp_path_factory, prefect_api) -> Workspace:
     workspace = Workspace.from_env(tmp_path_factory.mktemp("real") / "data")
     downloads = Workspace.from_env(os.environ.get("TOKPROB_DATA")).downloads
     workspace.downloads.mkdir(parents=True)
@@ -47,8 +47,12 @@ def real_workspace(tmp_path_factory) -> Workspace:
 
 
 def _cli(workspace: Workspace, *args: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"PREFECT_HOME": str(workspace.prefect_home)}
-    env.pop("PREFECT_API_URL", None)
+    """The command line against the session's Prefect server (the ephemeral mode a new
+    user's first run takes is tested by test_cli, without a minute of server starts)."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = os.environ | {"PREFECT_HOME": str(workspace.prefect_home),
+                        "PREFECT_API_URL": PREFECT_API_URL.value()}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
                           text=True, env=env, timeout=1200)
 

@@ -19,14 +19,6 @@ TINY = ["--window", "16", "--heldout-fraction", "0.3", "--max-tokens", "160",
         "--context", "16", "--train-batch", "4", "--steps", "4", "--warmup-steps", "1"]
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_paper_for_two_models_then_their_report(prefect_api, tiny_models, tiny_text_dir,
                                                  tmp_path, capsys):
     models = f"{tiny_models['gpt2']},{tiny_models['phi']}"

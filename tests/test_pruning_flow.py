@@ -19,14 +19,6 @@ TINY = ["--window", "16", "--heldout-fraction", "0.3", "--max-tokens", "160",
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def ood_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ood") / "ood.jsonl"
     lines = [f"Number {i} and number {i * 7} are {'odd' if i % 2 else 'even'} friends."

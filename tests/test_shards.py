@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import last_flow_run_id
 
 from tasks.shards import shard_bounds
 from tokprob.config import ProbabilityConfig, RunConfig, WindowConfig
@@ -18,17 +19,10 @@ def test_shards_are_whole_batches_covering_every_window():
     assert shard_bounds(5, 4, 4) == [(0, 4), (4, 5)]  # fewer batches than shards
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_sharded_alpha_equals_single_process_alpha(prefect_api, tiny_models, tiny_text_dir,
                                                    tmp_path):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     from flows.encoding import encoding
 
@@ -51,6 +45,9 @@ def test_sharded_alpha_equals_single_process_alpha(prefect_api, tiny_models, tin
         np.testing.assert_allclose(prefix_files[1][column], prefix_files[0][column], rtol=1e-9)
     assert runs[2]["perplexity"] == pytest.approx(runs[1]["perplexity"], rel=1e-9)
 
+    # The shards are task runs of the sharded run's subflow (probabilities-sharded).
+    subflows = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(
+        any_=[last_flow_run_id(tmp_path / "shards-2")]))
     with get_client(sync_client=True) as client:
-        names = [run.name for run in client.read_task_runs()]
+        names = [run.name for run in client.read_task_runs(flow_run_filter=subflows)]
     assert sum(name.startswith("alpha-shard") for name in names) == 2

@@ -25,14 +25,6 @@ STEER = SteeringConfig(omega="all", ratios=(0.1, 0.5, 2.0, 10.0), tokens_per_per
                        percentiles=(10.0, 50.0, 90.0), targets=(" the", "17"))
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_steering_flow_reuses_the_encoding_stages(prefect_api, tiny_models, tiny_text_dir,
                                                   tmp_path):
     from flows.encoding import encoding
