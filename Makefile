@@ -22,9 +22,12 @@ run: $(STAMP)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
+	@echo "tokprob: creating $(VENV) (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "tokprob: installing $(TORCH)"
 	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	@echo "tokprob: installing tokprob and its dependencies (constraints.txt)"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 

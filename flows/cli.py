@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
 import sys
 import textwrap
 import typing
@@ -23,6 +25,7 @@ from flows.stages import (
     ENCODING_CONFIGS,
     ENCODING_STAGES,
     PAPER_CONFIGS,
+    PAPER_STAGES,
     PRUNING_CONFIGS,
     PRUNING_STAGES,
     STEERING_CONFIGS,
@@ -32,14 +35,34 @@ from tokprob.config import field_docs
 from tokprob.errors import TokprobError
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
 
+QUOTED = re.compile(r"(?<=[(\s,])'[^'\n]{1,40}'(?=[,)\s.:])")
+"""Short quoted strings such as tokens (' Paris'), whose spaces a line must not break."""
+
+
+def paragraph(text: str, width: int = 88) -> str:
+    """An error message wrapped to the terminal, never inside a quoted token."""
+    kept = QUOTED.sub(lambda match: match.group().replace(" ", "\u00a0"), text)
+    return textwrap.fill(kept, width=width).replace("\u00a0", " ")
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes in one paragraph, like every other error, pointing at --help."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, paragraph(f"{self.prog}: error: {message}. `{self.prog} --help` lists "
+                               "the options.") + "\n")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except BrokenPipeError:  # `tokprob artifacts | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return 0
     except TokprobError as error:
-        print(textwrap.fill(f"tokprob: error: {error}", width=88), file=sys.stderr)
+        print(paragraph(f"tokprob: error: {error}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tokprob: interrupted; finished stages are kept and reused next time.",
@@ -48,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tokprob",
         description="How a causal LM encodes output token probabilities in its output "
                     "embeddings (arXiv 2406.01468).",
@@ -103,12 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         "steer", help="write a copy of a model whose output embeddings multiply the "
                       "probability of chosen tokens by chosen factors")
     steer.add_argument("--token", action="append", required=True, dest="tokens",
+                       metavar="TOKEN",
                        help="a token to steer: text that is exactly one token, or an id "
                             "(repeat with --ratio for several)")
-    steer.add_argument("--ratio", action="append", required=True, type=float, dest="ratios",
+    steer.add_argument("--ratio", action="append", required=True, type=float,
+                       dest="edit_ratios", metavar="R",
                        help="the factor for the matching --token (2 doubles its probability)")
     steer.add_argument("--out", required=True, help="folder to write the steered model to")
-    _add_flow_arguments(steer, STEERING_CONFIGS)
+    # The sweep's own options (its grid of ratios, targets, few-shot) mean nothing here.
+    _add_flow_arguments(steer, STEERING_CONFIGS, hidden=SWEEP_ONLY)
     steer.set_defaults(handler=handlers.steer)
 
     prune = commands.add_parser(
@@ -154,14 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=handlers.report)
 
     artifacts = commands.add_parser("artifacts", help="list the cached artifacts")
-    artifacts.add_argument("--stage", help="only this stage")
+    artifacts.add_argument("--stage", choices=PAPER_STAGES, help="only this stage")
     _add_common(artifacts)
     artifacts.set_defaults(handler=handlers.list_artifacts)
     return parser
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="artifact store (default: $TOKPROB_DATA or ./data)")
+    parser.add_argument("--data-dir", help="artifact store (default: $TOKPROB_DATA, else "
+                                           "the checkout's data/ folder)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -182,8 +209,13 @@ def _add_dynamics_arguments(parser: argparse.ArgumentParser) -> None:
                              "tokens-seen axis (e.g. 2097152 for Pythia)")
 
 
+SWEEP_ONLY = frozenset({"ratios", "percentiles", "tokens_per_percentile", "targets",
+                        "fewshot", "target_seed"})
+"""SteeringConfig fields that only the steering sweep reads, not `tokprob steer`."""
+
+
 def _add_flow_arguments(parser: argparse.ArgumentParser, configs: dict[str, type],
-                        with_model: bool = True) -> None:
+                        with_model: bool = True, hidden: frozenset[str] = frozenset()) -> None:
     if with_model:
         parser.add_argument("--model", default=DEFAULT_MODEL,
                             help="built-in name, hub id[@revision], model folder or .gguf "
@@ -192,19 +224,27 @@ def _add_flow_arguments(parser: argparse.ArgumentParser, configs: dict[str, type
                         help="built-in name (wiki-leads, shakespeare), .txt/.json/.jsonl/"
                              ".parquet files, or hub name[:config][@revision] "
                              f"(default: {DEFAULT_DATASET})")
-    parser.add_argument("--split", default="train", help="split of a hub dataset")
-    parser.add_argument("--text-column", default="text", help="column holding the text")
+    parser.add_argument("--split", default="train",
+                        help="split of a hub dataset (default: train)")
+    parser.add_argument("--text-column", default="text",
+                        help="column holding the text in .json/.jsonl/.parquet files and "
+                             "hub datasets (default: text)")
     for config in configs.values():
-        add_config_arguments(parser, config)
+        add_config_arguments(parser, config, hidden)
     parser.set_defaults(configs=configs)
     _add_common(parser)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config: type) -> None:
-    """One --option per field of a config dataclass, documented by the field's docstring."""
+def add_config_arguments(parser: argparse.ArgumentParser, config: type,
+                         hidden: frozenset[str] = frozenset()) -> None:
+    """One --option per field of a config dataclass, documented by the field's docstring
+    (fields in `hidden` keep their defaults and stay out of --help)."""
     docs = field_docs(config)
     hints = typing.get_type_hints(config)
     for field in dataclasses.fields(config):
+        if field.name in hidden:
+            parser.set_defaults(**{field.name: field.default})
+            continue
         hint = hints[field.name]
         options: dict[str, Any] = {"default": field.default, "help": docs.get(field.name, "")}
         origin, members = typing.get_origin(hint), typing.get_args(hint)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,11 @@ from flows.stages import (
     STEERING_CONFIGS,
     STEERING_STAGES,
 )
+from tokprob.dynamics import check_checkpoint_count
+from tokprob.models import new_model_folder
+from tokprob.pruning import check_fractions
 from tokprob.specs import DatasetSpec, ModelSpec
+from tokprob.steering import check_edits
 from tokprob.store import ArtifactStore
 from tokprob.workspace import Workspace
 
@@ -51,6 +57,8 @@ def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_flow(args: argparse.Namespace) -> int:
+    if getattr(args, "checkpoints", None):  # none: the built-in pre-training run
+        check_checkpoint_count(len(args.checkpoints))
     inputs = _flow_inputs(args) | {"refresh": args.refresh}
     if args.flow == "encoding":
         from flows.encoding import encoding as chosen
@@ -119,6 +127,8 @@ def pretrain(args: argparse.Namespace) -> int:
 
 
 def prune(args: argparse.Namespace) -> int:
+    check_fractions((args.fraction,))
+    new_model_folder(args.out)
     inputs = _flow_inputs(args)
     from flows.pruning import prune
 
@@ -134,11 +144,13 @@ def prune(args: argparse.Namespace) -> int:
 
 
 def steer(args: argparse.Namespace) -> int:
+    check_edits(args.tokens, args.edit_ratios)
+    new_model_folder(args.out)
     inputs = _flow_inputs(args)
     from flows.steering import steer
 
     configure_logging()
-    result = steer(tokens=args.tokens, ratios=args.ratios, out=args.out, **inputs)
+    result = steer(tokens=args.tokens, ratios=args.edit_ratios, out=args.out, **inputs)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
@@ -174,12 +186,35 @@ def server(args: argparse.Namespace) -> int:
     env = os.environ | {"PREFECT_UI_API_URL": f"{ui}/api",
                         "PREFECT_SERVER_API_HOST": args.host,
                         "PREFECT_SERVER_API_PORT": str(args.port)}
+    # The server runs in a process group of its own, so that stopping this command, by
+    # Ctrl-C or by SIGTERM (kill, a service manager), stops the server and its workers too.
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return subprocess.call(command, env=env)
+        return process.wait()
     except KeyboardInterrupt:
+        _stop_group(process)
         return 0
     finally:
         record.unlink(missing_ok=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_group(process: Any) -> None:
+    """SIGINT to the server's process group (Prefect shuts down cleanly); after 30 s, or
+    once it has, SIGKILL for whatever of the group is left."""
+    import subprocess
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -223,20 +258,28 @@ def list_artifacts(args: argparse.Namespace) -> int:
         rows.append({
             "stage": manifest.stage, "key": manifest.key,
             "size": sum(entry.size for entry in manifest.files.values()),
-            "created": manifest.created, "parameters": manifest.params,
+            "created": manifest.created, "model": manifest.summary.get("subject", ""),
+            "dataset": manifest.summary.get("dataset", ""), "parameters": manifest.params,
             "path": str(workspace.artifacts / manifest.stage / manifest.key),
         })
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if not rows:
-        print(f"no artifacts in {workspace.artifacts}")
+        print(f"no {args.stage or ''} artifacts in {workspace.artifacts}".replace("  ", " "))
         return 0
-    print(f"{'stage':<14}{'key':<22}{'size':>10}  {'created':<26}parameters")
-    for row in rows:
-        params = json.dumps(row["parameters"], separators=(",", ":"), default=str)
-        print(f"{row['stage']:<14}{row['key']:<22}{_size(row['size']):>10}  "
-              f"{row['created']:<26}{params}")
+    table = [{"stage": row["stage"], "key": row["key"], "size": _size(row["size"]),
+              "created": str(row["created"])[:19], "model": row["model"] or "–",
+              "dataset": row["dataset"] or "–",
+              "parameters": json.dumps(row["parameters"], separators=(",", ":"), default=str)}
+             for row in rows]
+    widths = {column: max(len(column), *(len(row[column]) for row in table))
+              for column in table[0] if column != "parameters"}
+    print("  ".join(column.ljust(width) for column, width in widths.items()) + "  parameters")
+    for row in table:
+        print("  ".join(row[column].rjust(width) if column == "size" else
+                        row[column].ljust(width) for column, width in widths.items())
+              + "  " + row["parameters"])
     return 0
 
 

@@ -59,15 +59,25 @@ class _DropExpectedTracebacks(logging.Filter):
         return True
 
 
+class _OnceOnTheConsole(logging.Filter):
+    """A TokprobError is reported by the task, the task's final state, the flow and the
+    flow's final state: the run log in the UI keeps all four, the terminal none, since
+    the command ends by printing the error once, as one paragraph."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "TokprobError" not in record.getMessage()
+
+
 def configure_logging() -> None:
     """tokprob's own progress lines at INFO (Prefect forwards them to the run's log);
-    TokprobErrors without tracebacks. Called once the flow module is imported: Prefect
-    has set up its log handlers by then."""
+    TokprobErrors without tracebacks, and on the terminal only once. Called once the
+    flow module is imported: Prefect has set up its log handlers by then."""
     logging.getLogger("tokprob").setLevel(logging.INFO)
-    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs"):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_DropExpectedTracebacks())
-    for handler in logging.getLogger().handlers:
+    loggers = [logging.getLogger(name) for name in
+               ("prefect", "prefect.task_runs", "prefect.flow_runs")] + [logging.getLogger()]
+    for handler in {handler for logger in loggers for handler in logger.handlers}:
         handler.addFilter(_DropExpectedTracebacks())
+        if isinstance(handler, logging.StreamHandler):  # the console, not the API log
+            handler.addFilter(_OnceOnTheConsole())
 
 

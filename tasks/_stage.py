@@ -62,6 +62,8 @@ class StageIdentity:
     code_version: str
     subject: str
     """The model the artifact is about, for labels and Prefect artifact keys."""
+    dataset: str
+    """The corpus it is about (short name), for the same."""
 
 
 def register(name: str, module: str, environment: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -80,24 +82,30 @@ def identify(stage: str, arguments: dict[str, Any]) -> StageIdentity:
     spec = STAGES[stage]
     params: dict[str, Any] = {}
     inputs: dict[str, Any] = {}
+    models: list[str] = []
     subjects: list[str] = []
+    datasets: list[str] = []
     for name, value in sorted(arguments.items()):
         if name in NOT_IN_KEY:
             continue
         if isinstance(value, ArtifactRef):
-            inputs[name], subject = _upstream(value)
+            inputs[name], (subject, dataset) = _upstream(value)
             subjects.append(subject)
+            datasets.append(dataset)
         elif isinstance(value, list | tuple) and value and all(
                 isinstance(item, ArtifactRef) for item in value):
             upstream = [_upstream(item) for item in value]
             inputs[name] = [identity for identity, _ in upstream]
-            subjects.extend(subject for _, subject in upstream)
+            subjects.extend(subject for _, (subject, _) in upstream)
+            datasets.extend(dataset for _, (_, dataset) in upstream)
         elif hasattr(value, "cache_identity"):
             inputs[name] = value.cache_identity()
         elif isinstance(value, ModelSource | CorpusSource):
             inputs[name] = value.fingerprint
             if isinstance(value, ModelSource):
-                subjects.insert(0, value.display_name)
+                models.append(value.display_name)
+            else:
+                datasets.insert(0, value.display_name)
         elif dataclasses.is_dataclass(value):
             params[name] = key_params(value)
         else:
@@ -108,15 +116,17 @@ def identify(stage: str, arguments: dict[str, Any]) -> StageIdentity:
     key = sha256_json({"stage": stage, "params": params,
                        "inputs": {k: _content(v) for k, v in inputs.items()},
                        "code": version})[:20]
-    subject = next((s for s in subjects if s), "")
-    return StageIdentity(key, params, inputs, version, subject)
+    # A stage's own model comes first (the first by argument name), then its inputs'.
+    subject = next((s for s in models + subjects if s), "")
+    dataset = next((d for d in datasets if d), "")
+    return StageIdentity(key, params, inputs, version, subject, dataset)
 
 
-def _upstream(ref: ArtifactRef) -> tuple[dict[str, str], str]:
-    """An upstream artifact's identity (its content hash) and subject."""
+def _upstream(ref: ArtifactRef) -> tuple[dict[str, str], tuple[str, str]]:
+    """An upstream artifact's identity (its content hash), subject and dataset."""
     manifest = store_of(ref).manifest(ref)
     return ({"stage": ref.stage, "key": ref.key, "content": manifest.content_sha256},
-            manifest.summary.get("subject", ""))
+            (manifest.summary.get("subject", ""), manifest.summary.get("dataset_name", "")))
 
 
 def _content(identity: Any) -> Any:
@@ -144,6 +154,7 @@ def run_stage(
     with store.write(stage, identity.key, identity.params, identity.inputs,
                      identity.code_version) as writer:
         writer.summary["subject"] = identity.subject
+        writer.summary["dataset_name"] = identity.dataset
         compute(writer)
     return store.ref(stage, identity.key)
 
@@ -188,11 +199,22 @@ class LiveHolderLockManager(FileSystemLockManager):
                      hold_timeout: float | None = None) -> bool:
         acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
         if acquired:
-            path = self._lock_path_for_key(key)
+            path = Path(self._lock_path_for_key(key))
             info = json.loads(path.read_text())
-            path.write_text(json.dumps(info | {"host": socket.gethostname(),
-                                               "pid": os.getpid()}))
+            # Replaced, not rewritten in place: a reader never sees an empty lock file.
+            scratch = path.with_name(f".{path.name}.{os.getpid()}")
+            scratch.write_text(json.dumps(info | {"host": socket.gethostname(),
+                                                  "pid": os.getpid()}))
+            scratch.replace(path)
         return acquired
+
+    def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
+        try:
+            return super()._get_lock_info(key, use_cache=use_cache)
+        except ValueError:
+            # Prefect creates a lock file and then writes it: read in between, it is
+            # empty. It is held all the same, by a holder not yet named.
+            return {"holder": None, "expiration": None, "path": self._lock_path_for_key(key)}
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         info = self._get_lock_info(key, use_cache=use_cache)
@@ -223,24 +245,29 @@ def stage_policy(stage: str, workspace: Workspace) -> StagePolicy:
                        lock_manager=LiveHolderLockManager(workspace.root / "locks"))
 
 
-def artifact_key(stage: str, subject: str) -> str:
-    """A Prefect artifact key: lowercase letters, digits and dashes."""
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{stage}-{subject}".lower()).strip("-")
+def artifact_key(stage: str, *about: str) -> str:
+    """A Prefect artifact key, `<stage>-<model>-<dataset>`: lowercase letters, digits and
+    dashes, so that the UI lists the latest result per model and corpus."""
+    text = "-".join([stage, *(part for part in about if part)])
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug[:100] or stage
 
 
 def publish_table(stage: str, writer: ArtifactWriter, rows: list[dict[str, Any]],
                   description: str) -> None:
     """A table artifact in the Prefect UI for this stage's key numbers."""
-    create_table_artifact(table=rows, key=artifact_key(stage, writer.summary.get("subject", "")),
-                          description=description)
+    create_table_artifact(table=rows, key=_writer_key(stage, writer), description=description)
 
 
 def publish_markdown(stage: str, writer: ArtifactWriter, markdown: str,
                      description: str) -> None:
-    create_markdown_artifact(markdown=markdown,
-                             key=artifact_key(stage, writer.summary.get("subject", "")),
+    create_markdown_artifact(markdown=markdown, key=_writer_key(stage, writer),
                              description=description)
+
+
+def _writer_key(stage: str, writer: ArtifactWriter) -> str:
+    return artifact_key(stage, writer.summary.get("subject", ""),
+                        writer.summary.get("dataset_name", ""))
 
 
 def _version(package: str) -> str:

@@ -18,7 +18,7 @@ from tasks._io import read_embeddings, read_probabilities, read_table
 from tasks._stage import publish_table, register, run_stage, store_of
 from tasks.checkpoints import Checkpoint
 from tokprob import plots
-from tokprob.dynamics import convergence, first_step
+from tokprob.dynamics import check_checkpoint_count, convergence, first_step
 from tokprob.errors import TokprobError
 from tokprob.models import ModelSource, load_tokenizer
 from tokprob.regression import encoding_target, fit_ols
@@ -63,12 +63,7 @@ def check_checkpoints(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
     """At least two checkpoints of one vocabulary, ordered by step."""
     from transformers import AutoConfig
 
-    if len(checkpoints) < 2:
-        raise TokprobError(
-            f"Training dynamics need at least two checkpoints, got {len(checkpoints)}. Give "
-            "several with --checkpoints (e.g. EleutherAI/pythia-70m@step0,…@step1000), or "
-            "none to use the built-in pre-training run."
-        )
+    check_checkpoint_count(len(checkpoints))
     sizes = {c.source.spec: int(AutoConfig.from_pretrained(c.source.path).vocab_size)
              for c in checkpoints}
     if len(set(sizes.values())) > 1:

@@ -57,8 +57,10 @@ def pruning(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
         for split, states, texts in (("id", hidden, windows), ("ood", hidden_ood, windows_ood)):
             stored = read_hidden_states(states.file(HIDDEN_FILE))
             count = min(config.eval_tokens, len(stored.targets))
-            metrics = sweep(stored.hidden[:count], stored.targets[:count], weight, bias, plans,
-                            config.fractions)
+            with Progress(count, f"pruning sweep ({split}, {len(plans)} deletion orders × "
+                                 f"{len(config.fractions)} fractions)", unit="positions") as bar:
+                metrics = sweep(stored.hidden[:count], stored.targets[:count], weight, bias,
+                                plans, config.fractions, progress=bar)
             if config.new_tokens:
                 metrics = metrics.merge(_generations(model, weight, plans, config, texts),
                                         on=["method", "seed", "fraction"], how="left")
@@ -117,7 +119,8 @@ def _generations(model: ModelSource, weight: np.ndarray, plans: list[DeletionPla
     chosen = [p for p in plans if p.method != "random" or p.seed == plans[-1].seed]
     reference = _greedy(lm, prompts, config.new_tokens)
     rows = []
-    with Progress(len(chosen) * len(config.fractions), "greedy generations", unit="runs") as bar:
+    with Progress(len(chosen) * len(config.fractions), "greedy generations",
+                  unit="runs") as bar:
         for plan in chosen:
             for fraction in config.fractions:
                 with torch.no_grad():
@@ -140,8 +143,8 @@ def _greedy(lm, prompts: torch.Tensor, new_tokens: int) -> np.ndarray:
 
 def _main_metrics(table: pd.DataFrame) -> list[dict]:
     """Per method, split and fraction, seeds averaged: the numbers a reader compares."""
-    columns = [c for c in ("kl", "js", "alpha_js", "top1_agreement", "perplexity",
-                           "generation_match") if c in table]
+    columns = [c for c in ("kl", "js", "alpha_kl", "alpha_js", "top1_agreement", "perplexity",
+                           "generation_match", "first_divergence") if c in table]
     grouped = table.groupby(["method", "split", "fraction"], sort=True)[columns].mean()
     return [dict(zip(["method", "split", "fraction"], key, strict=True)) | row
             for key, row in zip(grouped.index, grouped.to_dict("records"), strict=True)]

@@ -96,6 +96,18 @@ def write_report(workspace: Workspace, records: list[dict[str, Any]],
     return html_path, md_path
 
 
+RESULT_TABLES = {
+    "errors": ("Steering error |log(α'/α) − log r| per requested r", "r"),
+    "fewshot_median_error": ("Median steering error with A from the first n windows",
+                             "n windows"),
+    "topk_dims_adj_r2": ("Adjusted R² of the top-k dimensions by |t|", "k"),
+    "topk_components_adj_r2": ("Adjusted R² of the top-k principal components", "k"),
+    "headline": ("Largest fraction pruned with JS(α, α') below the threshold",
+                 "method/split"),
+}
+"""Nested results: a readable title and the name of their index column."""
+
+
 def _sections(record: dict[str, Any], store: ArtifactStore) -> list[Section]:
     result = record["result"]
     title = f"{record['flow']}: {result.get('model') or ', '.join(result.get('models', []))}"
@@ -111,10 +123,12 @@ def _sections(record: dict[str, Any], store: ArtifactStore) -> list[Section]:
         elif isinstance(value, dict) and value and all(isinstance(v, dict)
                                                       for v in value.values()):
             columns = list(next(iter(value.values())))
-            tables.append(Table(key, [key, *columns],
+            caption, index = RESULT_TABLES.get(key, (key, key))
+            tables.append(Table(caption, [index, *columns],
                                 [[k, *[v.get(c) for c in columns]] for k, v in value.items()]))
         elif isinstance(value, dict) and value:
-            tables.append(Table(key, ["", "value"], [[k, v] for k, v in value.items()]))
+            caption, index = RESULT_TABLES.get(key, (key, "key"))
+            tables.append(Table(caption, [index, "value"], [[k, v] for k, v in value.items()]))
     stages = result.get("stages", {})
     dirs = result.get("artifact_dirs", {})
     tables.append(Table("Stages (cached or computed in this run)",

@@ -25,7 +25,7 @@ from tokprob.models import (
 )
 from tokprob.probabilities import alpha_from_hidden
 from tokprob.steering import (
-    check_ratios,
+    check_edits,
     omega_mask,
     resolve_targets,
     steer_model,
@@ -44,10 +44,7 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     """Steer the tokens by the ratios and save the model with save_pretrained (untied),
     its tokenizer, and a JSON record of the edit with the ratios predicted on held-out
     text."""
-    if len(tokens) != len(ratios):
-        raise TokprobError(f"Give one --ratio per --token ({len(tokens)} tokens, "
-                           f"{len(ratios)} ratios).")
-    check_ratios(ratios)
+    check_edits(tokens, ratios)
     target = new_model_folder(out)
     tokenizer = load_tokenizer(model.path)
     weight = read_embeddings(embeddings)

@@ -26,6 +26,7 @@ from tokprob.errors import TokprobError
 from tokprob.hidden import read_hidden_states
 from tokprob.models import ModelSource, load_tokenizer
 from tokprob.probabilities import alpha_percentile
+from tokprob.progress import Progress
 from tokprob.regression import slopes_from_gram
 from tokprob.steering import (
     SteeringEvaluator,
@@ -79,31 +80,19 @@ def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
             fits |= _fewshot_fits(regression, weight, usable, read_alpha_prefixes(probabilities))
         stored = read_hidden_states(hidden.file(HIDDEN_FILE))
         evaluator = SteeringEvaluator(stored.hidden, weight, read_bias(embeddings))
-        rank = alpha_percentile(alpha)
+        pairs = pd.DataFrame([(token, percentile, r) for token, percentile in targets
+                              for r in config.ratios], columns=["token_id", "percentile", "r"])
+        context = pairs.assign(token=probs["token"].to_numpy()[pairs["token_id"]],
+                               alpha=alpha[pairs["token_id"]],
+                               alpha_percentile=alpha_percentile(alpha)[pairs["token_id"]])
         frames = []
-        for n_fit, table in sorted(fits.items()):
-            try:
-                mask = omega_mask(table, config.omega, significance.significance, config.top_k)
-            except TokprobError:
-                if n_fit == n_detect:
-                    raise
-                log.info("steering: Ω selects no dimension with %d windows; skipped", n_fit)
-                continue
-            direction = steering_direction(table["slope"].to_numpy(), mask)
-            pairs = pd.DataFrame([(token, percentile, r) for token, percentile in targets
-                                  for r in config.ratios],
-                                 columns=["token_id", "percentile", "r"])
-            effects = evaluator.evaluate(pairs["token_id"].to_numpy(), pairs["r"].to_numpy(),
-                                         direction, with_kl=n_fit == n_detect)
-            frames.append(pairs.assign(
-                token=probs["token"].to_numpy()[pairs["token_id"]],
-                alpha=alpha[pairs["token_id"]], alpha_percentile=rank[pairs["token_id"]],
-                heldout_alpha=effects.alpha, steered_alpha=effects.steered_alpha,
-                achieved=effects.achieved,
-                abs_log_error=np.abs(np.log(effects.achieved) - np.log(pairs["r"])),
-                kl_other=effects.kl_other, n_fit=n_fit, omega=config.omega,
-                omega_dims=int(mask.sum()),
-            ))
+        with Progress(len(fits), f"steering sweep ({len(targets)} tokens × "
+                                 f"{len(config.ratios)} ratios, A from the first n windows)",
+                      unit="fits") as bar:
+            for n_fit, table in sorted(fits.items()):
+                frames.append(_steer_with_fit(evaluator, context, table, n_fit, n_fit == n_detect,
+                                              config, significance))
+                bar.update(1)
         sweep = pd.concat(frames, ignore_index=True)
         columns = ["token_id", "token", "alpha", "r", "achieved", "abs_log_error", "kl_other",
                    "n_fit", "omega", "omega_dims", "percentile", "alpha_percentile",
@@ -151,6 +140,30 @@ def steering_figures(workspace: Workspace, steering: ArtifactRef,
                          "Plots of the steering sweep (PNG files in the artifact folder)")
 
     return run_stage(FIGURES_STAGE, workspace, {"steering": steering}, compute, force)
+
+
+def _steer_with_fit(evaluator: SteeringEvaluator, pairs: pd.DataFrame, table: pd.DataFrame,
+                    n_fit: int, full: bool, config: SteeringConfig,
+                    significance: SparsityConfig) -> pd.DataFrame | None:
+    """Every (token, r) pair steered along the direction of one fit of A; None when a
+    few-shot fit leaves Ω empty (the full fit must not)."""
+    try:
+        mask = omega_mask(table, config.omega, significance.significance, config.top_k)
+    except TokprobError:
+        if full:
+            raise
+        log.info("steering: Ω selects no dimension with %d windows; skipped", n_fit)
+        return None
+    direction = steering_direction(table["slope"].to_numpy(), mask)
+    effects = evaluator.evaluate(pairs["token_id"].to_numpy(), pairs["r"].to_numpy(),
+                                 direction, with_kl=full)
+    return pairs.assign(
+        heldout_alpha=effects.alpha, steered_alpha=effects.steered_alpha,
+        achieved=effects.achieved,
+        abs_log_error=np.abs(np.log(effects.achieved) - np.log(pairs["r"])),
+        kl_other=effects.kl_other, n_fit=n_fit, omega=config.omega,
+        omega_dims=int(mask.sum()),
+    )
 
 
 def _fewshot_fits(regression: ArtifactRef, weight: np.ndarray, usable: np.ndarray,

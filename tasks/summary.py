@@ -77,7 +77,7 @@ def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
         "stages": stages,
     } | outputs(refs, "figures")
     create_markdown_artifact(markdown=encoding_markdown(result),
-                             key=artifact_key("encoding", model.display_name),
+                             key=artifact_key("encoding", model.display_name, corpus.display_name),
                              description=f"Encoding analysis of {model.display_name}")
     return publish_run(workspace, "encoding", result)
 
@@ -97,7 +97,8 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
         "stages": stages,
     } | outputs(refs, "steering-figures")
     create_markdown_artifact(markdown=steering_markdown(result),
-                             key=artifact_key("steering-summary", model.display_name),
+                             key=artifact_key("steering-summary", model.display_name,
+                                              corpus.display_name),
                              description=f"Steering of {model.display_name}")
     return publish_run(workspace, "steering", result)
 
@@ -116,7 +117,8 @@ def summarize_pruning(workspace: Workspace, model: ModelSource, corpus: CorpusSo
         "stages": stages,
     } | outputs(refs, "pruning-figures")
     create_markdown_artifact(markdown=pruning_markdown(result),
-                             key=artifact_key("pruning-summary", model.display_name),
+                             key=artifact_key("pruning-summary", model.display_name,
+                                              corpus.display_name),
                              description=f"Pruning of {model.display_name}")
     return publish_run(workspace, "pruning", result)
 
@@ -141,6 +143,6 @@ def summarize_dynamics(workspace: Workspace, corpus: CorpusSource,
         "stages": stages,
     } | outputs(refs, "dynamics")
     create_markdown_artifact(markdown=dynamics_markdown(result),
-                             key=artifact_key("dynamics-summary", corpus.spec),
+                             key=artifact_key("dynamics-summary", corpus.display_name),
                              description=f"Training dynamics on {corpus.spec}")
     return publish_run(workspace, "dynamics", result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -40,6 +41,43 @@ def test_bad_input_is_one_paragraph_and_exit_code_2(capsys, tmp_path, arguments,
     assert code == 2
     assert message in err
     assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["run", "encoding", "--device", "tpu"], "--device"),
+        (["steer", "--token", " the", "--ratio", "0", "--out", "{tmp}/out"],
+         "positive finite"),
+        (["steer", "--token", " the", "--token", " a", "--ratio", "2", "--out", "{tmp}/out"],
+         "one --ratio per --token (2 tokens, 1 ratios)"),
+        (["steer", "--token", " the", "--ratio", "2", "--out", "{tmp}/file"], "is a file"),
+        (["prune", "--fraction", "1.5", "--out", "{tmp}/out"], "[0, 1)"),
+        (["prune", "--fraction", "0.1", "--out", "{tmp}/full"], "not empty"),
+        (["run", "dynamics", "--checkpoints", "{tmp}/full"], "at least two checkpoints"),
+        (["artifacts", "--stage", "nosuch"], "invalid choice: 'nosuch'"),
+        (["run", "steering", "--ratios", "2,abc"], "comma-separated float"),
+    ],
+)
+def test_mistakes_are_caught_before_any_work_in_one_paragraph(capsys, tmp_path, monkeypatch,
+                                                              arguments, message):
+    def prefect_started(*_):
+        raise AssertionError("the mistake was found only after Prefect was set up")
+
+    monkeypatch.setattr("flows.commands.prepare_environment", prefect_started)
+    (tmp_path / "file").write_text("a model folder was expected here")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "config.json").write_text("{}")
+    arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
+    parser_check = arguments[0] == "artifacts" or "2,abc" in arguments
+    with pytest.raises(SystemExit) if parser_check else contextlib.nullcontext() as raised:
+        code, out, err = _run(capsys, *arguments, "--data-dir", str(tmp_path / "data"))
+    if raised is not None:  # argparse's own checks exit through the parser
+        code, (out, err) = raised.value.code, capsys.readouterr()
+    assert code == 2
+    assert message in " ".join(err.split()), err
+    assert "Traceback" not in err and "usage:" not in err and out == ""
+    assert len(err.strip().split("\n\n")) == 1  # one paragraph
 
 
 @pytest.mark.prefect
@@ -100,12 +138,14 @@ def test_errors_found_inside_the_flow_exit_with_code_2(capsys, prefect_api, tiny
         (["--dataset", corpus, "--model", model, "--window", "16", "--max-tokens", "8"],
          "less than one window"),
         (["--dataset", corpus, "--model", "nobody/no-such-model"], "Hugging Face cache"),
+        (["--dataset", str(tmp_path / "empty.jsonl"), "--model", model], "0 bytes"),
     ]
+    (tmp_path / "empty.jsonl").touch()
     for arguments, message in cases:
         code, out, err = _run(capsys, "run", "encoding", "--data-dir", str(tmp_path / "d"),
                               *arguments)
         assert (code, out) == (2, ""), arguments
-        assert message in err, (arguments, err)
+        assert message in " ".join(err.split()), (arguments, err)
 
 
 def test_nan_model_from_the_shell_exits_2_without_traceback(tmp_path, tiny_text_dir):
@@ -204,3 +244,15 @@ def test_simultaneous_runs_compute_each_stage_once(tmp_path):
         states = sorted(result[stage] for result in results)
         assert states == ["cached", "computed"], (stage, states)
     assert results[0]["probabilities"] != results[1]["probabilities"]
+
+
+def test_error_paragraphs_never_break_inside_a_quoted_token():
+    from flows.cli import paragraph
+
+    message = ("tokprob: error: ' Paris is' is not one token: the model's tokenizer makes 2 "
+               "of it (' Paris', ' is'). Steer one token at a time, or give its integer id.")
+    for width in range(30, 90, 7):
+        wrapped = paragraph(message, width)
+        assert " ".join(wrapped.split()) == " ".join(message.split())
+        assert "(' Paris'," in wrapped.replace("\n", " ") and "' is')" in wrapped
+        assert "\u00a0" not in wrapped

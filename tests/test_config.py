@@ -33,6 +33,8 @@ CONFIGS = [WindowConfig, RunConfig, ProbabilityConfig, HiddenConfig, RegressionC
     (RunConfig, {"dtype": "float64"}, "--dtype", "float32 or bfloat16 or float16"),
     (RunConfig, {"dtype": "fp16"}, "--dtype", "float32 or bfloat16 or float16"),
     (RunConfig, {"batch_size": 0}, "--batch-size", "positive"),
+    (RunConfig, {"device": "tpu"}, "--device", "cpu, cuda, cuda:N or auto"),
+    (RunConfig, {"device": "cuda:"}, "--device", "cpu, cuda, cuda:N or auto"),
     (ProbabilityConfig, {"max_tokens": -1}, "--max-tokens", "positive"),
     (ProbabilityConfig, {"max_tokens": 0}, "--max-tokens", "positive"),
     (HiddenConfig, {"heldout_tokens": 0}, "--heldout-tokens", "positive"),

@@ -101,6 +101,14 @@ def test_all_empty_text_is_an_error(tmp_path, workspace):
         read_documents(_resolve(folder, workspace), tmp_path / "hf")
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "txt"])
+def test_an_empty_file_is_an_error(tmp_path, workspace, fmt):
+    empty = tmp_path / f"empty.{fmt}"
+    empty.touch()
+    with pytest.raises(TokprobError, match=r"empty.*0 bytes"):
+        read_documents(_resolve(empty, workspace), tmp_path / "hf")
+
+
 def test_a_malformed_file_is_an_error(tmp_path, workspace):
     folder = tmp_path / "c"
     folder.mkdir()

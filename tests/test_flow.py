@@ -141,7 +141,7 @@ def test_hidden_states_are_kept_on_request(run):
     assert hidden.column("hidden").type.list_size == 32
 
 
-def test_stages_publish_prefect_artifacts(run, tmp_path):
+def test_stages_publish_prefect_artifacts(run, tmp_path, tiny_text_dir):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -150,8 +150,10 @@ def test_stages_publish_prefect_artifacts(run, tmp_path):
     )
 
     result = run(model="llama")
-    subject = result["model"].lower()
+    # <stage>-<model>-<dataset>, the corpus stage without a model.
+    subject = f"{result['model'].lower()}-{tiny_text_dir.name.lower()}"
     keys = [f"{stage}-{subject}" for stage in ("regression", "sparsity", "pca", "encoding")]
+    keys.append(f"corpus-{tiny_text_dir.name.lower()}")
     with get_client(sync_client=True) as client:  # this run's, not an earlier test's
         found = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=keys),

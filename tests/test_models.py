@@ -126,6 +126,7 @@ def test_unknown_hub_model_offline_is_a_clear_error(tmp_path, monkeypatch, works
     with pytest.raises(TokprobError, match="not in the local Hugging Face cache") as error:
         resolve_model(ModelSpec.parse("nobody/no-such-model@step1"), workspace)
     assert "step1" in str(error.value)
+    assert "built-in models are smollm2-135m-instruct" in str(error.value)
 
 
 def test_folder_that_is_not_a_causal_lm_is_a_clear_error(tmp_path):

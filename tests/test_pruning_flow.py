@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -57,6 +59,14 @@ def test_pruning_flow_reports_every_method_in_and_out_of_distribution(
     assert set(result["headline"]) == {f"{m}/{s}" for m in ("saliency", "norm", "random")
                                        for s in ("id", "ood")}
     assert result["stages"]["windows-ood"] == "computed"
+    # --json: per method, split and fraction the main metrics, seeds averaged.
+    summary = {(row["method"], row["split"], row["fraction"]): row for row in result["metrics"]}
+    assert len(summary) == 3 * 2 * 4
+    row = summary["random", "ood", 0.5]
+    chosen = metrics[(metrics["method"] == "random") & (metrics["split"] == "ood")
+                     & (metrics["fraction"] == 0.5)]
+    for column in ("kl", "alpha_js", "top1_agreement", "first_divergence"):
+        assert row[column] == pytest.approx(chosen[column].mean(), rel=1e-12), column
 
     code, out, _ = _cli(capsys, "run", "pruning", *common, "--json")
     assert set(json.loads(out)["stages"].values()) == {"cached"}
@@ -89,6 +99,11 @@ def test_pruned_model_loads_with_its_columns_deleted(prefect_api, tiny_models, t
                                original.get_input_embeddings().weight)
     with torch.no_grad():
         assert torch.isfinite(pruned(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+    # Permissions follow the umask, not the private temporary folder's 0700.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o666 & ~umask}
 
 
 @pytest.mark.parametrize(

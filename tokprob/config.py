@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import itertools
 import math
+import re
 import textwrap
 from dataclasses import dataclass, field
 from functools import cache
@@ -50,7 +51,7 @@ class WindowConfig:
 class RunConfig:
     """How the model is run for forward passes."""
 
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and activations: float32, bfloat16 or float16 (logits are always
     upcast to float32 before the softmax)."""
 
@@ -70,6 +71,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         _require(self.shards >= 1, "--shards", "at least 1", self.shards)
         _require(self.dtype in DTYPES, "--dtype", " or ".join(DTYPES), self.dtype)
+        _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "--device",
+                 "cpu, cuda, cuda:N or auto", self.device)
         _require(self.batch_size > 0, "--batch-size", "a positive number of windows",
                  self.batch_size)
 

@@ -35,6 +35,15 @@ class CorpusSource(BaseModel):
     fingerprint: str
     """Content hash of the files, or hub id, config, split and commit."""
 
+    @property
+    def display_name(self) -> str:
+        """A short name for labels and Prefect artifact keys."""
+        if self.kind == "builtin":
+            return self.spec
+        if self.kind == "hub":
+            return self.spec.split("@")[0].split(":")[0].split("/")[-1]
+        return Path(self.files[0]).stem if len(self.files) == 1 else Path(self.location).name
+
 
 def resolve_corpus(spec: DatasetSpec, workspace: Workspace) -> CorpusSource:
     """Fetch (built-ins, hub) or locate (local files) a dataset and fingerprint it."""
@@ -65,6 +74,10 @@ def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    if source.kind != "hub" and all(Path(f).stat().st_size == 0 for f in source.files):
+        # datasets fails on an empty file with a bare StopIteration.
+        raise TokprobError(f"The dataset {source.spec} is empty (its files have 0 bytes). "
+                           "Point --dataset at files with text.")
     try:
         if source.kind == "hub":
             table = datasets.load_dataset(source.location, source.config, split=source.split,

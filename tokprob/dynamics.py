@@ -46,6 +46,16 @@ def step_of(spec: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def check_checkpoint_count(count: int) -> None:
+    """The analysis compares checkpoints with the final one: it needs two at least."""
+    if count < 2:
+        raise TokprobError(
+            f"Training dynamics need at least two checkpoints, got {count}. Give several "
+            "with --checkpoints, oldest first (e.g. EleutherAI/pythia-70m@step0,…@step1000), "
+            "or none to use the built-in pre-training run."
+        )
+
+
 def convergence(checkpoint: Path, final: Path) -> dict[str, dict[str, float]]:
     """Per parameter group: relative distance to the final checkpoint and cosine."""
     sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4))  # diff², f², c², c·f

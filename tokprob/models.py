@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from tokprob import assets
 from tokprob.errors import TokprobError
 from tokprob.hashing import sha256_file, sha256_files
-from tokprob.specs import ModelSpec
+from tokprob.specs import BUILTIN_DATASET_NAMES, BUILTIN_MODEL_NAMES, ModelSpec
 from tokprob.workspace import Workspace
 
 log = logging.getLogger("tokprob")
@@ -110,14 +111,14 @@ def hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> tuple[Pa
         try:
             folder = snapshot_download(repo_id, revision=revision, repo_type=repo_type)
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            builtin = BUILTIN_MODEL_NAMES if kind == "model" else BUILTIN_DATASET_NAMES
             raise TokprobError(
                 f"Cannot get the {kind} {repo_id!r}"
                 + (f" at revision {revision!r}" if revision else "")
-                + f": it is not in the local Hugging Face cache and the hub said: {reason} "
-                f"If it is a local {kind}, pass its path (it does not exist here); if it is "
-                "on the hub, check the name and revision, or download it where the hub is "
-                "reachable and pass the folder."
+                + f": it is not in the local Hugging Face cache, and {_hub_failure(error)}. "
+                f"The built-in {kind}s are {', '.join(builtin)}. If it is a local {kind}, "
+                "pass its path (it does not exist here); if it is on the hub, check the name "
+                "and revision, or download it where the hub is reachable and pass the folder."
             ) from None
     folder_path = Path(folder)
     return folder_path, folder_path.name
@@ -168,6 +169,7 @@ def materialize_gguf(gguf: Path, models_dir: Path) -> tuple[Path, str]:
             model.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
         (scratch / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
+        readable_by_others(scratch)
         shutil.rmtree(folder, ignore_errors=True)
         scratch.rename(folder)
     finally:
@@ -197,9 +199,25 @@ def load_tokenizer(path: str | Path):
         return AutoTokenizer.from_pretrained(path)
 
 
+def _hub_failure(error: Exception) -> str:
+    """Why the hub did not provide a repository, in a few words."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    root: BaseException = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if isinstance(error, LocalEntryNotFoundError):
+        return f"the hub cannot be reached from here ({root})"
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    return f"the hub answered: {first_line.rstrip('.')}"
+
+
 def new_model_folder(out: str | Path) -> Path:
     """The absolute folder to write a derived model to; an error if it holds anything."""
     target = Path(out).expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise TokprobError(f"--out {target} is a file; give the path of a new or empty "
+                           "folder to write the model to.")
     if target.exists() and any(target.iterdir()):
         raise TokprobError(f"{target} exists and is not empty; choose another --out "
                            "(tokprob never overwrites a folder).")
@@ -217,11 +235,22 @@ def save_model_folder(model, tokenizer, target: Path, record_name: str,
             model.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
         (scratch / record_name).write_text(json.dumps(record, indent=2))
+        readable_by_others(scratch)
         if target.exists():
             target.rmdir()
         scratch.rename(target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def readable_by_others(folder: Path) -> None:
+    """Give a finished folder the permissions the user's umask asks for: mkdtemp makes it
+    private (0700), and transformers writes the weights through a private temporary file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -77,7 +77,11 @@ def build_model(settings: PretrainSettings, vocab_size: int):
                         n_head=settings.heads, bos_token_id=0, eos_token_id=0,
                         tie_word_embeddings=settings.tie_embeddings)
     torch.manual_seed(settings.seed)
-    return GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config)
+    # transformers finds no loss for the class name GPT2LMHeadModel and warns on every run
+    # before falling back to this one, the next-token cross-entropy.
+    model.loss_type = "ForCausalLM"
+    return model
 
 
 def learning_rate(settings: PretrainSettings, step: int) -> float:

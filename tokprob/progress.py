@@ -44,7 +44,8 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        log.info("%s: done, %s", self.description, self._status(time.monotonic()))
+        ended = "done" if self.done >= self.total else "stopped"
+        log.info("%s: %s, %s", self.description, ended, self._status(time.monotonic()))
 
     def __enter__(self) -> Progress:
         return self
@@ -59,5 +60,16 @@ class Progress:
 
     def _status(self, now: float) -> str:
         share = 100.0 * self.done / self.total if self.total else 100.0
-        rate = self.done / max(now - self.started, 1e-9)
-        return f"{self.done:,}/{self.total:,} {self.unit} ({share:.0f}%, {rate:,.0f} {self.unit}/s)"
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        # Slow units (a generation run, a fit) read better as seconds each.
+        speed = f"{rate:,.0f} {self.unit}/s" if rate >= 1 or not self.done \
+            else f"{elapsed / self.done:,.1f} s per {self.unit.rstrip('s')}"
+        status = f"{self.done:,}/{self.total:,} {self.unit} ({share:.0f}%, {speed}"
+        if 0 < self.done < self.total:
+            status += f", about {_duration((self.total - self.done) / rate)} left"
+        return status + ")"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from tokprob.errors import TokprobError
+from tokprob.progress import Progress
 from tokprob.tensors import read_only_tensor
 
 METHODS = ("saliency", "norm", "random")
@@ -95,7 +96,7 @@ class Totals:
 
 def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
           plans: list[DeletionPlan], fractions: tuple[float, ...],
-          rows_per_chunk: int = 256) -> pd.DataFrame:
+          rows_per_chunk: int = 256, progress: Progress | None = None) -> pd.DataFrame:
     """Per plan and fraction, comparing the pruned with the original next-token
     distributions at every position: mean KL(p‖p') and JS, top-1 agreement, perplexity,
     and KL and JS between the averaged distributions α and α'."""
@@ -127,6 +128,8 @@ def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.
                         current -= h[:, index] @ w[:, index].T
                         done += len(dims)
                     accumulate(totals[i, fraction], log_p, p, top, current, t)
+            if progress is not None:
+                progress.update(len(h))
     rows = []
     for (i, fraction), total in totals.items():
         plan = plans[i]

@@ -132,6 +132,14 @@ def check_ratios(ratios: list[float]) -> None:
             )
 
 
+def check_edits(tokens: list[str], ratios: list[float]) -> None:
+    """One positive finite ratio per token, as `tokprob steer --token T --ratio R` takes."""
+    if len(tokens) != len(ratios):
+        raise TokprobError(f"Give one --ratio per --token ({len(tokens)} tokens, "
+                           f"{len(ratios)} ratios).")
+    check_ratios(ratios)
+
+
 def steer_embeddings(weight: np.ndarray, targets: dict[int, float],
                      direction: np.ndarray) -> np.ndarray:
     """A copy of E with E_w − log(r_w)·v for each target token w."""

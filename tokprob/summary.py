@@ -28,7 +28,6 @@ def regression_markdown(statistics: dict[str, Any], table: pd.DataFrame, top: in
 
 def encoding_text(result: dict[str, Any]) -> str:
     """The summary printed at the end of `tokprob run encoding`."""
-    cached = sum(1 for state in result["stages"].values() if state == "cached")
     lines = [
         f"tokprob encoding: {result['model']} on {result['dataset']}",
         f"  α over {result['n_tokens']:,} tokens ({result['n_windows']} windows of "
@@ -43,9 +42,7 @@ def encoding_text(result: dict[str, Any]) -> str:
         f"    adjusted R² of the top-k principal components: "
         f"{_at_k(result['topk_components_adj_r2'])}",
         f"    PC1 r = {result['pc1_r']:.3f}, PC2 r = {result['pc2_r']:.3f} with −log α",
-        f"  stages: {cached} of {len(result['stages'])} from cache",
-        "  plots:",
-        *(f"    {path}" for path in result["plots"].values()),
+        *_stages_and_plots(result),
         "  artifacts:",
         *(f"    {stage:<14}{path}" for stage, path in result["artifacts"].items()),
     ]
@@ -80,7 +77,6 @@ def _at_k(values: dict[str, float]) -> str:
 
 def steering_text(result: dict[str, Any]) -> str:
     """The summary printed at the end of `tokprob run steering`."""
-    cached = sum(1 for state in result["stages"].values() if state == "cached")
     lines = [
         f"tokprob steering: {result['model']} on {result['dataset']}",
         f"  {result['targets']} target tokens across the α range, Ω = {result['omega']} "
@@ -92,9 +88,7 @@ def steering_text(result: dict[str, Any]) -> str:
         f"  side effect on other tokens: median KL {result['median_kl_other']:.2e}",
         "  few-shot (detecting windows → median error): "
         + ", ".join(f"{n}: {e:.3f}" for n, e in result["fewshot_median_error"].items()),
-        f"  stages: {cached} of {len(result['stages'])} from cache",
-        "  plots:",
-        *(f"    {path}" for path in result["plots"].values()),
+        *_stages_and_plots(result),
         f"  sweep: {result['artifacts']['steering']}",
     ]
     return "\n".join(lines)
@@ -116,7 +110,6 @@ def _pruning_rows(result: dict[str, Any]) -> list[tuple[str, str, float, dict[st
 
 def pruning_text(result: dict[str, Any]) -> str:
     """The summary printed at the end of `tokprob run pruning`."""
-    cached = sum(1 for state in result["stages"].values() if state == "cached")
     headline = result["headline"]
     lines = [
         f"tokprob pruning: {result['model']}, {result['dimensions']} output-embedding "
@@ -136,9 +129,7 @@ def pruning_text(result: dict[str, Any]) -> str:
             f"{row['alpha_js']:.2e}   {row['top1_agreement']:.3f}   "
             f"{row['perplexity']:>10.2f}   {row.get('generation_match', float('nan')):.3f}")
     lines += [
-        f"  stages: {cached} of {len(result['stages'])} from cache",
-        "  plots:",
-        *(f"    {path}" for path in result["plots"].values()),
+        *_stages_and_plots(result),
         f"  metrics: {result['artifacts']['pruning']}",
     ]
     return "\n".join(lines)
@@ -158,9 +149,8 @@ def pruning_markdown(result: dict[str, Any]) -> str:
 
 def dynamics_text(result: dict[str, Any]) -> str:
     """The summary printed at the end of `tokprob run dynamics`."""
-    cached = sum(1 for state in result["stages"].values() if state == "cached")
     lines = [
-        f"tokprob dynamics: {len(result['checkpoints'])} checkpoints, counts of "
+        f"tokprob dynamics: {len(result['checkpoints'])} checkpoints, token frequencies in "
         f"{result['dataset']}",
         "     step   tokens seen     loss   adj R² −log f   adj R² −log α   rel. distance",
         *(f"  {c['step']:>7}   {_number(c['tokens_seen']):>11}   {_number(c['loss'], 3):>6}   "
@@ -169,9 +159,7 @@ def dynamics_text(result: dict[str, Any]) -> str:
         f"  frequency encoding passes half its final adjusted R² at step "
         f"{_number(result['freq_half_step'])}; parameters come within half their initial "
         f"distance of the final checkpoint at step {_number(result['distance_half_step'])}",
-        f"  stages: {cached} of {len(result['stages'])} from cache",
-        "  plots:",
-        *(f"    {path}" for path in result["plots"].values()),
+        *_stages_and_plots(result),
         f"  table: {result['artifacts']['dynamics']}",
     ]
     return "\n".join(lines)
@@ -187,6 +175,16 @@ def dynamics_markdown(result: dict[str, Any]) -> str:
             f"half-way convergence: step {_number(result['distance_half_step'])}\n\n"
             "| step | tokens | loss | adj R² −log f | adj R² −log α | rel. distance |\n"
             f"|---:|---:|---:|---:|---:|---:|\n{rows}\n")
+
+
+def _stages_and_plots(result: dict[str, Any]) -> list[str]:
+    """What every flow's summary ends with: the cache hits, the plots and the report."""
+    cached = sum(1 for state in result["stages"].values() if state == "cached")
+    lines = [f"  stages: {cached} of {len(result['stages'])} from cache", "  plots:",
+             *(f"    {path}" for path in result["plots"].values())]
+    if result.get("report"):
+        lines.append(f"  report: {result['report']}")
+    return lines
 
 
 def _number(value: Any, digits: int = 0) -> str:
