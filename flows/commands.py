@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,6 @@ def steer(args: argparse.Namespace) -> int:
 def server(args: argparse.Namespace) -> int:
     """Run `prefect server start` in the foreground, with this workspace's Prefect home
     (SQLite database), analytics off, and a record that lets other commands find it."""
-    import subprocess
-
     workspace = Workspace.from_env(args.data_dir)
     workspace.ensure_writable()
     prepare_environment(workspace)
@@ -203,11 +202,9 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_group(process: Any) -> None:
+def _stop_group(process: subprocess.Popen) -> None:
     """SIGINT to the server's process group (Prefect shuts down cleanly); after 30 s, or
     once it has, SIGKILL for whatever of the group is left."""
-    import subprocess
-
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -259,14 +256,14 @@ def list_artifacts(args: argparse.Namespace) -> int:
             "stage": manifest.stage, "key": manifest.key,
             "size": sum(entry.size for entry in manifest.files.values()),
             "created": manifest.created, "model": manifest.summary.get("subject", ""),
-            "dataset": manifest.summary.get("dataset", ""), "parameters": manifest.params,
+            "dataset": manifest.summary.get("dataset_name", ""), "parameters": manifest.params,
             "path": str(workspace.artifacts / manifest.stage / manifest.key),
         })
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if not rows:
-        print(f"no {args.stage or ''} artifacts in {workspace.artifacts}".replace("  ", " "))
+        print(f"no {args.stage + ' ' if args.stage else ''}artifacts in {workspace.artifacts}")
         return 0
     table = [{"stage": row["stage"], "key": row["key"], "size": _size(row["size"]),
               "created": str(row["created"])[:19], "model": row["model"] or "–",

@@ -103,6 +103,11 @@ def test_json_contract(capsys, prefect_api, tiny_models, tiny_text_dir, tmp_path
     assert all(row["size"] > 0 and row["created"] for row in listed)
     windows_row = next(row for row in listed if row["stage"] == "windows")
     assert windows_row["parameters"]["config"]["window"] == 16
+    # What each artifact is about: the model (the corpus stage has none) and the corpus
+    # (the embeddings stage has none).
+    assert {row["dataset"] for row in listed if row["stage"] != "embeddings"} \
+        == {tiny_text_dir.name}
+    assert {row["model"] for row in listed if row["stage"] != "corpus"} == {"gpt2"}
 
     code, out, _ = _run(capsys, "artifacts", "--data-dir", str(tmp_path), "--stage", "pca")
     assert code == 0 and out.count("\npca") == 1
