@@ -39,6 +39,7 @@ from tokprob.corpora import CorpusSource
 from tokprob.models import ModelSource
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
 from tokprob.store import ArtifactRef
+from tokprob.windows import HELDOUT
 from tokprob.workspace import Workspace
 
 
@@ -72,9 +73,13 @@ def detect(stage: StageRunner, workspace: Workspace, model: str, dataset: str, s
 
 
 def keep_hidden_states(stage: StageRunner, workspace: Workspace, found: Detection,
-                       run_config: RunConfig, hidden_config: HiddenConfig) -> ArtifactRef:
-    return stage(hidden_states, workspace=workspace, windows=found.windows, model=found.model,
-                 run=run_config, config=hidden_config)
+                       run_config: RunConfig, hidden_config: HiddenConfig,
+                       split: str = HELDOUT) -> ArtifactRef:
+    """Final hidden states of the held-out split (evaluation) or, as `hidden-detect`, of
+    the detecting split (calibration of interventions)."""
+    return stage(hidden_states, label=None if split == HELDOUT else f"hidden-{split}",
+                 workspace=workspace, windows=found.windows, model=found.model,
+                 run=run_config, config=hidden_config, split=split)
 
 
 @flow(name="encoding")

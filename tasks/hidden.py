@@ -1,4 +1,7 @@
-"""Stage `hidden`: final hidden states of the held-out split, for LM-head experiments."""
+"""Stage `hidden`: final hidden states of one split, for LM-head experiments.
+
+The held-out split evaluates interventions; the detecting split calibrates them (the
+step size of a calibrated steering edit, the compensation of pruned dimensions)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from tokprob.hidden import write_hidden_states
 from tokprob.models import ModelSource, load_model
 from tokprob.progress import Progress
 from tokprob.store import ArtifactRef
-from tokprob.windows import HELDOUT
+from tokprob.windows import DETECT, HELDOUT
 from tokprob.workspace import Workspace
 
 STAGE = "hidden"
@@ -21,24 +24,29 @@ HIDDEN_FILE = "hidden.parquet"
 
 @task(**register(STAGE, __name__, environment=("torch", "transformers")))
 def hidden_states(workspace: Workspace, windows: ArtifactRef, model: ModelSource,
-                  run: RunConfig, config: HiddenConfig,
+                  run: RunConfig, config: HiddenConfig, split: str = HELDOUT,
                   force: bool = False) -> ArtifactRef:
-    """Store h for every held-out position (same dtype as α's forward passes)."""
+    """Store h for every position of the first `config.heldout_tokens` tokens of `split`
+    (same dtype as α's forward passes)."""
+    if split not in (DETECT, HELDOUT):
+        raise TokprobError(f"Unknown window split {split!r}; use {DETECT} or {HELDOUT}.")
 
     def compute(out):
-        heldout = read_windows(windows).take(HELDOUT, config.heldout_tokens)
+        heldout = read_windows(windows).take(split, config.heldout_tokens)
         if len(heldout) == 0:
             raise TokprobError(
-                "No held-out window to keep hidden states of: raise --heldout-fraction, "
+                f"No {split} window to keep hidden states of: raise --heldout-fraction, "
                 "--heldout-tokens (at least one window), or use a longer corpus."
             )
         lm = load_model(model.path, run.dtype, run.device)
         with Progress(heldout.size, f"hidden states of {heldout.size:,} tokens") as progress:
             positions = write_hidden_states(lm, heldout, run.batch_size, out.path(HIDDEN_FILE),
                                             progress)
-        out.summary.update(positions=positions, windows=len(heldout), dtype=run.dtype)
-        publish_table(STAGE, out, [out.summary], "Held-out final hidden states")
+        out.summary.update(positions=positions, windows=len(heldout), dtype=run.dtype,
+                           split=split)
+        publish_table(STAGE, out, [out.summary], f"Final hidden states ({split} split)")
 
     return run_stage(STAGE, workspace,
-                     {"windows": windows, "model": model, "run": run, "config": config},
+                     {"windows": windows, "model": model, "run": run, "config": config,
+                      "split": split},
                      compute, force)

@@ -141,6 +141,37 @@ def test_hidden_states_are_kept_on_request(run):
     assert hidden.column("hidden").type.list_size == 32
 
 
+def test_hidden_states_of_the_detecting_split_are_a_stage_of_their_own(
+        prefect_api, tiny_models, tiny_text_dir, tmp_path):
+    from prefect import flow
+
+    from flows.encoding import detect, keep_hidden_states
+    from tasks.runner import StageRunner
+    from tasks.windows import read_windows
+    from tokprob.config import RunConfig
+    from tokprob.windows import DETECT, HELDOUT
+
+    @flow
+    def both_splits():
+        workspace = Workspace.from_env(tmp_path / "data")
+        stage = StageRunner(workspace, [], ["hidden"])
+        found = detect(stage, workspace, str(tiny_models["gpt_neox"]), str(tiny_text_dir),
+                       "train", "text", WindowConfig(window=16, heldout_fraction=0.2),
+                       RunConfig(), ProbabilityConfig(max_tokens=160), RegressionConfig())
+        config = HiddenConfig(heldout_tokens=48)
+        held = keep_hidden_states(stage, workspace, found, RunConfig(), config)
+        calibrate = keep_hidden_states(stage, workspace, found, RunConfig(), config, DETECT)
+        return found, held, calibrate, stage.states
+
+    found, held, calibrate, states = both_splits()
+    assert held.key != calibrate.key and {"hidden", "hidden-detect"} <= set(states)
+    packed = read_windows(found.windows)
+    for ref, split in ((held, HELDOUT), (calibrate, DETECT)):
+        table = pq.read_table(Path(ref.path) / "hidden.parquet")
+        inputs = table.column("input_id").to_numpy().reshape(-1, 16)
+        assert (inputs == packed.take(split, 48)).all()
+
+
 def test_stages_publish_prefect_artifacts(run, tmp_path, tiny_text_dir):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
