@@ -261,3 +261,13 @@ def test_error_paragraphs_never_break_inside_a_quoted_token():
         assert " ".join(wrapped.split()) == " ".join(message.split())
         assert "(' Paris'," in wrapped.replace("\n", " ") and "' is')" in wrapped
         assert "\u00a0" not in wrapped
+
+
+def test_python_dash_m_tokprob_is_the_tokprob_command(tmp_path):
+    command = [sys.executable, "-m", "tokprob", "run", "encoding", "--window", "0",
+               "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--window" in done.stderr and "Traceback" not in done.stderr
+    usage = subprocess.run([sys.executable, "-m", "tokprob", "--help"], capture_output=True,
+                           text=True, timeout=120)
+    assert usage.returncode == 0 and "run" in usage.stdout and "steer" in usage.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -74,7 +76,7 @@ def test_closure_follows_imports_through_project_modules(package):
 def test_an_edit_changes_the_version_only_through_the_imports(package, file, changes):
     name, root = package
     before = code_version(f"{name}.stage")
-    after = _version_after_edit(name, root / file, "\n# an edit\n")
+    after = _version_after_edit(name, root / file, "\nEDITED = 1\n")
     assert (after != before) is changes
 
 
@@ -103,15 +105,84 @@ def test_version_is_a_short_hex_digest_and_deterministic():
 def test_project_stages_have_distinct_versions_covering_their_library_code():
     assert code_version("tasks.regression") != code_version("tasks.sparsity")
     regression = _closure("tasks.regression")
-    assert {"tasks.regression", "tokprob.regression", "tokprob.config"} <= regression
+    assert {"tasks.regression", "tokprob.regression"} <= regression
     sparsity = _closure("tasks.sparsity")
     assert {"tokprob.sparsity", "tokprob.regression"} <= sparsity
     # Orchestration does not reach the key: the store, the stage runner, the workspace.
     for closure in (regression, sparsity):
         assert not closure & {"tokprob.store", "tasks._stage", "tokprob.workspace",
-                              "tokprob.hashing"}
+                              "tokprob.hashing", "tokprob.config"}
 
 
 def test_an_unknown_module_has_the_version_of_nothing():
     assert _closure("tokprob.no_such_module") == set()
     assert code_version("tokprob.no_such_module") == code_version("tasks.no_such_module")
+
+
+@pytest.mark.parametrize(("edit", "changes"), [
+    ("\n# a comment\n\n\n", False),
+    ("\n\ndef helper( x ):\n    return x+1\n", True),
+])
+def test_comments_and_formatting_keep_the_version_code_does_not(package, edit, changes):
+    name, root = package
+    before = code_version(f"{name}.stage")
+    assert (_version_after_edit(name, root / "numbers.py", edit) != before) is changes
+
+
+def test_docstrings_field_docs_and_error_messages_keep_the_version(package):
+    name, root = package
+    numbers = root / "numbers.py"
+    numbers.write_text(numbers.read_text() + (
+        "\n\nclass Config:\n    size: int = 2\n\n\n"
+        "def check(x):\n    if x < 0:\n        raise ValueError(f'bad {x}')\n"
+        "    return x * 2\n"))
+    code_version.cache_clear()
+    before = code_version(f"{name}.stage")
+    text = numbers.read_text()
+    numbers.write_text('"""A module docstring."""\n' + text
+                       .replace("size: int = 2", 'size: int = 2\n    """How big."""')
+                       .replace("def check(x):", 'def check(x):\n    """Checks x."""')
+                       .replace("f'bad {x}'", "f'x must not be negative, got {x}' + '.'"))
+    code_version.cache_clear()
+    assert code_version(f"{name}.stage") == before
+    numbers.write_text(numbers.read_text().replace("return x * 2", "return x * 3"))
+    code_version.cache_clear()
+    assert code_version(f"{name}.stage") != before
+
+
+def _add_prose(root: Path) -> None:
+    """One more sentence in each module docstring and a comment line at each module's end."""
+    for folder in ("tokprob", "tasks"):
+        for path in sorted((root / folder).glob("*.py")):
+            text = path.read_text()
+            if text.startswith('"""'):
+                text = '"""An added sentence. ' + text[3:]
+            path.write_text(text + "\n# an added comment line\n")
+
+
+def _stage_versions(root: Path) -> dict[str, str]:
+    script = ("import json, tasks.figures, tasks.pruning, tasks.steering, tasks.dynamics, "
+              "tasks.pretrain, tasks.prune_model, tasks.steer_model, flows.encoding\n"
+              "from tasks._stage import STAGES\n"
+              "from tokprob.codeversion import code_version\n"
+              "print(json.dumps({n: code_version(s.module) for n, s in STAGES.items()}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=root, env={"PATH": "", "PYTHONPATH": str(root)}, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_prose_edits_to_every_module_keep_every_stage_version(tmp_path):
+    """A comment line and a docstring sentence added to every module of the library and
+    the tasks keeps every stage's code version, so every cached stage."""
+    root = tmp_path / "repo"
+    for folder in ("tokprob", "tasks", "flows"):
+        shutil.copytree(REPO / folder, root / folder)
+    before = _stage_versions(root)
+    assert len(before) >= 15
+    _add_prose(root)
+    assert "An added sentence." in (root / "tokprob" / "pca.py").read_text()
+    assert _stage_versions(root) == before
+    pca = root / "tokprob" / "pca.py"
+    pca.write_text(pca.read_text() + "\n\ndef added(x):\n    return 2 * x\n")
+    after = _stage_versions(root)
+    assert after["pca"] != before["pca"] and after["regression"] == before["regression"]
