@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.locking.filesystem import FileSystemLockManager
@@ -33,6 +38,7 @@ from tokprob.config import key_params
 from tokprob.corpora import CorpusSource
 from tokprob.hashing import sha256_json
 from tokprob.models import ModelSource
+from tokprob.progress import Progress, observed
 from tokprob.store import ArtifactRef, ArtifactStore, ArtifactWriter
 from tokprob.workspace import Workspace
 
@@ -155,8 +161,28 @@ def run_stage(
                      identity.code_version) as writer:
         writer.summary["subject"] = identity.subject
         writer.summary["dataset_name"] = identity.dataset
-        compute(writer)
+        with observed(ProgressArtifact(artifact_key(f"{stage}-progress", identity.subject,
+                                                    identity.dataset))):
+            compute(writer)
     return store.ref(stage, identity.key)
+
+
+class ProgressArtifact:
+    """Shows a stage's long loops in the Prefect UI as a progress artifact that moves
+    while they run (one artifact per loop, updated in place)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.artifacts: dict[int, Any] = {}
+
+    def __call__(self, progress: Progress) -> None:
+        description = f"{progress.description}: {progress.status()}"
+        artifact = self.artifacts.get(id(progress))
+        if artifact is None:
+            self.artifacts[id(progress)] = create_progress_artifact(
+                progress.percent, key=self.key, description=description)
+        else:
+            update_progress_artifact(artifact, progress.percent, description=description)
 
 
 def store_of(ref: ArtifactRef) -> ArtifactStore:

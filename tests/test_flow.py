@@ -192,3 +192,18 @@ def test_stages_publish_prefect_artifacts(run, tmp_path, tiny_text_dir):
     assert {artifact.key for artifact in found} == set(keys)
     summary = next(a for a in found if a.key == f"encoding-{subject}")
     assert "adjusted R²" in summary.data
+
+
+def test_long_loops_show_progress_in_the_ui(run, tmp_path, tiny_text_dir):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    result = run(model="gpt2", keep_hidden=True, hidden_config=HiddenConfig(heldout_tokens=32))
+    subject = f"{result['model'].lower()}-{tiny_text_dir.name.lower()}"
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[last_flow_run_id(tmp_path / "data")])))
+    progress = {a.key: a for a in found if a.type == "progress"}
+    for stage in ("probabilities", "hidden"):
+        artifact = progress[f"{stage}-progress-{subject}"]
+        assert float(artifact.data) == 100.0 and "(100%" in artifact.description

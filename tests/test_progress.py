@@ -52,3 +52,28 @@ def test_an_unfinished_loop_says_how_far_it_got(clock, caplog):
         clock[0] += 5.0
         raise KeyboardInterrupt
     assert _lines(caplog) == ["pruning sweep: stopped, 0/100 positions (0%, 0 positions/s)"]
+
+
+def test_observers_hear_of_progress_sparsely_and_at_the_end(clock):
+    heard: list[tuple[str, float]] = []
+    with (progress_module.observed(lambda p: heard.append((p.description, p.percent))),
+          Progress(100, "α", notify_every=3.0) as bar):
+        bar.update(10)  # within notify_every of the start: not yet
+        clock[0] += 3.0
+        bar.update(40)
+        clock[0] += 1.0
+        bar.update(10)
+        clock[0] += 3.0
+        bar.update(40)
+    assert heard == [("α", 0.0), ("α", 50.0), ("α", 100.0), ("α", 100.0)]
+    Progress(10, "after the block").close()
+    assert len(heard) == 4
+
+
+def test_a_failing_observer_never_stops_the_work(clock):
+    def broken(_):
+        raise RuntimeError("the UI is down")
+
+    with progress_module.observed(broken), Progress(5, "α") as bar:
+        bar.update(5)
+    assert bar.done == 5
