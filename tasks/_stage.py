@@ -44,6 +44,21 @@ from tokprob.workspace import Workspace
 
 log = logging.getLogger("tokprob")
 
+
+def _forward_library_logs() -> None:
+    """tokprob's own lines (progress, reuse, warnings) go to the Prefect run log however
+    the flow was started: the command line, a worker, a deployment or a notebook. The
+    command line also names the logger in PREFECT_LOGGING_EXTRA_LOGGERS; a handler is
+    added once either way."""
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in log.handlers:
+            log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+_forward_library_logs()
+
 NOT_IN_KEY = ("workspace", "force")
 """Task arguments that never change what a stage computes."""
 

@@ -207,3 +207,16 @@ def test_long_loops_show_progress_in_the_ui(run, tmp_path, tiny_text_dir):
     for stage in ("probabilities", "hidden"):
         artifact = progress[f"{stage}-progress-{subject}"]
         assert float(artifact.data) == 100.0 and "(100%" in artifact.description
+
+
+def test_stage_logs_reach_the_run_log_when_the_flow_is_called_from_python(run, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    run(model="phi")  # a function call, as from a notebook: no command line set-up
+    run_id = last_flow_run_id(tmp_path / "data")
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[run_id])))
+    lines = [entry.message for entry in logs if entry.name == "tokprob"]
+    assert any(line.startswith("α over 160 tokens") for line in lines), lines
