@@ -24,6 +24,7 @@ from tasks.embeddings import embeddings
 from tasks.pretrain import pretrain
 from tasks.probabilities import probabilities
 from tasks.runner import StageRunner
+from tasks.runs import run_name, tag_run
 from tasks.sources import corpus_source
 from tasks.summary import summarize_dynamics
 from tasks.windows import windows
@@ -32,7 +33,7 @@ from tokprob.specs import DEFAULT_DATASET
 from tokprob.workspace import Workspace
 
 
-@flow(name="dynamics")
+@flow(name="dynamics", flow_run_name=run_name)
 def dynamics(
     dataset: str = DEFAULT_DATASET,
     checkpoints: list[str] | None = None,
@@ -49,6 +50,7 @@ def dynamics(
 ) -> dict[str, Any]:
     """When do output embeddings start to encode token frequency, against how far the
     parameters still are from convergence?"""
+    tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], DYNAMICS_STAGES)
     text = corpus_source(workspace, dataset, split, text_column)
@@ -82,7 +84,7 @@ def dynamics(
     return summarize_dynamics(workspace, text, stage.refs, stage.states)
 
 
-@flow(name="pretraining")
+@flow(name="pretraining", flow_run_name=run_name)
 def pretraining(
     dataset: str = DEFAULT_DATASET,
     split: str = "train",
@@ -92,6 +94,7 @@ def pretraining(
     refresh: list[str] | None = None,
 ) -> dict[str, Any]:
     """Pre-train the built-in small GPT-2 on a corpus, keeping log-spaced checkpoints."""
+    tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], DYNAMICS_STAGES)
     text = corpus_source(workspace, dataset, split, text_column)

@@ -23,6 +23,7 @@ from tasks.pca import pca
 from tasks.probabilities import probabilities
 from tasks.regression import regression
 from tasks.runner import StageRunner
+from tasks.runs import run_name, tag_run
 from tasks.sources import corpus_source, model_source
 from tasks.sparsity import sparsity
 from tasks.summary import summarize
@@ -82,7 +83,7 @@ def keep_hidden_states(stage: StageRunner, workspace: Workspace, found: Detectio
                  run=run_config, config=hidden_config, split=split)
 
 
-@flow(name="encoding")
+@flow(name="encoding", flow_run_name=run_name)
 def encoding(
     model: str = DEFAULT_MODEL,
     dataset: str = DEFAULT_DATASET,
@@ -99,6 +100,7 @@ def encoding(
     refresh: list[str] | None = None,
 ) -> dict[str, Any]:
     """How the model encodes output probabilities in its output embeddings."""
+    tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], ENCODING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,

@@ -20,6 +20,7 @@ from flows.pruning import DEFAULT_OOD, pruning
 from flows.stages import DYNAMICS_STAGES, ENCODING_STAGES, PRUNING_STAGES, STEERING_STAGES
 from flows.steering import steering
 from tasks.paper import compare_models
+from tasks.runs import run_name, tag_run
 from tokprob.config import (
     HiddenConfig,
     PretrainConfig,
@@ -35,7 +36,7 @@ from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
 from tokprob.workspace import Workspace
 
 
-@flow(name="paper")
+@flow(name="paper", flow_run_name=run_name)
 def paper(
     models: list[str] | None = None,
     dataset: str = DEFAULT_DATASET,
@@ -57,6 +58,7 @@ def paper(
     refresh: list[str] | None = None,
 ) -> dict[str, Any]:
     """Encoding, steering, pruning and training dynamics, compared across models."""
+    tag_run()
     workspace = Workspace.from_env(data_dir)
     common = {"dataset": dataset, "split": split, "text_column": text_column,
               "window_config": window_config, "run_config": run_config,

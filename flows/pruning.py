@@ -24,6 +24,7 @@ from tasks.prune_model import save_pruned_model
 from tasks.pruning import pruning as pruning_sweep
 from tasks.pruning import pruning_figures
 from tasks.runner import StageRunner
+from tasks.runs import run_name, tag_run
 from tasks.sources import corpus_source
 from tasks.summary import summarize_pruning
 from tasks.windows import windows
@@ -41,7 +42,7 @@ from tokprob.workspace import Workspace
 DEFAULT_OOD = "shakespeare"
 
 
-@flow(name="pruning")
+@flow(name="pruning", flow_run_name=run_name)
 def pruning(
     model: str = DEFAULT_MODEL,
     dataset: str = DEFAULT_DATASET,
@@ -58,6 +59,7 @@ def pruning(
     refresh: list[str] | None = None,
 ) -> dict[str, Any]:
     """How many output-embedding dimensions can go before the outputs move."""
+    tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], PRUNING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
@@ -80,7 +82,7 @@ def pruning(
                              stage.states)
 
 
-@flow(name="prune")
+@flow(name="prune", flow_run_name=run_name)
 def prune(
     fraction: float,
     out: str,
@@ -96,6 +98,7 @@ def prune(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Write a copy of the model with its least salient output dimensions deleted."""
+    tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], PRUNING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,

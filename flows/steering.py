@@ -16,6 +16,7 @@ from prefect import flow
 from flows.encoding import detect, keep_hidden_states
 from flows.stages import STEERING_STAGES
 from tasks.runner import StageRunner
+from tasks.runs import run_name, tag_run
 from tasks.steer_model import save_steered_model
 from tasks.steering import steering as steering_sweep
 from tasks.steering import steering_figures
@@ -33,7 +34,7 @@ from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
 from tokprob.workspace import Workspace
 
 
-@flow(name="steering")
+@flow(name="steering", flow_run_name=run_name)
 def steering(
     model: str = DEFAULT_MODEL,
     dataset: str = DEFAULT_DATASET,
@@ -50,6 +51,7 @@ def steering(
     refresh: list[str] | None = None,
 ) -> dict[str, Any]:
     """How accurately editing output embeddings steers averaged output probabilities."""
+    tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], STEERING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
@@ -63,7 +65,7 @@ def steering(
     return summarize_steering(workspace, found.model, found.corpus, stage.refs, stage.states)
 
 
-@flow(name="steer")
+@flow(name="steer", flow_run_name=run_name)
 def steer(
     tokens: list[str],
     ratios: list[float],
@@ -82,6 +84,7 @@ def steer(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Write a copy of the model whose output embeddings steer the given tokens."""
+    tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], STEERING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,

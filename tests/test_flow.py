@@ -220,3 +220,14 @@ def test_stage_logs_reach_the_run_log_when_the_flow_is_called_from_python(run, t
             any_=[run_id])))
     lines = [entry.message for entry in logs if entry.name == "tokprob"]
     assert any(line.startswith("α over 160 tokens") for line in lines), lines
+
+
+def test_flow_runs_are_named_and_tagged_by_model_and_dataset(run, tmp_path, tiny_text_dir,
+                                                              tiny_models):
+    from prefect.client.orchestration import get_client
+
+    run(model="gpt2")
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(last_flow_run_id(tmp_path / "data"))
+    assert flow_run.name.startswith(f"encoding-gpt2-{tiny_text_dir.name}-")
+    assert {"model:gpt2", f"dataset:{tiny_text_dir.name}"} <= set(flow_run.tags)

@@ -207,3 +207,27 @@ def test_hub_datasets_with_config_revision_split_and_column(text, location, conf
 def test_hub_dataset_defaults():
     spec = DatasetSpec.parse("someorg/tiny")
     assert (spec.split, spec.text_column) == ("train", "text")
+
+
+@pytest.mark.parametrize(("spec", "short"), [
+    ("EleutherAI/pythia-70m@step1000", "pythia-70m@step1000"),
+    ("EleutherAI/pythia-70m", "pythia-70m"),
+    ("/models/tiny.Q4_1.gguf", "tiny.Q4_1"),
+    ("/data/corpus/", "corpus"),
+    ("/data/docs.jsonl.gz", "docs"),
+    ("wikitext:wikitext-2-raw-v1@main", "wikitext@main"),
+    ("wiki-leads", "wiki-leads"),
+])
+def test_short_names_of_specs(spec, short):
+    from tokprob.specs import short_name
+
+    assert short_name(spec) == short
+
+
+def test_run_tags_name_every_model_and_the_dataset():
+    from tasks.runs import run_tags
+
+    assert run_tags({"model": "EleutherAI/pythia-70m@step1000", "dataset": "wiki-leads"}) == [
+        "dataset:wiki-leads", "model:pythia-70m@step1000"]
+    assert run_tags({"models": ["a/b", "/m/c.gguf"], "dataset": "x.txt"}) == [
+        "dataset:x", "model:b", "model:c"]

@@ -171,3 +171,17 @@ _DATASET_FORMS = (
     ".parquet files (a file, a folder or a glob), or a hub dataset name[:config][@revision] "
     "with --split and --text-column."
 )
+
+
+_FILE_SUFFIXES = (".gguf", ".txt", ".json", ".jsonl", ".parquet", ".gz", ".zst")
+
+
+def short_name(spec: str) -> str:
+    """A short label for a model or dataset spec, read from the text alone (no file or
+    hub is touched): `EleutherAI/pythia-70m@step1000` → `pythia-70m@step1000`,
+    `/models/tiny.gguf` → `tiny`, `wiki-leads` → `wiki-leads`."""
+    base, _, revision = spec.strip().rstrip("/").partition("@")
+    name = base.rstrip("/").split("/")[-1].split(":")[0]
+    while name.lower().endswith(_FILE_SUFFIXES):
+        name = name.rsplit(".", 1)[0]
+    return (name or base) + (f"@{revision}" if revision else "")
