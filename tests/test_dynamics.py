@@ -10,7 +10,13 @@ import pytest
 import torch
 from conftest import save_tiny_model
 
-from tokprob.dynamics import convergence, first_step, parameter_group, step_of
+from tokprob.dynamics import (
+    checkpoint_steps,
+    convergence,
+    first_step,
+    parameter_group,
+    step_of,
+)
 from tokprob.errors import TokprobError
 
 
@@ -33,6 +39,25 @@ def test_steps_from_names():
     assert step_of("/runs/x/checkpoints/step-000128") == 128
     assert step_of("out/checkpoint-500") == 500
     assert step_of("gpt2") is None
+
+
+def test_checkpoint_steps_from_names_or_from_the_list():
+    named = ["EleutherAI/pythia-70m@step0", "runs/step-000128", "out/checkpoint-500"]
+    assert checkpoint_steps(named) == [0, 128, 500]
+    assert checkpoint_steps(["./early", "./middle", "./final"]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("specs", [
+    ["pythia-70m@step0", "pythia-70m@step1000", "pythia-70m"],
+    ["pythia-70m@step0", "pythia-70m", "pythia-70m@step1000"],
+    ["pythia-70m", "pythia-70m@step1000"],
+])
+def test_a_checkpoint_without_a_step_among_named_ones_is_refused(specs):
+    """Not given its list index as its step: pythia-70m (the final model) would then sort
+    before @step1000 and @step1000 would be taken for the final checkpoint."""
+    with pytest.raises(TokprobError, match=r"The checkpoint pythia-70m states no training "
+                                           r"step while the others do.*@step143000"):
+        checkpoint_steps(specs)
 
 
 def test_convergence_equals_a_direct_computation(tmp_path):

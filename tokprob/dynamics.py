@@ -46,6 +46,26 @@ def step_of(spec: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def checkpoint_steps(specs: list[str]) -> list[int]:
+    """The training step of each checkpoint: the one its name states (step1000,
+    step-000128) or, where no name states one, its place in the list. A mix is refused:
+    a checkpoint without a step among ones with steps (a hub model's main revision, say)
+    has no place to sort by."""
+    steps = [step_of(spec) for spec in specs]
+    unnamed = [spec for spec, step in zip(specs, steps, strict=True) if step is None]
+    if not unnamed:
+        return steps
+    if len(unnamed) == len(specs):
+        return list(range(len(specs)))
+    raise TokprobError(
+        f"The checkpoint{'s' if len(unnamed) > 1 else ''} {', '.join(unnamed)} state"
+        f"{'' if len(unnamed) > 1 else 's'} no training step while the others do, so "
+        "where it belongs among them is unknown. Name the step in the revision (e.g. "
+        "EleutherAI/pythia-70m@step143000, the final Pythia checkpoint), or give only "
+        "checkpoints without steps, oldest first."
+    )
+
+
 def check_checkpoint_count(count: int) -> None:
     """The analysis compares checkpoints with the final one: it needs two at least."""
     if count < 2:
