@@ -80,7 +80,8 @@ def dynamics(
                           checkpoint=checkpoint, final=final, embeddings=matrix,
                           counts=counts, probabilities=alphas))
     stage(dynamics_table, workspace=workspace, rows=rows)
-    return summarize_dynamics(workspace, text, stage.refs, stage.states)
+    return summarize_dynamics(workspace, text, stage.refs, stage.states,
+                              training_data=not checkpoints)
 
 
 @flow(name="pretraining")
