@@ -209,6 +209,12 @@ def test_a_chat_eos_stays_where_the_vocabulary_has_no_plain_end_of_text():
     assert document_separator(chat) == 1
 
 
+def test_a_single_document_is_all_detecting(tokenizer):
+    """Whole documents only: one document cannot be split, so nothing is held out."""
+    windows = build_windows(tokenizer, [" ".join(tiny_corpus(20))], 16, 0.1, 0, 320)
+    assert (windows.split == DETECT).all() and len(windows.tokens) > 10
+
+
 def test_no_document_feeds_both_splits():
     """Each document is one distinct token repeated: a window's tokens name its documents."""
     from tokenizers import Tokenizer, models, pre_tokenizers
