@@ -24,7 +24,7 @@ from flows.stages import (
     STEERING_CONFIGS,
     STEERING_STAGES,
 )
-from tokprob.dynamics import check_checkpoint_count
+from tokprob.dynamics import check_checkpoint_count, checkpoint_steps
 from tokprob.models import new_model_folder
 from tokprob.pruning import check_fractions
 from tokprob.specs import DatasetSpec, ModelSpec
@@ -60,6 +60,7 @@ def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
 def run_flow(args: argparse.Namespace) -> int:
     if getattr(args, "checkpoints", None):  # none: the built-in pre-training run
         check_checkpoint_count(len(args.checkpoints))
+        checkpoint_steps(args.checkpoints)
     inputs = _flow_inputs(args) | {"refresh": args.refresh}
     if args.flow == "encoding":
         from flows.encoding import encoding as chosen

@@ -29,6 +29,7 @@ from tasks.sources import corpus_source
 from tasks.summary import summarize_dynamics
 from tasks.windows import windows
 from tokprob.config import PretrainConfig, ProbabilityConfig, RunConfig, WindowConfig
+from tokprob.dynamics import checkpoint_steps
 from tokprob.specs import DEFAULT_DATASET
 from tokprob.workspace import Workspace
 
@@ -56,8 +57,8 @@ def dynamics(
     text = corpus_source(workspace, dataset, split, text_column)
     docs = stage(corpus, workspace=workspace, source=text)
     if checkpoints:
-        found = [named_checkpoint(workspace, spec, index, tokens_per_step)
-                 for index, spec in enumerate(checkpoints)]
+        found = [named_checkpoint(workspace, spec, step, tokens_per_step)
+                 for spec, step in zip(checkpoints, checkpoint_steps(checkpoints), strict=True)]
     else:
         run = stage(pretrain, workspace=workspace, corpus=docs, config=pretrain_config)
         found = pretrained_checkpoints(run)
@@ -81,7 +82,8 @@ def dynamics(
                           checkpoint=checkpoint, final=final, embeddings=matrix,
                           counts=counts, probabilities=alphas))
     stage(dynamics_table, workspace=workspace, rows=rows)
-    return summarize_dynamics(workspace, text, stage.refs, stage.states)
+    return summarize_dynamics(workspace, text, stage.refs, stage.states,
+                              training_data=not checkpoints)
 
 
 @flow(name="pretraining", flow_run_name=run_name)

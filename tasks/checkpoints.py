@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks._stage import store_of
 from tasks.pretrain import LOSS_FILE
-from tokprob.dynamics import step_of
 from tokprob.models import ModelSource, resolve_model
 from tokprob.specs import ModelSpec
 from tokprob.store import ArtifactRef
@@ -54,12 +53,10 @@ def pretrained_checkpoints(run: ArtifactRef) -> list[Checkpoint]:
 
 
 @task(name="checkpoint", cache_policy=NO_CACHE)
-def named_checkpoint(workspace: Workspace, spec: str, index: int,
+def named_checkpoint(workspace: Workspace, spec: str, step: int,
                      tokens_per_step: float | None) -> Checkpoint:
-    """A checkpoint the user named (hub revision or folder); its step from its name
-    (step1000, step-000128), else its place in the list."""
+    """A checkpoint the user named (hub revision or folder), at the step
+    `checkpoint_steps` gives it."""
     source = resolve_model(ModelSpec.parse(spec), workspace)
-    step = step_of(spec)
-    step = index if step is None else step
     tokens = float(step * tokens_per_step) if tokens_per_step else float("nan")
     return Checkpoint(source=source, step=step, tokens_seen=tokens, loss=float("nan"))

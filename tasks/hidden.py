@@ -36,7 +36,8 @@ def hidden_states(workspace: Workspace, windows: ArtifactRef, model: ModelSource
         if len(heldout) == 0:
             raise TokprobError(
                 f"No {split} window to keep hidden states of: raise --heldout-fraction, "
-                "--heldout-tokens (at least one window), or use a longer corpus."
+                "--heldout-tokens (at least one window), or use a longer corpus of more "
+                "documents (the held-out split takes whole documents)."
             )
         lm = load_model(model.path, run.dtype, run.device)
         with Progress(heldout.size, f"hidden states of {heldout.size:,} tokens") as progress:

@@ -17,6 +17,7 @@ from tokprob.store import ArtifactRef
 from tokprob.summary import (
     dynamics_markdown,
     encoding_markdown,
+    frequency_note,
     pruning_markdown,
     steering_markdown,
 )
@@ -125,8 +126,11 @@ def summarize_pruning(workspace: Workspace, model: ModelSource, corpus: CorpusSo
 
 @task(name="dynamics-summary", cache_policy=NO_CACHE)
 def summarize_dynamics(workspace: Workspace, corpus: CorpusSource,
-                       refs: dict[str, ArtifactRef], stages: dict[str, str]) -> dict[str, Any]:
-    """Per checkpoint the main numbers, and when the encoding and convergence set in."""
+                       refs: dict[str, ArtifactRef], stages: dict[str, str],
+                       training_data: bool) -> dict[str, Any]:
+    """Per checkpoint the main numbers, and when the encoding and convergence set in.
+    training_data: whether the corpus f_w is counted on is the one the checkpoints were
+    trained on (the built-in pre-training run), not so for checkpoints the user names."""
     import pandas as pd
 
     table_ref = refs["dynamics"]
@@ -140,6 +144,8 @@ def summarize_dynamics(workspace: Workspace, corpus: CorpusSource,
         "freq_half_step": summary["freq_half_step"],
         "distance_half_step": summary["distance_half_step"],
         "final_adj_r2_freq": summary["final_adj_r2_freq"],
+        "frequency_on_training_data": training_data,
+        "frequency_note": frequency_note(corpus.spec, training_data),
         "stages": stages,
     } | outputs(refs, "dynamics")
     create_markdown_artifact(markdown=dynamics_markdown(result),

@@ -10,7 +10,13 @@ import pytest
 import torch
 from conftest import save_tiny_model
 
-from tokprob.dynamics import convergence, first_step, parameter_group, step_of
+from tokprob.dynamics import (
+    checkpoint_steps,
+    convergence,
+    first_step,
+    parameter_group,
+    step_of,
+)
 from tokprob.errors import TokprobError
 
 
@@ -35,6 +41,25 @@ def test_steps_from_names():
     assert step_of("gpt2") is None
 
 
+def test_checkpoint_steps_from_names_or_from_the_list():
+    named = ["EleutherAI/pythia-70m@step0", "runs/step-000128", "out/checkpoint-500"]
+    assert checkpoint_steps(named) == [0, 128, 500]
+    assert checkpoint_steps(["./early", "./middle", "./final"]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("specs", [
+    ["pythia-70m@step0", "pythia-70m@step1000", "pythia-70m"],
+    ["pythia-70m@step0", "pythia-70m", "pythia-70m@step1000"],
+    ["pythia-70m", "pythia-70m@step1000"],
+])
+def test_a_checkpoint_without_a_step_among_named_ones_is_refused(specs):
+    """Not given its list index as its step: pythia-70m (the final model) would then sort
+    before @step1000 and @step1000 would be taken for the final checkpoint."""
+    with pytest.raises(TokprobError, match=r"The checkpoint pythia-70m states no training "
+                                           r"step while the others do.*@step143000"):
+        checkpoint_steps(specs)
+
+
 def test_convergence_equals_a_direct_computation(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -54,6 +79,62 @@ def test_convergence_equals_a_direct_computation(tmp_path):
     same = convergence(final, final)
     assert all(v["rel_distance"] == 0 and v["cosine"] == pytest.approx(1.0)
                for v in same.values())
+
+
+BUFFERS = {
+    # What Pythia's files hold beside the parameters, per layer.
+    "gpt_neox": lambda i: {
+        f"gpt_neox.layers.{i}.attention.bias": torch.tril(torch.ones(1, 1, 256, 256,
+                                                                     dtype=torch.bool)),
+        f"gpt_neox.layers.{i}.attention.masked_bias": torch.tensor(-1e9),
+        f"gpt_neox.layers.{i}.attention.rotary_emb.inv_freq":
+            1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8),
+    },
+    # What older GPT-2 files hold.
+    "gpt2": lambda i: {
+        f"transformer.h.{i}.attn.bias": torch.tril(torch.ones(1, 1, 256, 256)),
+        f"transformer.h.{i}.attn.masked_bias": torch.tensor(-1e4),
+    },
+}
+
+
+def _with_buffers(folder, architecture: str):
+    """The checkpoint's safetensors file with the buffers added, as the hub's files have."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    for layer in range(2):
+        tensors |= BUFFERS[architecture](layer)
+    save_file(tensors, path, metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("architecture", ["gpt_neox", "gpt2"])
+def test_convergence_ignores_the_buffers_in_the_weight_files(tmp_path, architecture):
+    """Distances over named_parameters() (a tied head counted once, as embeddings), not
+    swamped by masks of −1e9 or 1s that never change."""
+    from transformers import AutoModelForCausalLM
+
+    early = _with_buffers(save_tiny_model(architecture, tmp_path / "early", seed=0),
+                          architecture)
+    final = _with_buffers(save_tiny_model(architecture, tmp_path / "final", seed=1),
+                          architecture)
+    result = convergence(early, final)
+    a = dict(AutoModelForCausalLM.from_pretrained(early).named_parameters())
+    b = dict(AutoModelForCausalLM.from_pretrained(final).named_parameters())
+    groups = {parameter_group(name) for name in b}
+    assert set(result) == groups
+    assert ("head" in groups) == (architecture == "gpt_neox")  # GPT-2's head is tied
+    for group in groups:
+        names = [n for n in b if parameter_group(n) == group]
+        x = torch.cat([a[n].detach().double().flatten() for n in names])
+        y = torch.cat([b[n].detach().double().flatten() for n in names])
+        assert result[group]["rel_distance"] == pytest.approx(
+            float((x - y).norm() / y.norm()), rel=1e-10)
+        assert result[group]["cosine"] == pytest.approx(
+            float(x @ y / (x.norm() * y.norm())), rel=1e-10, abs=1e-12)
+    assert result["layer_0"]["rel_distance"] > 0.1  # independent random weights
 
 
 def test_convergence_refuses_checkpoints_of_different_models(tmp_path):

@@ -39,6 +39,7 @@ def test_builtin_pretraining_then_dynamics(prefect_api, tiny_text_dir, tmp_path,
     assert last["rel_distance_mean"] == 0.0 and last["cosine_head"] == pytest.approx(1.0)
     assert table["rel_distance_mean"].iloc[0] > 0
     assert "freq_half_step" in result and "distance_half_step" in result
+    assert result["frequency_on_training_data"] is True  # the built-in run trained on it
 
     code, out, _ = _cli(capsys, "run", "dynamics", *common, "--json")
     assert set(json.loads(out)["stages"].values()) == {"cached"}
@@ -61,7 +62,10 @@ def test_adding_a_checkpoint_computes_only_the_new_one(prefect_api, tiny_text_di
     code, out, err = _cli(capsys, "run", "dynamics", *common, "--checkpoints",
                           f"{paths[0]},{paths[8]}", "--json")
     assert code == 0, err
-    assert json.loads(out)["checkpoints"][1]["tokens_seen"] == 8 * 64
+    named = json.loads(out)
+    assert named["checkpoints"][1]["tokens_seen"] == 8 * 64
+    assert named["frequency_on_training_data"] is False
+    assert "not on the checkpoints' training data" in named["frequency_note"]
     code, out, _ = _cli(capsys, "run", "dynamics", *common, "--checkpoints",
                         f"{paths[0]},{paths[2]},{paths[8]}", "--json")
     stages = json.loads(out)["stages"]

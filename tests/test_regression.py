@@ -55,28 +55,30 @@ def _statsmodels(x: np.ndarray, y: np.ndarray, rescale: bool = False):
     )
 
 
-def _close(actual, expected, floor: float = 0.0) -> None:
-    """Relative agreement to RTOL; `floor` is an absolute slack for values near 0."""
-    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=floor)
+def _close(actual, expected, floor: float = 0.0, rtol: float = RTOL) -> None:
+    """Relative agreement to rtol; `floor` is an absolute slack for values near 0."""
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=floor)
 
 
-def _assert_matches(result, reference, x: np.ndarray) -> None:
+def _assert_matches(result, reference, x: np.ndarray, rank: int | None = None,
+                    rtol: float = RTOL) -> None:
     k = x.shape[1]
     slope_scale = np.abs(reference.params[1:]).max()
-    _close(result.slope, reference.params[1:], floor=1e-12 * slope_scale)
-    _close(result.std_err, reference.bse[1:])
-    _close(result.t, reference.tvalues[1:], floor=1e-12 * np.abs(reference.tvalues).max())
-    _close(result.p, reference.pvalues[1:], floor=1e-300)
-    _close(result.intercept, reference.params[0])
-    _close(result.intercept_std_err, reference.bse[0])
-    _close(result.r2, reference.rsquared)
-    _close(result.adj_r2, reference.rsquared_adj)
-    _close(result.f_stat, reference.fvalue)
-    _close(result.f_pvalue, reference.f_pvalue, floor=1e-300)
-    _close(result.rss, reference.ssr)
-    _close(result.fitted, reference.fittedvalues)
-    assert result.df_resid == int(reference.df_resid)
-    assert result.rank == int(reference.df_model) == k
+    _close(result.slope, reference.params[1:], floor=1e-12 * slope_scale, rtol=rtol)
+    _close(result.std_err, reference.bse[1:], rtol=rtol)
+    _close(result.t, reference.tvalues[1:], floor=1e-12 * np.abs(reference.tvalues).max(),
+           rtol=rtol)
+    _close(result.p, reference.pvalues[1:], floor=1e-300, rtol=rtol)
+    _close(result.intercept, reference.params[0], rtol=rtol)
+    _close(result.intercept_std_err, reference.bse[0], rtol=rtol)
+    _close(result.r2, reference.rsquared, rtol=rtol)
+    _close(result.adj_r2, reference.rsquared_adj, rtol=rtol)
+    _close(result.f_stat, reference.fvalue, rtol=rtol)
+    _close(result.f_pvalue, reference.f_pvalue, floor=1e-300, rtol=rtol)
+    _close(result.rss, reference.ssr, rtol=rtol)
+    _close(result.fitted, reference.fittedvalues, rtol=rtol)
+    assert result.df_resid == int(reference.df_resid) == len(x) - (rank or k) - 1
+    assert result.rank == int(reference.df_model) == (rank or k)
     assert (result.n, result.k) == (len(x), k)
 
 
@@ -94,6 +96,42 @@ def test_fit_ols_keeps_columns_twelve_orders_of_magnitude_apart(seed):
     x, y = _design("extreme_scales", seed=seed)
     result = fit_ols(x, y, chunk_rows=64)
     _assert_matches(result, _statsmodels(x, y, rescale=True), x)
+
+
+def _collinear(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A design with one column (nearly) a linear combination of others."""
+    x, y = _design("plain", k=7, seed=11)
+    noise = np.random.default_rng(2).normal(size=len(x))
+    if kind == "duplicate":
+        x[:, 4] = x[:, 1]
+    elif kind == "scaled_duplicate":
+        x[:, 4] = 3.0 * x[:, 1]
+    elif kind == "combination":
+        x[:, 5] = x[:, 0] - 2.0 * x[:, 2]
+    elif kind == "with_the_intercept":
+        x[:, 5] = 2.0 - x[:, 0]
+    else:  # "within_1e-15", "within_1e-6": x4 = x1 up to that relative noise
+        x[:, 4] = x[:, 1] * (1.0 + float(kind.removeprefix("within_")) * noise)
+    return x, y
+
+
+@pytest.mark.filterwarnings("ignore:The design matrix is rank-deficient")
+@pytest.mark.parametrize("chunk_rows", [8192, 37, 5], ids=["one_chunk", "chunked", "tiny"])
+@pytest.mark.parametrize(("kind", "rank", "rtol"), [
+    ("duplicate", 6, RTOL), ("scaled_duplicate", 6, RTOL), ("combination", 6, RTOL),
+    ("with_the_intercept", 6, RTOL), ("within_1e-15", 6, RTOL),
+    # Full rank, but X'X has a pivot of 1e-11: the normal equations would lose 11
+    # digits; statsmodels' own answer is good to about cond(X)·eps ≈ 1e-10.
+    ("within_1e-6", 7, 1e-7),
+])
+def test_collinear_designs_match_statsmodels_pseudo_inverse(kind, rank, rtol, chunk_rows):
+    """statsmodels' rank, residual df, minimum-norm slopes and their standard errors, not
+    the rank k and standard errors of 1e6 a Cholesky of the singular X'X gives."""
+    x, y = _collinear(kind)
+    result = fit_ols(x, y, chunk_rows=chunk_rows)
+    _assert_matches(result, _statsmodels(x, y), x, rank=rank, rtol=rtol)
+    if rank < x.shape[1]:
+        assert result.std_err.max() < 1.0  # about the others' 0.05
 
 
 def test_fit_ols_statsmodels_wrapper_equals_statsmodels():

@@ -8,7 +8,17 @@ import pytest
 from conftest import build_tokenizer, tiny_corpus
 
 from tokprob.errors import TokprobError
-from tokprob.windows import DETECT, HELDOUT, Windows, build_windows, pack, split_windows
+from tokprob.windows import (
+    DETECT,
+    HELDOUT,
+    Windows,
+    build_windows,
+    document_separator,
+    heldout_documents,
+    leading_bos,
+    pack,
+    split_windows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,34 +49,51 @@ def test_pack_shorter_than_one_window_is_an_error(docs, window, count):
         pack(docs, window, separator=0)
 
 
-def _tokens(n: int = 40, window: int = 3) -> np.ndarray:
-    return np.arange(n * window, dtype=np.int32).reshape(n, window)
+def _tokens(n: int = 40, window: int = 3, start: int = 0) -> np.ndarray:
+    return np.arange(start, start + n * window, dtype=np.int32).reshape(n, window)
 
 
-@pytest.mark.parametrize(("n", "fraction", "heldout"), [
-    (40, 0.1, 4), (40, 0.25, 10), (7, 0.5, 3), (9, 0.0, 0), (3, 0.2, 0), (10, 0.99, 9),
+def _split(detect: int, heldout: int, seed: int = 0, window: int = 3) -> Windows:
+    return split_windows(_tokens(detect, window), _tokens(heldout, window, 10_000), seed)
+
+
+def test_pack_with_bos_starts_every_window_with_it():
+    docs = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    # stream 1 2 3 0 4 5 0 6 7 8 9 0 → windows of BOS + 3 stream tokens
+    np.testing.assert_array_equal(pack(docs, 4, separator=0, bos=99),
+                                  [[99, 1, 2, 3], [99, 0, 4, 5], [99, 0, 6, 7], [99, 8, 9, 0]])
+
+
+@pytest.mark.parametrize(("lengths", "fraction", "expected"), [
+    ([10] * 40, 0.1, 40), ([10] * 40, 0.25, 100), ([10] * 7, 0.5, 30), ([10] * 9, 0.0, 0),
+    ([100] * 4, 0.3, 100), ([100] * 4, 0.1, 0),
 ])
-def test_split_holds_out_the_floor_of_the_fraction(n, fraction, heldout):
-    windows = split_windows(_tokens(n), fraction, seed=0)
-    assert (windows.split == HELDOUT).sum() == heldout
-    assert (windows.split == DETECT).sum() == n - heldout
-    assert set(windows.split.tolist()) <= {DETECT, HELDOUT}
+def test_heldout_documents_come_closest_to_the_fraction_of_tokens(lengths, fraction, expected):
+    heldout = heldout_documents(lengths, fraction, seed=0)
+    assert heldout.dtype == bool and heldout.shape == (len(lengths),)
+    assert int(np.asarray(lengths)[heldout].sum()) == expected
 
 
-def test_split_is_deterministic_by_seed_and_seeds_differ():
-    tokens = _tokens(50)
-    a, b = split_windows(tokens, 0.2, seed=3), split_windows(tokens, 0.2, seed=3)
-    np.testing.assert_array_equal(a.split, b.split)
+def test_heldout_documents_are_deterministic_by_seed_and_seeds_differ():
+    lengths = list(range(5, 55))
+    a, b = heldout_documents(lengths, 0.2, 3), heldout_documents(lengths, 0.2, 3)
+    np.testing.assert_array_equal(a, b)
+    for seed in (4, 5):
+        assert not np.array_equal(a, heldout_documents(lengths, 0.2, seed))
+
+
+def test_split_keeps_each_split_whole_and_is_deterministic_by_seed():
+    a, b = _split(40, 10, seed=3), _split(40, 10, seed=3)
     np.testing.assert_array_equal(a.order, b.order)
-    others = [split_windows(tokens, 0.2, seed=s) for s in (4, 5)]
-    for other in others:
-        assert not np.array_equal(a.split, other.split)
-    assert a.tokens is tokens  # the windows themselves are not moved
+    assert (a.split == DETECT).sum() == 40 and (a.split == HELDOUT).sum() == 10
+    np.testing.assert_array_equal(np.sort(a.take(HELDOUT), axis=0), _tokens(10, 3, 10_000))
+    for seed in (4, 5):
+        assert not np.array_equal(a.order, _split(40, 10, seed=seed).order)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_order_is_a_permutation_within_each_split(seed):
-    windows = split_windows(_tokens(23), 0.3, seed=seed)
+    windows = _split(16, 7, seed=seed)
     for name in (DETECT, HELDOUT):
         ranks = np.sort(windows.order[windows.split == name])
         np.testing.assert_array_equal(ranks, np.arange(len(ranks)))
@@ -77,7 +104,7 @@ def test_order_is_a_permutation_within_each_split(seed):
 
 def test_take_follows_the_shuffled_order_in_whole_windows():
     window = 3
-    windows = split_windows(_tokens(30, window), 0.2, seed=7)
+    windows = _split(24, 6, seed=7, window=window)
     for name in (DETECT, HELDOUT):
         members = np.flatnonzero(windows.split == name)
         by_rank = {int(windows.order[i]): i for i in members}
@@ -90,12 +117,12 @@ def test_take_follows_the_shuffled_order_in_whole_windows():
 
 
 def test_take_of_an_empty_split():
-    windows = split_windows(_tokens(5), 0.0, seed=0)
+    windows = _split(5, 0)
     assert windows.take(HELDOUT).shape == (0, 3)
 
 
 def test_arrow_round_trip_through_parquet(tmp_path):
-    windows = split_windows(_tokens(17, 5), 0.3, seed=2)
+    windows = _split(12, 5, seed=2, window=5)
     table = windows.to_arrow()
     assert table.column_names == ["window", "split", "order", "input_ids"]
     assert table.column("input_ids").type.list_size == 5
@@ -108,19 +135,104 @@ def test_arrow_round_trip_through_parquet(tmp_path):
     np.testing.assert_array_equal(back.take(DETECT, 11), windows.take(DETECT, 11))
 
 
+def _stream(tokenizer, documents, separator) -> list[int]:
+    """The packing reference: each document's ids, the separator after each."""
+    stream = []
+    for doc in documents:
+        stream += [*tokenizer.encode(doc, add_special_tokens=False), separator]
+    return stream
+
+
 def test_build_windows_with_a_real_tokenizer(tokenizer):
     documents = tiny_corpus(12)
     windows = build_windows(tokenizer, documents, window=16, heldout_fraction=0.25, seed=1,
                             vocab_size=320)
-    # Reference: each document's ids, end-of-text after each, cut into windows of 16.
+    heldout = heldout_documents([len(tokenizer.encode(d)) + 1 for d in documents], 0.25, 1)
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    stream = []
-    for doc in documents:
-        stream += [*tokenizer.encode(doc, add_special_tokens=False), eos]
-    n = len(stream) // 16
-    np.testing.assert_array_equal(windows.tokens, np.array(stream[: n * 16]).reshape(n, 16))
-    assert (windows.split == HELDOUT).sum() == n // 4
+    for name, chosen in ((DETECT, ~heldout), (HELDOUT, heldout)):
+        stream = _stream(tokenizer, [documents[i] for i in np.flatnonzero(chosen)], eos)
+        n = len(stream) // 16
+        expected = np.array(stream[: n * 16]).reshape(n, 16)
+        np.testing.assert_array_equal(windows.tokens[windows.split == name], expected)
+    assert 0.15 < (windows.split == HELDOUT).mean() < 0.35
     assert tokenizer.decode(windows.tokens[0][:5].tolist()) in documents[0]
+
+
+def _bos_tokenizer():
+    """The tiny tokenizer made to put `<s>` before text, as Llama's and Gemma's do."""
+    from tokenizers import processors
+
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.bos_token_id)])
+    return tokenizer
+
+
+def test_a_bos_adding_tokenizer_gets_bos_at_the_start_of_every_window(tokenizer):
+    bos_tokenizer = _bos_tokenizer()
+    bos = bos_tokenizer.bos_token_id
+    assert leading_bos(bos_tokenizer) == bos and leading_bos(tokenizer) is None
+    documents = tiny_corpus(30)
+    windows = build_windows(bos_tokenizer, documents, window=16, heldout_fraction=0.2, seed=0,
+                            vocab_size=320)
+    np.testing.assert_array_equal(windows.tokens[:, 0], bos)
+    assert not (windows.tokens[:, 1:] == bos).any()  # never a target
+    # The rest of each split is its documents' stream, 15 tokens per window.
+    eos = bos_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    heldout = heldout_documents([len(tokenizer.encode(d)) + 1 for d in documents], 0.2, 0)
+    stream = _stream(tokenizer, [documents[i] for i in np.flatnonzero(~heldout)], eos)
+    n = len(stream) // 15
+    np.testing.assert_array_equal(windows.tokens[windows.split == DETECT][:, 1:],
+                                  np.array(stream[: n * 15]).reshape(n, 15))
+
+
+def test_a_chat_tokenizer_joins_documents_with_the_plain_end_of_text(tokenizer):
+    chat = build_tokenizer()
+    chat.add_special_tokens({"eos_token": "<|im_end|>"})
+    end_of_text = chat.convert_tokens_to_ids("<|endoftext|>")
+    assert chat.eos_token_id != end_of_text
+    assert document_separator(chat) == end_of_text
+    assert document_separator(tokenizer) == tokenizer.eos_token_id
+    windows = build_windows(chat, tiny_corpus(12), 16, 0.0, 0, vocab_size=320)
+    assert not (windows.tokens == chat.eos_token_id).any()
+    expected = _stream(tokenizer, tiny_corpus(12), end_of_text)
+    np.testing.assert_array_equal(windows.tokens[0], expected[:16])
+
+
+def test_a_chat_eos_stays_where_the_vocabulary_has_no_plain_end_of_text():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({"a": 0, "<|im_end|>": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    chat = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>")
+    assert document_separator(chat) == 1
+
+
+def test_a_single_document_is_all_detecting(tokenizer):
+    """Whole documents only: one document cannot be split, so nothing is held out."""
+    windows = build_windows(tokenizer, [" ".join(tiny_corpus(20))], 16, 0.1, 0, 320)
+    assert (windows.split == DETECT).all() and len(windows.tokens) > 10
+
+
+def test_no_document_feeds_both_splits():
+    """Each document is one distinct token repeated: a window's tokens name its documents."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i for i in range(200)} | {"<|endoftext|>": 200, "[UNK]": 201}
+    core = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tagged = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>")
+    rng = np.random.default_rng(0)
+    documents = [" ".join([f"w{i}"] * int(rng.integers(3, 40))) for i in range(200)]
+    windows = build_windows(tagged, documents, window=8, heldout_fraction=0.1, seed=5,
+                            vocab_size=202)
+    seen = {name: set(np.unique(windows.tokens[windows.split == name])) - {200}
+            for name in (DETECT, HELDOUT)}
+    assert seen[DETECT] and seen[HELDOUT]
+    assert not seen[DETECT] & seen[HELDOUT]
+    assert 0.07 < (windows.split == HELDOUT).mean() < 0.13
 
 
 def test_build_windows_rejects_ids_beyond_the_model_vocabulary(tokenizer):

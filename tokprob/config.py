@@ -36,7 +36,8 @@ class WindowConfig:
     between them, never padded (padding would change the logits)."""
 
     heldout_fraction: float = 0.1
-    """Share of windows held out from detection, for steering and pruning evaluations."""
+    """Share of the corpus's tokens held out from detection, in whole documents, for
+    steering and pruning evaluations."""
 
     seed: int = 0
     """Seed of the window shuffle and of the detecting/held-out split."""

@@ -7,14 +7,17 @@ each group of parameters still is from the final checkpoint, relative distance
 in the very first steps, before the parameters visibly converge.
 
 Parameters are compared tensor by tensor straight from the safetensors files, so memory
-stays at one tensor of each checkpoint, not two models.
+stays at one tensor of each checkpoint, not two models. Only what the architecture holds
+as parameters counts: Pythia's files also hold buffers that never change (causal masks,
+−1e9 mask values, rotary frequencies), which would swamp ‖θ_f‖ and show every group as
+converged from the first step.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -46,6 +49,26 @@ def step_of(spec: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def checkpoint_steps(specs: list[str]) -> list[int]:
+    """The training step of each checkpoint: the one its name states (step1000,
+    step-000128) or, where no name states one, its place in the list. A mix is refused:
+    a checkpoint without a step among ones with steps (a hub model's main revision, say)
+    has no place to sort by."""
+    steps = [step_of(spec) for spec in specs]
+    unnamed = [spec for spec, step in zip(specs, steps, strict=True) if step is None]
+    if not unnamed:
+        return steps
+    if len(unnamed) == len(specs):
+        return list(range(len(specs)))
+    raise TokprobError(
+        f"The checkpoint{'s' if len(unnamed) > 1 else ''} {', '.join(unnamed)} state"
+        f"{'' if len(unnamed) > 1 else 's'} no training step while the others do, so "
+        "where it belongs among them is unknown. Name the step in the revision (e.g. "
+        "EleutherAI/pythia-70m@step143000, the final Pythia checkpoint), or give only "
+        "checkpoints without steps, oldest first."
+    )
+
+
 def check_checkpoint_count(count: int) -> None:
     """The analysis compares checkpoints with the final one: it needs two at least."""
     if count < 2:
@@ -56,15 +79,60 @@ def check_checkpoint_count(count: int) -> None:
         )
 
 
+def parameter_filter(folder: Path) -> Callable[[str], bool]:
+    """Whether a tensor stored in a checkpoint file of this model is one of its parameters
+    (a tied output embedding counts once, under its input name), by the architecture
+    built on the meta device, so no weights are allocated."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError) as error:
+        raise TokprobError(
+            f"Cannot build the architecture of {folder} from its config.json ({error}), "
+            "which tells its parameters from the buffers its weight files also hold. "
+            "Give checkpoints of a transformers causal LM."
+        ) from error
+    parameters = dict(model.named_parameters())
+    to_model_name = _loading_names(model, parameters)
+    return lambda stored: to_model_name(stored) in parameters
+
+
+def _loading_names(model, parameters: dict) -> Callable[[str], str]:
+    """The name transformers gives a stored tensor when it loads the model: with or
+    without the base model's prefix, and renamed where the module was (Pythia's
+    `embed_out` is `lm_head` since transformers 5)."""
+    prefix = model.base_model_prefix
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightConverter,
+            WeightRenaming,
+            rename_source_key,
+        )
+    except ImportError:  # transformers 4 renames nothing but the prefix
+        return lambda stored: (stored if stored in parameters or f"{prefix}.{stored}"
+                               not in parameters else f"{prefix}.{stored}")
+    conversions = get_model_conversion_mapping(model)
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+    return lambda stored: rename_source_key(stored, renamings, converters, prefix,
+                                            parameters)[0]
+
+
 def convergence(checkpoint: Path, final: Path) -> dict[str, dict[str, float]]:
-    """Per parameter group: relative distance to the final checkpoint and cosine."""
+    """Per parameter group: relative distance to the final checkpoint and cosine, over
+    the model's parameters (not its buffers)."""
     sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4))  # diff², f², c², c·f
+    is_parameter = parameter_filter(final)
     with ExitStack() as stack:
         current = _tensors(checkpoint, stack)
         reference = dict(_tensors(final, stack))
         seen = set()
         for name, tensor in current:
-            if name not in reference:
+            if name not in reference or not is_parameter(name):
                 continue
             target = reference[name]()
             value = tensor()
@@ -79,7 +147,8 @@ def convergence(checkpoint: Path, final: Path) -> dict[str, dict[str, float]]:
                 float((value**2).sum()), float((value * target).sum())])
             seen.add(name)
     if not seen:
-        raise TokprobError(f"{checkpoint} and {final} share no parameter names.")
+        raise TokprobError(f"{checkpoint} and {final} share no parameter names: they are not "
+                           "checkpoints of one model.")
     result = {}
     for group, (diff, final_sq, current_sq, dot) in sorted(sums.items()):
         result[group] = {

@@ -2,9 +2,13 @@
 
     α_w = (1/|X|) Σ_{x∈X} P_θ(w | x)        for every token w
 
-streamed batch by batch: softmax rows are summed in float32 per chunk of positions and
-accumulated in float64, so memory is O(|V|) plus one chunk of logits, whatever the
-number of tokens. The empirical next-token counts of the same windows come along.
+over X, every position of every window, the last one included (its next token lies
+beyond the window, so it counts for α but not for the perplexity). Where windows start
+with BOS (tokprob.windows), position 0 predicts the first text token from BOS alone, a
+real prediction that counts; BOS itself is never a next token. Streamed batch by batch:
+softmax rows are summed in float32 per chunk of positions and accumulated in float64, so
+memory is O(|V|) plus one chunk of logits, whatever the number of tokens. The empirical
+next-token counts of the same windows come along.
 
     result = averaged_probabilities(model, output_head(model), windows, batch_size=8)
 """

@@ -5,8 +5,10 @@
 `fit_ols` is a closed-form float64 solver for real sizes (|V| up to ~262k, d up to
 ~4096): it streams X in row chunks into the centred Gram matrix (never a float64 copy of
 X), solves the column-scaled normal equations by Cholesky and refines the solution with
-residual passes, which brings it to the accuracy of a QR solve. `fit_ols_statsmodels`
-is the reference it is tested against.
+residual passes, which brings it to the accuracy of a QR solve. A design with
+(nearly) collinear columns goes by a chunked QR decomposition instead, to statsmodels'
+pseudo-inverse rank, slopes and standard errors. `fit_ols_statsmodels` is the reference
+it is tested against.
 
     result = fit_ols(E, -np.log(alpha))
     result.adj_r2, result.table()
@@ -25,6 +27,11 @@ from scipy.linalg.blas import dsyrk
 from tokprob.errors import TokprobError
 
 CHUNK_ROWS = 8192
+ILL_CONDITIONED = 1e-6
+"""Smallest Cholesky pivot of the column-scaled Gram matrix (1 − R² of a column on the
+ones before it) below which the normal equations cannot reach statsmodels' precision
+(the matrix is singular, or its standard errors would lose over nine digits): the fit
+then goes by a QR decomposition of the design itself."""
 
 
 @dataclass(frozen=True)
@@ -155,31 +162,64 @@ def fit_ols(x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS,
         )
     g = CenteredGram.compute(x, y, chunk_rows)
     keep, s, solve = _scaled_system(g)
+    if solve.smallest_pivot < ILL_CONDITIONED:
+        return _fit_by_qr(x, y, g, keep, chunk_rows)
     beta = solve(g.cross[keep] / s) / s
     for _ in range(refinements):
         # Iterative refinement: solve for the normal-equation residual of the current
         # beta, which recovers the accuracy the squared conditioning of X'X costs.
         _, correction = _residual_pass(x, y, g, keep, beta, chunk_rows, with_correction=True)
         beta = beta + solve(correction / s) / s
-    residual, _ = _residual_pass(x, y, g, keep, beta, chunk_rows)
-    rank = solve.rank
+    mean_term = solve(g.mean_x[keep] / s) @ (g.mean_x[keep] / s)
+    return _result(y, g, keep, beta, solve.rank, solve.inverse_diagonal() / s**2,
+                   1.0 / n + mean_term, _residual_pass(x, y, g, keep, beta, chunk_rows)[0])
+
+
+def _fit_by_qr(x: np.ndarray, y: np.ndarray, g: CenteredGram, keep: np.ndarray,
+               chunk_rows: int) -> OLSResult:
+    """The fit statsmodels gives, by its method: the pseudo-inverse of the design [1 X]
+    from its singular values, with its rank rule (singular values above
+    σ_max · max(n, k + 1) · eps). For designs whose normal equations lose too much: their
+    conditioning is the square of the design's. The R of a QR decomposition of [1 X y],
+    built chunk by chunk, has X's singular values and carries Q'y in its last column."""
+    kept = int(keep.sum())
+    r = np.zeros((0, kept + 2))
+    for start, chunk in _chunks(x, chunk_rows, with_start=True):
+        rows = np.column_stack([np.ones(len(chunk)), chunk[:, keep].astype(np.float64),
+                                y[start:start + len(chunk)]])
+        r = scipy.linalg.qr(np.vstack([r, rows]), mode="r", check_finite=False)[0]
+    u, singular, vt = np.linalg.svd(r[: kept + 1, : kept + 1])
+    total_rank = int((singular > singular[0] * max(g.n, kept + 1) * np.finfo(float).eps).sum())
+    u, singular, vt = u[:, :total_rank], singular[:total_rank], vt[:total_rank]
+    coefficients = vt.T @ ((u.T @ r[: kept + 1, kept + 1]) / singular)
+    inverse = (vt.T / singular**2) @ vt  # (X'X)⁺ of the design with intercept
+    beta = coefficients[1:]
+    return _result(y, g, keep, beta, total_rank - 1, np.diag(inverse)[1:], inverse[0, 0],
+                   _residual_pass(x, y, g, keep, beta, chunk_rows)[0])
+
+
+def _result(y: np.ndarray, g: CenteredGram, keep: np.ndarray, beta: np.ndarray, rank: int,
+            inverse_diagonal: np.ndarray, intercept_inverse: float,
+            residual: np.ndarray) -> OLSResult:
+    """The statistics of a solved fit. inverse_diagonal: (X'X)⁻¹'s diagonal over the kept
+    centred columns; intercept_inverse: its intercept entry for the design with intercept."""
+    n, k = g.n, len(keep)
     df_resid = n - rank - 1
     rss = float(residual @ residual)
     sigma2 = rss / df_resid
     slope = np.zeros(k)
     slope[keep] = beta
     std_err = np.full(k, np.nan)
-    std_err[keep] = np.sqrt(sigma2 * solve.inverse_diagonal()) / s
+    std_err[keep] = np.sqrt(sigma2 * inverse_diagonal)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(keep, slope / std_err, np.nan)
     p = 2.0 * stats.t.sf(np.abs(t), df_resid)
     intercept = g.mean_y - float(g.mean_x[keep] @ beta)
-    mean_term = solve(g.mean_x[keep] / s) @ (g.mean_x[keep] / s)
     r2 = 1.0 - rss / g.tss
     f_stat = (r2 / rank) / ((1.0 - r2) / df_resid) if rank else np.nan
     return OLSResult(
         n=n, k=k, rank=rank, intercept=intercept,
-        intercept_std_err=float(np.sqrt(sigma2 * (1.0 / n + mean_term))),
+        intercept_std_err=float(np.sqrt(sigma2 * intercept_inverse)),
         slope=slope, std_err=std_err, t=t, p=p, r2=r2, adj_r2=adjusted_r2(r2, n, rank),
         f_stat=float(f_stat), f_pvalue=float(stats.f.sf(f_stat, rank, df_resid)),
         rss=rss, df_resid=df_resid, fitted=y - residual, gram=g,
@@ -257,12 +297,25 @@ class _Solver:
         self.size = matrix.shape[0]
         self._cholesky = None
         self._eigen = None
+        # Below this share a pivot or an eigenvalue is rounding noise.
+        tolerance = self.size * np.finfo(float).eps
+        self.smallest_pivot = 0.0
+        """Smallest squared pivot of the Cholesky factor relative to its diagonal entry
+        (1 − R² of a column on the ones before it, free of scale); 0 where it fails."""
         try:
-            self._cholesky = scipy.linalg.cho_factor(matrix, lower=True, check_finite=False)
-            self.rank = self.size
+            factor = scipy.linalg.cho_factor(matrix, lower=True, check_finite=False)
+            self.smallest_pivot = (float((np.diag(factor[0]) ** 2 / np.diag(matrix)).min())
+                                   if self.size else 1.0)
+            # Cholesky often succeeds on an exactly singular matrix (two equal columns),
+            # leaving a pivot of rounding size that would give standard errors of 1e6.
+            if self.smallest_pivot > tolerance:
+                self._cholesky = factor
+                self.rank = self.size
         except np.linalg.LinAlgError:
+            pass
+        if self._cholesky is None:
             values, vectors = np.linalg.eigh(matrix)
-            keep = values > values.max() * self.size * np.finfo(float).eps
+            keep = values > values.max(initial=0.0) * tolerance
             self._eigen = (values[keep], vectors[:, keep])
             self.rank = int(keep.sum())
 

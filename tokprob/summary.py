@@ -147,11 +147,21 @@ def pruning_markdown(result: dict[str, Any]) -> str:
             f"|---|---|---:|---:|---:|---:|---:|\n{rows}\n")
 
 
+def frequency_note(dataset: str, training_data: bool) -> str:
+    """Which corpus f_w is counted on: the paper counts it on the training data, which
+    only the built-in pre-training run has; hub checkpoints get the user's corpus."""
+    if training_data:
+        return f"f_w is counted on {dataset}, the corpus the checkpoints were trained on."
+    return (f"f_w is counted on {dataset}, not on the checkpoints' training data: the "
+            "adjusted R² of −log f measures how E encodes this corpus's frequencies.")
+
+
 def dynamics_text(result: dict[str, Any]) -> str:
     """The summary printed at the end of `tokprob run dynamics`."""
     lines = [
         f"tokprob dynamics: {len(result['checkpoints'])} checkpoints, token frequencies in "
         f"{result['dataset']}",
+        f"  {result['frequency_note']}",
         "     step   tokens seen     loss   adj R² −log f   adj R² −log α   rel. distance",
         *(f"  {c['step']:>7}   {_number(c['tokens_seen']):>11}   {_number(c['loss'], 3):>6}   "
           f"{c['adj_r2_freq']:>13.3f}   {_number(c['adj_r2_alpha'], 3):>13}   "
@@ -170,7 +180,7 @@ def dynamics_markdown(result: dict[str, Any]) -> str:
         f"| {c['step']} | {_number(c['tokens_seen'])} | {_number(c['loss'], 3)} | "
         f"{c['adj_r2_freq']:.3f} | {_number(c['adj_r2_alpha'], 3)} | "
         f"{c['rel_distance_mean']:.3f} |" for c in result["checkpoints"])
-    return (f"# Training dynamics on {result['dataset']}\n\n"
+    return (f"# Training dynamics on {result['dataset']}\n\n{result['frequency_note']}\n\n"
             f"Frequency encoding at half strength: step {_number(result['freq_half_step'])}; "
             f"half-way convergence: step {_number(result['distance_half_step'])}\n\n"
             "| step | tokens | loss | adj R² −log f | adj R² −log α | rel. distance |\n"

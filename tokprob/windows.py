@@ -1,9 +1,14 @@
 """Tokenize documents and pack them into fixed-length windows (SPEC §1.1).
 
-Packing, not padding: documents are concatenated with an end-of-text token between them
-and cut into windows of exactly `window` tokens, so every position sees real context and
-no padding changes the logits. Windows are then shuffled and split into a detecting part
-(α, regression) and a held-out part (steering and pruning evaluations), by seed.
+Packing, not padding: documents are concatenated with the plain end-of-text token after
+each and cut into windows of exactly `window` tokens, so every position sees real context
+and no padding changes the logits. A tokenizer that puts a BOS token before text (Llama,
+Gemma) gets BOS at the start of every window, followed by window − 1 text tokens: those
+models behave badly without it.
+
+The detecting part (α, regression) and the held-out part (steering and pruning
+evaluations) share no document: whole documents are assigned to the splits by seed, each
+split is packed on its own, and the windows of each split are shuffled by seed.
 """
 
 from __future__ import annotations
@@ -66,47 +71,100 @@ def tokenize(tokenizer, documents: list[str], batch: int = 512) -> list[list[int
     return ids
 
 
-def pack(token_ids: list[list[int]], window: int, separator: int | None) -> np.ndarray:
-    """Concatenate documents (separator between them) and cut whole windows."""
+TURN_ENDS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
+"""End-of-sequence tokens of chat templates: they close a turn, not a document."""
+PLAIN_ENDS_OF_TEXT = ("<|endoftext|>", "<eos>", "<|end_of_text|>", "</s>")
+"""End-of-document tokens of pre-training, which chat vocabularies usually keep."""
+
+
+def document_separator(tokenizer) -> int | None:
+    """The token that ends a document: the tokenizer's eos, unless it ends a chat turn
+    and the vocabulary has a plain end-of-text token (SmolLM2-Instruct's eos is
+    `<|im_end|>`, its pre-training separator `<|endoftext|>`)."""
+    if tokenizer.eos_token in TURN_ENDS:
+        vocabulary = tokenizer.get_vocab()
+        for token in PLAIN_ENDS_OF_TEXT:
+            if token in vocabulary:
+                return int(vocabulary[token])
+    return tokenizer.eos_token_id
+
+
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id the tokenizer puts before text (Llama, Gemma), None if it adds none."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("x")["input_ids"]
+    return int(bos) if ids and ids[0] == bos else None
+
+
+def pack(token_ids: list[list[int]], window: int, separator: int | None,
+         bos: int | None = None) -> np.ndarray:
+    """Concatenate documents (separator after each) and cut whole windows; with `bos`,
+    each window is BOS followed by window − 1 tokens of the stream."""
+    windows = _cut(token_ids, window, separator, bos)
+    if len(windows) == 0:
+        tokens = sum(map(len, token_ids)) + (len(token_ids) if separator is not None else 0)
+        raise TokprobError(
+            f"The corpus has {tokens:,} tokens, fewer than one window of {window}. "
+            "Use more text, or a smaller --window."
+        )
+    return windows
+
+
+def _cut(token_ids: list[list[int]], window: int, separator: int | None,
+         bos: int | None) -> np.ndarray:
+    """`pack` without the minimum: (0, window) when the text is too short."""
     pieces = []
     for ids in token_ids:
         pieces.append(np.asarray(ids, dtype=np.int64))
         if separator is not None:
             pieces.append(np.asarray([separator], dtype=np.int64))
     stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-    n_windows = len(stream) // window
-    if n_windows == 0:
-        raise TokprobError(
-            f"The corpus has {len(stream):,} tokens, fewer than one window of {window}. "
-            "Use more text, or a smaller --window."
-        )
-    return stream[: n_windows * window].reshape(n_windows, window).astype(np.int32)
+    text = window - (bos is not None)
+    n_windows = len(stream) // text
+    windows = stream[: n_windows * text].reshape(n_windows, text)
+    if bos is not None:
+        windows = np.hstack([np.full((n_windows, 1), bos, dtype=np.int64), windows])
+    return windows.astype(np.int32)
 
 
-def split_windows(tokens: np.ndarray, heldout_fraction: float, seed: int) -> Windows:
-    """Shuffle windows by seed and hold out a fraction of them."""
-    n = tokens.shape[0]
-    permutation = np.random.default_rng(seed).permutation(n)
-    # The epsilon keeps 100 × 0.29 from flooring to 28 through binary rounding.
-    n_heldout = int(np.floor(n * heldout_fraction + 1e-9))
-    split = np.full(n, DETECT, dtype=object)
-    split[permutation[:n_heldout]] = HELDOUT
-    order = np.empty(n, dtype=np.int64)
-    order[permutation[:n_heldout]] = np.arange(n_heldout)
-    order[permutation[n_heldout:]] = np.arange(n - n_heldout)
-    return Windows(tokens=tokens, split=split.astype(str), order=order)
+def heldout_documents(lengths: list[int], heldout_fraction: float, seed: int) -> np.ndarray:
+    """(n_documents,) bool: the documents held out. Whole documents in a seeded order,
+    as many as bring their tokens closest to `heldout_fraction` of all tokens."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    permutation = np.random.default_rng(seed).permutation(len(lengths))
+    reached = np.concatenate([[0], np.cumsum(lengths[permutation])])
+    n_heldout = int(np.argmin(np.abs(reached - heldout_fraction * reached[-1])))
+    heldout = np.zeros(len(lengths), dtype=bool)
+    heldout[permutation[:n_heldout]] = True
+    return heldout
+
+
+def split_windows(detect: np.ndarray, heldout: np.ndarray, seed: int) -> Windows:
+    """The windows of both splits in one table, each split in its own seeded order."""
+    rng = np.random.default_rng(seed)
+    split = np.array([DETECT] * len(detect) + [HELDOUT] * len(heldout))
+    order = np.concatenate([rng.permutation(len(detect)), rng.permutation(len(heldout))])
+    return Windows(tokens=np.concatenate([detect, heldout]), split=split, order=order)
 
 
 def build_windows(tokenizer, documents: list[str], window: int, heldout_fraction: float,
                   seed: int, vocab_size: int) -> Windows:
-    """Tokenize, pack and split a corpus for a model with `vocab_size` output rows."""
+    """Tokenize, split by document, pack and shuffle a corpus for a model with
+    `vocab_size` output rows."""
     token_ids = tokenize(tokenizer, documents)
-    separator = tokenizer.eos_token_id
-    tokens = pack(token_ids, window, separator)
-    top = int(tokens.max())
+    separator, bos = document_separator(tokenizer), leading_bos(tokenizer)
+    heldout = heldout_documents([len(ids) + 1 for ids in token_ids], heldout_fraction, seed)
+    detect = pack([ids for ids, out in zip(token_ids, heldout, strict=True) if not out],
+                  window, separator, bos)
+    held = _cut([ids for ids, out in zip(token_ids, heldout, strict=True) if out],
+                window, separator, bos)
+    windows = split_windows(detect, held, seed)
+    top = int(windows.tokens.max())
     if top >= vocab_size:
         raise TokprobError(
             f"The tokenizer produced token id {top}, beyond the model's {vocab_size} output "
             "rows: tokenizer and model do not belong together."
         )
-    return split_windows(tokens, heldout_fraction, seed)
+    return windows
