@@ -1,0 +1,128 @@
+"""Read a model's output head straight from its saved weights, without building the model.
+
+E (and the bias, where the head has one) is a single tensor of the checkpoint: reading
+it costs the size of E, where loading the model costs the whole model. Which tensor it
+is comes from the architecture itself: a skeleton of the model is built on the meta
+device (no memory) and asked for `get_output_embeddings()`; when the config ties the
+output embeddings to the input ones, the checkpoint may hold E only under the input
+embedding's name, so that tensor is read.
+
+    head = read_output_head(folder)   # None: no safetensors, load the model instead
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tokprob.models import OutputHead, quiet_transformers
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class HeadTensors:
+    """Where the output head lives among the model's parameters."""
+
+    architecture: str
+    """The causal LM class, e.g. GPT2LMHeadModel."""
+    weight: str
+    """Parameter name that holds E (the input embeddings' when tied)."""
+    bias: str | None
+    tied: bool
+
+
+def meta_skeleton(folder: str | Path):
+    """The model built from its config on the meta device: every module and parameter
+    name, no memory for the weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with quiet_transformers():
+        config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+
+
+def head_tensors(skeleton) -> HeadTensors | None:
+    """The parameter names of E and its bias; None when the model has no linear output
+    head (loading it says why)."""
+    head = skeleton.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        return None
+    tied = bool(getattr(skeleton.config.get_text_config(), "tie_word_embeddings", False))
+    source = skeleton.get_input_embeddings() if tied else head
+    names = {id(module): name for name, module in skeleton.named_modules(remove_duplicate=False)}
+    return HeadTensors(
+        architecture=type(skeleton).__name__,
+        weight=f"{names[id(source)]}.weight",
+        bias=f"{names[id(head)]}.bias" if getattr(head, "bias", None) is not None else None,
+        tied=tied,
+    )
+
+
+def safetensors_files(folder: str | Path) -> dict[str, Path]:
+    """Tensor name → the safetensors file holding it (sharded or single); empty when the
+    folder has no safetensors weights."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / SAFETENSORS_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    single = folder / SAFETENSORS_FILE
+    if not single.is_file():
+        return {}
+    with safe_open(single, framework="pt") as handle:
+        return dict.fromkeys(handle.keys(), single)
+
+
+def parameter_names(skeleton, stored: list[str]) -> dict[str, str]:
+    """Parameter name → the checkpoint tensor loading fills it from, renamed as
+    transformers renames on loading (legacy names such as GPT-NeoX's `embed_out`, a
+    checkpoint of the base model without its prefix). Tensors that loading converts
+    (merges, splits) rather than renames are left out: they are not read as stored."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    transforms = get_model_conversion_mapping(skeleton)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    meta = skeleton.state_dict()
+    names = {}
+    for key in stored:
+        name, converted = rename_source_key(key, renamings, converters,
+                                            skeleton.base_model_prefix, meta)
+        if converted is None:
+            names[name] = key
+    return names
+
+
+def read_output_head(folder: str | Path) -> tuple[OutputHead, str] | None:
+    """E and the bias as float32 tensors read from the safetensors files, and the
+    architecture's name; None when the weights are not (all) there as safetensors."""
+    files = safetensors_files(folder)
+    skeleton = meta_skeleton(folder)
+    where = head_tensors(skeleton)
+    if where is None or not files:
+        return None
+    stored = parameter_names(skeleton, list(files))
+    wanted = [where.weight] + ([where.bias] if where.bias else [])
+    if any(name not in stored for name in wanted):
+        return None
+    weight = _read_tensor(files[stored[where.weight]], stored[where.weight])
+    bias = None if where.bias is None else _read_tensor(files[stored[where.bias]],
+                                                          stored[where.bias])
+    return OutputHead(weight=weight, bias=bias, tied=where.tied), where.architecture
+
+
+def _read_tensor(file: Path, name: str) -> torch.Tensor:
+    """One tensor, upcast to float32 (a float32 tensor is returned as read, not copied)."""
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as handle:
+        return handle.get_tensor(name).float()
