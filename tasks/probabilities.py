@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
+import numpy as np
 import pyarrow as pa
 from prefect import task
 
@@ -13,13 +15,22 @@ from tasks.windows import read_windows
 from tokprob.config import ProbabilityConfig, RunConfig
 from tokprob.errors import TokprobError
 from tokprob.models import ModelSource, check_head, load_model, load_tokenizer, output_head
-from tokprob.probabilities import averaged_probabilities, prefix_grid
+from tokprob.probabilities import (
+    Checkpoints,
+    averaged_probabilities,
+    load_partial_sums,
+    prefix_grid,
+    save_partial_sums,
+)
 from tokprob.progress import Progress
-from tokprob.store import ArtifactRef
+from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.windows import DETECT
 from tokprob.workspace import Workspace
 
 STAGE = "probabilities"
+CHECKPOINT_FILE = "alpha-partial-sums.npz"
+
+log = logging.getLogger("tokprob")
 
 
 @task(**register(STAGE, __name__, environment=("torch", "transformers")))
@@ -46,9 +57,12 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
                 model, windows, config.max_tokens, len(detect), run, prefix_grid(len(detect)))
             rate = detect.size / (time.monotonic() - started)
         else:
-            with Progress(detect.size, f"α over {detect.size:,} tokens") as progress:
+            checkpoints = alpha_checkpoints(out, detect, run, head.vocab_size)
+            done = checkpoints.resume.n_windows if checkpoints.resume else 0
+            with Progress(detect[done:].size, f"α over {detect.size:,} tokens") as progress:
                 result = averaged_probabilities(lm, head, detect, run.batch_size, progress,
-                                                prefixes=prefix_grid(len(detect)))
+                                                prefixes=prefix_grid(len(detect)),
+                                                checkpoints=checkpoints)
             rate = progress.rate
         tokens = token_strings(load_tokenizer(model.path), head.vocab_size)
         out.write_table(PROBABILITIES_FILE, pa.table({
@@ -62,7 +76,7 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
             n_tokens=result.n_positions, n_windows=len(detect), window=detect.shape[1],
             vocab_size=head.vocab_size, mean_nll=result.mean_nll,
             perplexity=result.perplexity, tokens_per_second=rate,
-            dtype=run.dtype,
+            dtype=str(head.weight.dtype).removeprefix("torch."),
         )
         top = sorted(zip(result.alpha, tokens, strict=True), reverse=True)[:10]
         publish_table(STAGE, out, [{"token": t, "alpha": a} for a, t in top],
@@ -71,6 +85,19 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
 
     arguments = {"windows": windows, "model": model, "run": run, "config": config}
     return run_stage(STAGE, workspace, arguments, compute, force)
+
+
+def alpha_checkpoints(out: ArtifactWriter, detect: np.ndarray, run: RunConfig,
+                      vocab_size: int) -> Checkpoints:
+    """Partial sums saved beside the unfinished artifact, and those of an earlier run of
+    the same key that was killed, to resume from."""
+    path = out.partial_path(CHECKPOINT_FILE)
+    resume = load_partial_sums(path, out.key, detect, vocab_size)
+    if resume is not None:
+        log.info("%s: resuming α from its checkpoint at window %d of %d (%s)", STAGE,
+                 resume.n_windows, len(detect), path)
+    return Checkpoints(save=lambda sums: save_partial_sums(path, sums, out.key),
+                       every_seconds=run.checkpoint_seconds, resume=resume)
 
 
 def token_strings(tokenizer, vocab_size: int) -> list[str]:

@@ -12,7 +12,7 @@ from conftest import ARCHITECTURES, build_tokenizer, tiny_config
 from tasks._io import read_embeddings, write_embeddings
 from tokprob.models import load_model, output_head
 from tokprob.store import ArtifactRef
-from tokprob.weights import SAFETENSORS_INDEX, read_output_head
+from tokprob.weights import SAFETENSORS_INDEX, files_to_load, read_output_head
 
 
 def assert_same_head(folder) -> None:
@@ -104,3 +104,66 @@ def test_embeddings_stage_loads_a_bin_only_model(tmp_path):
     assert architecture == "PhiForCausalLM"
     torch.testing.assert_close(head.weight, model.lm_head.weight.detach(), rtol=0, atol=0)
     torch.testing.assert_close(head.bias, model.lm_head.bias.detach(), rtol=0, atol=0)
+
+
+GPT2_REPO = [  # the file list of openai-community/gpt2
+    ".gitattributes", "64-8bits.tflite", "64-fp16.tflite", "64.tflite", "README.md",
+    "config.json", "flax_model.msgpack", "generation_config.json", "merges.txt",
+    "model.safetensors", "onnx/config.json", "onnx/decoder_model.onnx", "pytorch_model.bin",
+    "rust_model.ot", "tf_model.h5", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+]
+
+
+def test_hub_download_takes_config_tokenizer_and_safetensors_only():
+    assert files_to_load(GPT2_REPO) == [
+        "config.json", "generation_config.json", "merges.txt", "model.safetensors",
+        "tokenizer.json", "tokenizer_config.json", "vocab.json"]
+
+
+def test_hub_download_takes_every_shard_and_not_a_consolidated_copy():
+    repo = ["config.json", "tokenizer.model", "tokenizer_config.json",
+            "consolidated.safetensors", "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+            "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json",
+            "original/params.json"]
+    assert files_to_load(repo) == [
+        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json", "tokenizer.model", "tokenizer_config.json"]
+
+
+def test_hub_download_takes_bin_weights_only_without_safetensors():
+    repo = ["config.json", "tokenizer.json", "pytorch_model.bin", "training_args.bin",
+            "tf_model.h5", "model.gguf"]
+    assert files_to_load(repo) == ["config.json", "pytorch_model.bin", "tokenizer.json"]
+
+
+def test_hub_model_download_asks_for_those_files_at_the_revision(tmp_path, monkeypatch,
+                                                                 workspace):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from tokprob.models import resolve_model
+    from tokprob.specs import ModelSpec
+
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, repo_type=None, local_files_only=False,
+                          allow_patterns=None):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        calls.append((repo_id, revision, repo_type, allow_patterns))
+        folder = tmp_path / "snapshots" / ("c" * 40)
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
+
+    class Api:
+        def repo_info(self, repo_id, revision=None, repo_type=None):
+            assert (repo_id, revision, repo_type) == ("org/gpt2", "v1", "model")
+            siblings = [type("Sibling", (), {"rfilename": name}) for name in GPT2_REPO]
+            return type("Info", (), {"sha": "c" * 40, "siblings": siblings})
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    source = resolve_model(ModelSpec.parse("org/gpt2@v1"), workspace)
+    assert source.fingerprint == f"hub:org/gpt2@{'c' * 40}"
+    assert calls == [("org/gpt2", "v1", "model", files_to_load(GPT2_REPO))]

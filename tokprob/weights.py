@@ -8,10 +8,14 @@ output embeddings to the input ones, the checkpoint may hold E only under the in
 embedding's name, so that tensor is read.
 
     head = read_output_head(folder)   # None: no safetensors, load the model instead
+
+The same knowledge decides what a hub download fetches: `files_to_load` picks, from a
+repository's file list, what loading the model reads.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,3 +130,26 @@ def _read_tensor(file: Path, name: str) -> torch.Tensor:
 
     with safe_open(file, framework="pt") as handle:
         return handle.get_tensor(name).float()
+
+
+CONFIG_AND_TOKENIZER = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+    "tokenizer.model", "*.tiktoken", "chat_template.jinja", "chat_template.json",
+)
+"""What transformers reads besides the weights (the model's own folder, not sub-folders)."""
+
+
+def files_to_load(repo_files: list[str]) -> list[str]:
+    """The files of a model repository that loading it reads: config, tokenizer, and the
+    safetensors weights, or the PyTorch `.bin` weights where there are no safetensors.
+    Other formats (TensorFlow, Flax, ONNX, GGUF, sub-folders) are left out."""
+    top = [name for name in repo_files if "/" not in name]
+
+    def matching(*patterns: str) -> list[str]:
+        return [name for name in top if any(fnmatch.fnmatch(name, p) for p in patterns)]
+
+    # Sharded or single model weights; a repository may add a consolidated copy.
+    weights = (matching("model*.safetensors", SAFETENSORS_INDEX) or matching("*.safetensors")
+               or matching("pytorch_model*.bin", "pytorch_model.bin.index.json"))
+    return sorted(set(matching(*CONFIG_AND_TOKENIZER) + weights))
