@@ -167,3 +167,31 @@ def test_hub_model_download_asks_for_those_files_at_the_revision(tmp_path, monke
     source = resolve_model(ModelSpec.parse("org/gpt2@v1"), workspace)
     assert source.fingerprint == f"hub:org/gpt2@{'c' * 40}"
     assert calls == [("org/gpt2", "v1", "model", files_to_load(GPT2_REPO))]
+
+
+def test_a_snapshot_of_the_loading_files_counts_as_cached(tmp_path, monkeypatch, workspace):
+    """The hub cache calls a snapshot fetched with only the loading files incomplete."""
+    import huggingface_hub
+    from huggingface_hub.errors import IncompleteSnapshotError
+    from transformers import AutoModelForCausalLM
+
+    from tokprob.models import resolve_model
+    from tokprob.specs import ModelSpec
+    from tokprob.weights import has_files_to_load
+
+    snapshot = tmp_path / "snapshots" / ("d" * 40)
+    AutoModelForCausalLM.from_config(tiny_config("gpt2")).save_pretrained(
+        snapshot, max_shard_size="20KB")
+    build_tokenizer().save_pretrained(snapshot)
+    assert has_files_to_load(snapshot)
+
+    def snapshot_download(repo_id, revision=None, repo_type=None, local_files_only=False,
+                          allow_patterns=None):
+        assert local_files_only, "went online"
+        raise IncompleteSnapshotError("pytorch_model.bin missing", snapshot_path=str(snapshot))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert resolve_model(ModelSpec.parse("org/tiny"), workspace).path == str(snapshot)
+
+    next(snapshot.glob("model-00002-*.safetensors")).unlink()  # an interrupted download
+    assert not has_files_to_load(snapshot)

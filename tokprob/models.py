@@ -101,13 +101,11 @@ def hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> tuple[Pa
 
     The local cache is tried first, so a revision fetched earlier works offline.
     """
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     kind = "dataset" if repo_type == "dataset" else "model"
     try:
-        folder = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
-                                   local_files_only=True)
+        folder = _cached_snapshot(repo_id, revision, repo_type)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         try:
             folder = _download(repo_id, revision, repo_type)
@@ -125,14 +123,37 @@ def hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> tuple[Pa
     return folder_path, folder_path.name
 
 
+def _cached_snapshot(repo_id: str, revision: str | None, repo_type: str) -> str:
+    """The cached snapshot of the revision. A model fetched by `_download` holds only the
+    files loading reads, which the cache calls incomplete: it is complete for tokprob."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError
+
+    from tokprob.weights import has_files_to_load
+
+    try:
+        return snapshot_download(repo_id, revision=revision, repo_type=repo_type,
+                                 local_files_only=True)
+    except IncompleteSnapshotError as error:
+        if repo_type == "model" and has_files_to_load(Path(error.snapshot_path)):
+            return error.snapshot_path
+        raise
+
+
 def _download(repo_id: str, revision: str | None, repo_type: str) -> str:
     """Fetch a repository at the revision: for a model only the files loading reads
     (tokprob.weights.files_to_load), for a dataset all of it."""
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     from tokprob.weights import files_to_load
 
-    info = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type)
+    try:
+        info = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type)
+    except HfHubHTTPError:
+        raise
+    except Exception as error:  # the transport's own errors (no connection, offline mode)
+        raise LocalEntryNotFoundError(str(error)) from error
     wanted = None
     if repo_type == "model":
         wanted = files_to_load([file.rfilename for file in info.siblings or []])

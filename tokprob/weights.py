@@ -153,3 +153,17 @@ def files_to_load(repo_files: list[str]) -> list[str]:
     weights = (matching("model*.safetensors", SAFETENSORS_INDEX) or matching("*.safetensors")
                or matching("pytorch_model*.bin", "pytorch_model.bin.index.json"))
     return sorted(set(matching(*CONFIG_AND_TOKENIZER) + weights))
+
+
+def has_files_to_load(folder: Path) -> bool:
+    """Whether a model folder holds its config and every weight file loading reads (each
+    shard its index names)."""
+    present = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    wanted = files_to_load(present)
+    weights = [name for name in wanted if name.endswith((".safetensors", ".bin"))]
+    for index in (SAFETENSORS_INDEX, "pytorch_model.bin.index.json"):
+        if index in wanted:
+            shards = json.loads((folder / index).read_text())["weight_map"].values()
+            weights += [shard for shard in shards if shard not in present]
+    return "config.json" in present and bool(weights) and all(
+        (folder / name).is_file() for name in weights)
