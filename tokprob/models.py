@@ -222,7 +222,7 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
     is spread over every GPU (and the CPU if need be) with device_map="auto"."""
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = TORCH_DTYPES[model_dtype(path) if dtype == "auto" else dtype]
+    torch_dtype = TORCH_DTYPES[resolve_dtype(path, dtype)]
     target = resolve_device(device)
     spread = target.type == "cuda" and needs_device_map(
         weights_bytes(path, torch_dtype), torch.cuda.mem_get_info(target)[0])
@@ -240,6 +240,11 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
                  "by device_map='auto'", target)
         return model.eval()
     return model.to(target).eval()
+
+
+def resolve_dtype(path: str | Path, dtype: str) -> str:
+    """The dtype `--dtype` asks for: `auto` is the model's own."""
+    return model_dtype(path) if dtype == "auto" else dtype
 
 
 def model_dtype(path: str | Path) -> str:
