@@ -175,15 +175,15 @@ def test_alpha_resumed_from_any_checkpoint_equals_an_uninterrupted_run(tiny_mode
                                        atol=1e-12)
 
 
-def test_checkpoint_saved_every_interval_of_work(tiny_models, monkeypatch):
+def test_checkpoint_saved_every_interval_of_work(tiny_models):
     from tokprob.probabilities import Checkpoints
 
-    clock = iter(range(0, 1000, 10))  # each reading of the clock 10 s later
-    monkeypatch.setattr(probabilities_module.time, "monotonic", lambda: next(clock))
+    readings = iter(range(0, 1000, 10))  # each reading of the clock 10 s later
     model = load_model(tiny_models["gpt2"])
     saved = []
     averaged_probabilities(model, output_head(model), _windows(n=10, length=8), 1,
-                           checkpoints=Checkpoints(save=saved.append, every_seconds=25))
+                           checkpoints=Checkpoints(save=saved.append, every_seconds=25,
+                                                   clock=lambda: next(readings)))
     assert [sums.n_windows for sums in saved] == [3, 6, 9]
 
 
