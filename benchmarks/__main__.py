@@ -16,6 +16,7 @@ from benchmarks import (
     dask_shards,
     pruning_sweep,
     regression_solver,
+    scale_memory,
     steering_sweep,
 )
 from benchmarks._common import Result, fixture, summary_table
@@ -24,7 +25,7 @@ from benchmarks._common import Result, fixture, summary_table
 BENCHMARKS = {
     module.NAME: module
     for module in (alpha_throughput, regression_solver, alpha_memory, cached_rerun,
-                   steering_sweep, pruning_sweep, dask_shards)
+                   steering_sweep, pruning_sweep, dask_shards, scale_memory)
 }
 
 

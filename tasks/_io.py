@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -16,12 +18,25 @@ PREFIXES_FILE = "alpha_prefixes.parquet"
 """α over the first n detecting windows, one column `windows_<n>` per n (few-shot)."""
 
 
-def embeddings_table(matrix: np.ndarray) -> pa.Table:
+EMBEDDING_ROWS_PER_GROUP = 8192
+"""Rows of E written at once: the columnar copy costs a slice of E, not a second E."""
+
+
+def embeddings_table(matrix: np.ndarray, first_row: int = 0) -> pa.Table:
     """`token_id` and one float32 column per dimension, d0 … d{d-1}."""
-    columns = {"token_id": pa.array(np.arange(matrix.shape[0], dtype=np.int32))}
+    ids = np.arange(first_row, first_row + matrix.shape[0], dtype=np.int32)
+    columns = {"token_id": pa.array(ids)}
     for j in range(matrix.shape[1]):
         columns[f"d{j}"] = pa.array(np.ascontiguousarray(matrix[:, j], dtype=np.float32))
     return pa.table(columns)
+
+
+def write_embeddings(path: Path, matrix: np.ndarray) -> None:
+    """E as the embeddings table, written a group of rows at a time."""
+    with pq.ParquetWriter(path, embeddings_table(matrix[:0]).schema) as parquet:
+        for start in range(0, matrix.shape[0], EMBEDDING_ROWS_PER_GROUP):
+            rows = matrix[start:start + EMBEDDING_ROWS_PER_GROUP]
+            parquet.write_table(embeddings_table(rows, first_row=start))
 
 
 def read_embeddings(ref: ArtifactRef) -> np.ndarray:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -172,6 +173,8 @@ def run_stage(
     if not force and store.verify(stage, identity.key) is not None:
         log.info("%s: reusing stored artifact %s", stage, identity.key)
         return store.ref(stage, identity.key)
+    if force:  # recomputed from scratch: an interrupted run's progress is not reused
+        shutil.rmtree(store.partial(stage, identity.key), ignore_errors=True)
     with store.write(stage, identity.key, identity.params, identity.inputs,
                      identity.code_version) as writer:
         writer.summary["subject"] = identity.subject

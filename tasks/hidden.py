@@ -43,8 +43,8 @@ def hidden_states(workspace: Workspace, windows: ArtifactRef, model: ModelSource
         with Progress(heldout.size, f"hidden states of {heldout.size:,} tokens") as progress:
             positions = write_hidden_states(lm, heldout, run.batch_size, out.path(HIDDEN_FILE),
                                             progress)
-        out.summary.update(positions=positions, windows=len(heldout), dtype=run.dtype,
-                           split=split)
+        out.summary.update(positions=positions, windows=len(heldout),
+                           dtype=str(lm.dtype).removeprefix("torch."), split=split)
         publish_table(STAGE, out, [out.summary], f"Final hidden states ({split} split)")
 
     return run_stage(STAGE, workspace,

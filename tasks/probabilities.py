@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
+import numpy as np
 import pyarrow as pa
 from prefect import task
 
@@ -12,14 +14,30 @@ from tasks._stage import publish_table, register, run_stage
 from tasks.windows import read_windows
 from tokprob.config import ProbabilityConfig, RunConfig
 from tokprob.errors import TokprobError
-from tokprob.models import ModelSource, check_head, load_model, load_tokenizer, output_head
-from tokprob.probabilities import averaged_probabilities, prefix_grid
+from tokprob.models import (
+    ModelSource,
+    check_head,
+    load_model,
+    load_tokenizer,
+    output_head,
+    resolve_dtype,
+)
+from tokprob.probabilities import (
+    Checkpoints,
+    averaged_probabilities,
+    load_partial_sums,
+    prefix_grid,
+    save_partial_sums,
+)
 from tokprob.progress import Progress
-from tokprob.store import ArtifactRef
+from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.windows import DETECT
 from tokprob.workspace import Workspace
 
 STAGE = "probabilities"
+CHECKPOINT_FILE = "alpha-partial-sums.npz"
+
+log = logging.getLogger("tokprob")
 
 
 @task(**register(STAGE, __name__, environment=("torch", "transformers")))
@@ -35,34 +53,38 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
                 f"{read_windows(windows).tokens.shape[1]} tokens; raise --max-tokens or lower "
                 "--window."
             )
-        lm = load_model(model.path, run.dtype, run.device)
-        head = output_head(lm)
-        check_head(lm, head, head.vocab_size)
-        if run.shards > 1:
+        if run.shards > 1:  # the workers load the model, this process does not
             from tasks.shards import dask_runner, sharded_alpha
 
             started = time.monotonic()
             result = sharded_alpha.with_options(task_runner=dask_runner(run))(
                 model, windows, config.max_tokens, len(detect), run, prefix_grid(len(detect)))
             rate = detect.size / (time.monotonic() - started)
+            vocab_size, dtype = len(result.alpha), resolve_dtype(model.path, run.dtype)
         else:
-            with Progress(detect.size, f"α over {detect.size:,} tokens") as progress:
+            lm = load_model(model.path, run.dtype, run.device)
+            head = output_head(lm)
+            check_head(lm, head, head.vocab_size)
+            vocab_size, dtype = head.vocab_size, str(head.weight.dtype).removeprefix("torch.")
+            checkpoints = alpha_checkpoints(out, detect, run, vocab_size)
+            done = checkpoints.resume.n_windows if checkpoints.resume else 0
+            with Progress(detect[done:].size, f"α over {detect.size:,} tokens") as progress:
                 result = averaged_probabilities(lm, head, detect, run.batch_size, progress,
-                                                prefixes=prefix_grid(len(detect)))
+                                                prefixes=prefix_grid(len(detect)),
+                                                checkpoints=checkpoints)
             rate = progress.rate
-        tokens = token_strings(load_tokenizer(model.path), head.vocab_size)
+        tokens = token_strings(load_tokenizer(model.path), vocab_size)
         out.write_table(PROBABILITIES_FILE, pa.table({
-            "token_id": pa.array(range(head.vocab_size), pa.int32()),
+            "token_id": pa.array(range(vocab_size), pa.int32()),
             "token": tokens, "alpha": result.alpha, "count": result.counts,
         }))
         out.write_table(PREFIXES_FILE, pa.table(
-            {"token_id": pa.array(range(head.vocab_size), pa.int32())}
+            {"token_id": pa.array(range(vocab_size), pa.int32())}
             | {f"windows_{n}": alpha for n, alpha in sorted(result.prefixes.items())}))
         out.summary.update(
             n_tokens=result.n_positions, n_windows=len(detect), window=detect.shape[1],
-            vocab_size=head.vocab_size, mean_nll=result.mean_nll,
-            perplexity=result.perplexity, tokens_per_second=rate,
-            dtype=run.dtype,
+            vocab_size=vocab_size, mean_nll=result.mean_nll,
+            perplexity=result.perplexity, tokens_per_second=rate, dtype=dtype,
         )
         top = sorted(zip(result.alpha, tokens, strict=True), reverse=True)[:10]
         publish_table(STAGE, out, [{"token": t, "alpha": a} for a, t in top],
@@ -71,6 +93,19 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
 
     arguments = {"windows": windows, "model": model, "run": run, "config": config}
     return run_stage(STAGE, workspace, arguments, compute, force)
+
+
+def alpha_checkpoints(out: ArtifactWriter, detect: np.ndarray, run: RunConfig,
+                      vocab_size: int) -> Checkpoints:
+    """Partial sums saved beside the unfinished artifact, and those of an earlier run of
+    the same key that was killed, to resume from."""
+    path = out.partial_path(CHECKPOINT_FILE)
+    resume = load_partial_sums(path, out.key, detect, vocab_size)
+    if resume is not None:
+        log.info("%s: resuming α from its checkpoint at window %d of %d (%s)", STAGE,
+                 resume.n_windows, len(detect), path)
+    return Checkpoints(save=lambda sums: save_partial_sums(path, sums, out.key),
+                       every_seconds=run.checkpoint_seconds, resume=resume)
 
 
 def token_strings(tokenizer, vocab_size: int) -> list[str]:

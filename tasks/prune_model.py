@@ -40,7 +40,7 @@ def save_pruned_model(model: ModelSource, regression: ArtifactRef, embeddings: A
                              np.sqrt(np.diag(gram.gram) / (gram.n - 1)), config.saliency)
     saliency_plan = deletion_plans(scores, np.linalg.norm(weight, axis=0), ())[0]
     deleted = np.sort(saliency_plan.deleted(fraction))
-    lm = load_model(model.path, dtype="float32", device="cpu")
+    lm = load_model(model.path, dtype="auto", device="cpu")  # exported in its own dtype
     untie_output_embeddings(lm)
     with torch.no_grad():
         output_head(lm).weight.copy_(torch.from_numpy(prune_columns(weight, deleted)))

@@ -17,6 +17,7 @@ from tokprob.hidden import read_hidden_states
 from tokprob.models import (
     ModelSource,
     OutputHead,
+    float32_head,
     load_model,
     load_tokenizer,
     new_model_folder,
@@ -55,14 +56,14 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     mask = omega_mask(table, config.omega, significance.significance, config.top_k)
     direction = steering_direction(table["slope"].to_numpy(), mask)
     edits = dict(zip(ids, ratios, strict=True))
-    lm = load_model(model.path, dtype="float32", device="cpu")
+    lm = load_model(model.path, dtype="auto", device="cpu")  # exported in its own dtype
     steer_model(lm, edits, direction)
     # The edits act together (one normalizer), so the prediction uses the whole new head.
     hidden_states = torch.from_numpy(read_hidden_states(hidden.file(HIDDEN_FILE)).hidden)
     bias = read_bias(embeddings)
     bias = None if bias is None else torch.from_numpy(bias)
     before = alpha_from_hidden(hidden_states, OutputHead(torch.from_numpy(weight), bias, False))
-    after = alpha_from_hidden(hidden_states, output_head(lm))
+    after = alpha_from_hidden(hidden_states, float32_head(output_head(lm)))
     detect_alpha = read_probabilities(probabilities)["alpha"].to_numpy()
     record = {
         "source_model": model.spec, "source_fingerprint": model.fingerprint,

@@ -90,6 +90,31 @@ def save_tiny_model(architecture: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_bfloat16_model(architecture: str, folder: Path) -> Path:
+    """A tiny model saved in bfloat16 (weights and config), as large models are."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(architecture)).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def assert_saved_in_bfloat16(folder: Path) -> None:
+    """Every floating tensor of a saved model, and its config, in bfloat16."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", framework="pt") as handle:
+        names = handle.keys()
+        dtypes = {handle.get_slice(name).get_dtype() for name in names}
+    assert dtypes == {"BF16"}
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """A saved tiny model folder per architecture."""

@@ -277,3 +277,55 @@ def test_python_dash_m_tokprob_is_the_tokprob_command(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "tokprob", "--help"], capture_output=True,
                            text=True, timeout=120)
     assert usage.returncode == 0 and "run" in usage.stdout and "steer" in usage.stdout
+
+
+def test_run_killed_during_alpha_resumes_from_its_checkpoint(tmp_path, prefect_api):
+    """kill -9 once α has saved a checkpoint; the rerun starts from it and ends with the
+    α of an uninterrupted computation over the same windows."""
+    import signal
+    import time
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tasks.probabilities import CHECKPOINT_FILE
+    from tasks.windows import read_windows
+    from tokprob.models import load_model, output_head
+    from tokprob.probabilities import averaged_probabilities, prefix_grid
+    from tokprob.store import ArtifactRef, ArtifactStore
+    from tokprob.windows import DETECT
+    from tokprob.workspace import Workspace
+
+    command, env, data = _slow_run(tmp_path)
+    tokens = 24000
+    command[command.index("--max-tokens") + 1] = str(tokens)
+    command += ["--checkpoint-seconds", "0"]
+    env["PREFECT_API_URL"] = prefect_api
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    stage_dir = data / "artifacts" / "probabilities"
+    deadline = time.monotonic() + 300
+    while not list(stage_dir.glob(f".partial-*/{CHECKPOINT_FILE}")):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not [m for m in ArtifactStore(Workspace.from_env(data).artifacts).manifests()
+                if m.stage == "probabilities"], "α finished before the kill"
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming α from its checkpoint at window" in done.stderr
+    assert not list(stage_dir.glob(".partial-*"))  # removed once the artifact is stored
+    artifacts = json.loads(done.stdout)["artifacts"]
+    alpha = pq.read_table(artifacts["probabilities"]).column("alpha").to_numpy()
+
+    model = load_model(command[command.index("--model") + 1])
+    folder = Path(artifacts["windows"]).parent
+    windows = read_windows(ArtifactRef(stage="windows", key=folder.name, path=str(folder)))
+    windows = windows.take(DETECT, tokens)
+    uninterrupted = averaged_probabilities(model, output_head(model), windows, batch_size=8,
+                                           prefixes=prefix_grid(len(windows)))
+    np.testing.assert_allclose(alpha, uninterrupted.alpha, rtol=0, atol=1e-12)

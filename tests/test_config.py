@@ -33,8 +33,9 @@ CONFIGS = [WindowConfig, RunConfig, ProbabilityConfig, HiddenConfig, RegressionC
     (RunConfig, {"dtype": "float64"}, "--dtype", "float32 or bfloat16 or float16"),
     (RunConfig, {"dtype": "fp16"}, "--dtype", "float32 or bfloat16 or float16"),
     (RunConfig, {"batch_size": 0}, "--batch-size", "positive"),
-    (RunConfig, {"device": "tpu"}, "--device", "cpu, cuda, cuda:N or auto"),
-    (RunConfig, {"device": "cuda:"}, "--device", "cpu, cuda, cuda:N or auto"),
+    (RunConfig, {"device": "tpu"}, "--device", "cpu, cuda, cuda:N, mps or auto"),
+    (RunConfig, {"device": "cuda:"}, "--device", "cpu, cuda, cuda:N, mps or auto"),
+    (RunConfig, {"checkpoint_seconds": -1.0}, "--checkpoint-seconds", "zero or a positive"),
     (ProbabilityConfig, {"max_tokens": -1}, "--max-tokens", "positive"),
     (ProbabilityConfig, {"max_tokens": 0}, "--max-tokens", "positive"),
     (HiddenConfig, {"heldout_tokens": 0}, "--heldout-tokens", "positive"),
@@ -80,7 +81,7 @@ def test_defaults_are_valid_and_frozen(cls):
 
 def test_key_params_leave_out_execution_settings():
     fast = RunConfig(dtype="float16", batch_size=64, device="cpu")
-    slow = RunConfig(dtype="float16", batch_size=1, device="auto")
+    slow = RunConfig(dtype="float16", batch_size=1, device="mps", checkpoint_seconds=5.0)
     assert key_params(fast) == key_params(slow) == {"dtype": "float16"}
     assert key_params(RunConfig(dtype="float32")) != key_params(fast)
 

@@ -6,7 +6,13 @@ import shutil
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, VOCAB_ROWS, build_tokenizer, save_tiny_model
+from conftest import (
+    ARCHITECTURES,
+    VOCAB_ROWS,
+    build_tokenizer,
+    save_bfloat16_model,
+    save_tiny_model,
+)
 
 from tokprob.errors import TokprobError
 from tokprob.models import (
@@ -15,9 +21,12 @@ from tokprob.models import (
     head_logits,
     load_model,
     load_tokenizer,
+    model_dtype,
+    needs_device_map,
     output_head,
     resolve_device,
     resolve_model,
+    weights_bytes,
 )
 from tokprob.specs import ModelSpec
 
@@ -139,7 +148,12 @@ def test_folder_that_is_not_a_causal_lm_is_a_clear_error(tmp_path):
 
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    expected = ("cuda" if torch.cuda.is_available()
+                else "mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto").type == expected
+    if not torch.backends.mps.is_available():
+        with pytest.raises(TokprobError, match="MPS"):
+            resolve_device("mps")
     with pytest.raises(TokprobError, match="--device"):
         resolve_device("tpu:7")
     if not torch.cuda.is_available():
@@ -152,3 +166,23 @@ def test_tokenizer_round_trip(tiny_models):
     reference = build_tokenizer()
     text = "The capital of France"
     assert tokenizer(text)["input_ids"] == reference(text)["input_ids"]
+
+
+def test_auto_dtype_is_the_saved_models(tiny_models, tmp_path):
+    folder = save_bfloat16_model("llama", tmp_path / "bf16")
+    assert model_dtype(folder) == "bfloat16"
+    assert load_model(folder, dtype="auto").dtype == torch.bfloat16
+    assert load_model(folder, dtype="float32").dtype == torch.float32
+    assert model_dtype(tiny_models["llama"]) == "float32"
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "config.json").write_text('{"model_type": "llama"}')
+    assert model_dtype(tmp_path / "bare") == "float32"
+
+
+def test_device_map_only_for_weights_beyond_one_device(tmp_path):
+    assert not needs_device_map(weight_bytes=8 << 30, free_bytes=80 << 30)
+    assert needs_device_map(weight_bytes=75 << 30, free_bytes=80 << 30)
+    folder = save_bfloat16_model("llama", tmp_path / "bf16")
+    on_disk = (folder / "model.safetensors").stat().st_size
+    assert weights_bytes(folder, torch.bfloat16) == on_disk
+    assert weights_bytes(folder, torch.float32) == 2 * on_disk

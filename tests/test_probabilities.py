@@ -144,3 +144,67 @@ def test_prefix_snapshots_equal_alpha_of_the_first_windows(tiny_models):
         np.testing.assert_allclose(alpha, alone, rtol=1e-6, atol=1e-12)
     whole = averaged_probabilities(model, head, windows, batch_size=3).alpha
     np.testing.assert_allclose(result.alpha, whole, rtol=1e-6, atol=1e-12)
+
+
+def test_alpha_resumed_from_any_checkpoint_equals_an_uninterrupted_run(tiny_models, tmp_path):
+    from tokprob.probabilities import Checkpoints, load_partial_sums, save_partial_sums
+
+    model = load_model(tiny_models["phi"])
+    head = output_head(model)
+    windows = _windows(n=11, length=8)
+    prefixes = [1, 2, 4, 8]
+    whole = averaged_probabilities(model, head, windows, 3, prefixes=prefixes)
+    saved = []
+    averaged_probabilities(model, head, windows, 3, prefixes=prefixes,
+                           checkpoints=Checkpoints(save=saved.append, every_seconds=0))
+    assert [sums.n_windows for sums in saved] == [1, 2, 3, 4, 6, 8, 9]
+    for sums in saved:
+        path = tmp_path / f"at-{sums.n_windows}.npz"
+        save_partial_sums(path, sums, owner="key-a")
+        resume = load_partial_sums(path, "key-a", windows, VOCAB_ROWS)
+        assert resume is not None and resume.n_windows == sums.n_windows
+        resumed = averaged_probabilities(
+            model, head, windows, 3, prefixes=prefixes,
+            checkpoints=Checkpoints(save=lambda _: None, resume=resume))
+        np.testing.assert_allclose(resumed.alpha, whole.alpha, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(resumed.counts, whole.counts)
+        assert resumed.nll_sum == pytest.approx(whole.nll_sum, rel=1e-12)
+        assert sorted(resumed.prefixes) == prefixes
+        for n in prefixes:
+            np.testing.assert_allclose(resumed.prefixes[n], whole.prefixes[n], rtol=0,
+                                       atol=1e-12)
+
+
+def test_checkpoint_saved_every_interval_of_work(tiny_models):
+    from tokprob.probabilities import Checkpoints
+
+    readings = iter(range(0, 1000, 10))  # each reading of the clock 10 s later
+    model = load_model(tiny_models["gpt2"])
+    saved = []
+    averaged_probabilities(model, output_head(model), _windows(n=10, length=8), 1,
+                           checkpoints=Checkpoints(save=saved.append, every_seconds=25,
+                                                   clock=lambda: next(readings)))
+    assert [sums.n_windows for sums in saved] == [3, 6, 9]
+
+
+def test_checkpoint_of_other_inputs_or_damaged_is_never_used(tiny_models, tmp_path):
+    from tokprob.probabilities import Checkpoints, load_partial_sums, save_partial_sums
+
+    model = load_model(tiny_models["gpt2"])
+    windows = _windows(n=6, length=8)
+    saved = []
+    averaged_probabilities(model, output_head(model), windows, 2,
+                           checkpoints=Checkpoints(save=saved.append, every_seconds=0))
+    path = tmp_path / "sums.npz"
+    save_partial_sums(path, saved[0], owner="key-a")
+    assert load_partial_sums(path, "key-a", windows, VOCAB_ROWS) is not None
+    assert load_partial_sums(path, "key-b", windows, VOCAB_ROWS) is None
+    assert load_partial_sums(path, "key-a", windows[:, :4], VOCAB_ROWS) is None
+    assert load_partial_sums(path, "key-a", windows[:2], VOCAB_ROWS) is None
+    assert load_partial_sums(tmp_path / "none.npz", "key-a", windows, VOCAB_ROWS) is None
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert load_partial_sums(path, "key-a", windows, VOCAB_ROWS) is None
+    path.write_bytes(bytes(data[: len(data) // 3]))
+    assert load_partial_sums(path, "key-a", windows, VOCAB_ROWS) is None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import assert_saved_in_bfloat16, save_bfloat16_model
 
 from flows.cli import main
 
@@ -104,6 +105,18 @@ def test_pruned_model_loads_with_its_columns_deleted(prefect_api, tiny_models, t
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o666 & ~umask}
+
+
+def test_pruned_bfloat16_model_is_saved_in_bfloat16(prefect_api, tiny_text_dir, tmp_path,
+                                                     capsys):
+    source = save_bfloat16_model("llama", tmp_path / "bf16")
+    out = tmp_path / "pruned"
+    code, _, err = _cli(capsys, "prune", "--model", str(source), "--dataset",
+                        str(tiny_text_dir), "--data-dir", str(tmp_path / "data"),
+                        "--window", "16", "--max-tokens", "160", "--fraction", "0.25",
+                        "--out", str(out))
+    assert code == 0, err
+    assert_saved_in_bfloat16(out)
 
 
 @pytest.mark.parametrize(

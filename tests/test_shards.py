@@ -51,3 +51,42 @@ def test_sharded_alpha_equals_single_process_alpha(prefect_api, tiny_models, tin
     with get_client(sync_client=True) as client:
         names = [run.name for run in client.read_task_runs(flow_run_filter=subflows)]
     assert sum(name.startswith("alpha-shard") for name in names) == 2
+
+
+def test_each_worker_takes_its_own_gpu_where_there_are_gpus():
+    from tasks.shards import pinned_device
+
+    assert [pinned_device("auto", position, 2) for position in range(3)] == [
+        "cuda:0", "cuda:1", "cuda:0"]
+    assert pinned_device("cuda", 3, 4) == "cuda:3"
+    assert pinned_device("auto", 1, 0) == "auto"
+    assert pinned_device("cpu", 1, 2) == "cpu"
+    assert pinned_device("cuda:1", 0, 2) == "cuda:1"  # a device named by the user stays
+
+
+def test_alpha_on_a_running_dask_cluster_loads_the_model_in_the_workers_only(
+        prefect_api, tiny_models, tiny_text_dir, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    import tasks.probabilities
+    from flows.encoding import encoding
+
+    def run(data: str, config: RunConfig):
+        return encoding(model=str(tiny_models["phi"]), dataset=str(tiny_text_dir),
+                        data_dir=str(tmp_path / data),
+                        window_config=WindowConfig(window=16, heldout_fraction=0.2),
+                        run_config=config, probability_config=ProbabilityConfig(max_tokens=160))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the flow's own process loaded the model")
+
+    monkeypatch.setattr(tasks.probabilities, "load_model", refuse)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        sharded = run("sharded", RunConfig(batch_size=3, shards=2,
+                                           dask_address=cluster.scheduler_address))
+    monkeypatch.undo()
+    single = run("single", RunConfig(batch_size=3))
+    alphas = [pq.read_table(result["artifacts"]["probabilities"]).column("alpha").to_numpy()
+              for result in (sharded, single)]
+    np.testing.assert_allclose(alphas[0], alphas[1], rtol=1e-9, atol=0)

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import assert_saved_in_bfloat16, save_bfloat16_model
 
 from flows.cli import main
 from tokprob.config import HiddenConfig, ProbabilityConfig, SteeringConfig, WindowConfig
@@ -95,6 +96,18 @@ def test_steered_model_loads_and_shows_the_predicted_change(prefect_api, tiny_mo
         token = edit["token_id"]
         assert float(after[token] / before[token]) == pytest.approx(
             edit["predicted_ratio_heldout"], rel=1e-5)
+
+
+def test_steered_bfloat16_model_is_saved_in_bfloat16(prefect_api, tiny_text_dir, tmp_path,
+                                                      capsys):
+    source = save_bfloat16_model("gpt2", tmp_path / "bf16")
+    out = tmp_path / "steered"
+    code = main(["steer", "--model", str(source), "--dataset", str(tiny_text_dir),
+                 "--data-dir", str(tmp_path / "data"), "--window", "16",
+                 "--heldout-fraction", "0.3", "--max-tokens", "160", "--heldout-tokens", "64",
+                 "--omega", "all", "--token", " the", "--ratio", "4", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert_saved_in_bfloat16(out)
 
 
 @pytest.mark.parametrize(

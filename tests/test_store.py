@@ -255,3 +255,37 @@ def test_unwritable_data_folder_is_a_clear_error(tmp_path):
         Workspace.from_env(blocker / "data").ensure_writable()
     Workspace.from_env(tmp_path / "fine").ensure_writable()
     assert (tmp_path / "fine").is_dir()
+
+
+def test_progress_of_an_unfinished_artifact_outlives_a_failure_and_goes_once_published(
+        artifacts):
+    with pytest.raises(RuntimeError), artifacts.write("alpha", "k1", PARAMS, INPUTS, "v1") as out:
+        out.partial_path("sums.npz").write_text("progress")
+        raise RuntimeError("killed")
+    kept = artifacts.partial("alpha", "k1") / "sums.npz"
+    assert kept.read_text() == "progress"
+    with artifacts.write("alpha", "k1", PARAMS, INPUTS, "v1") as out:
+        assert out.partial_path("sums.npz").read_text() == "progress"
+        out.write_table("table.parquet", pd.DataFrame({"x": [1.0]}))
+    assert not artifacts.partial("alpha", "k1").exists()
+    assert artifacts.verify("alpha", "k1") is not None
+
+
+def test_a_forced_stage_starts_over_without_the_interrupted_runs_progress(workspace):
+    from tasks._stage import register, run_stage
+
+    register("progress-demo", "tasks.embeddings")
+    seen = []
+
+    def interrupted(out):
+        out.partial_path("sums.npz").write_text("progress")
+        raise RuntimeError("killed")
+
+    def compute(out):
+        seen.append(out.partial.exists())
+        out.write_table("table.parquet", pd.DataFrame({"x": [1.0]}))
+
+    with pytest.raises(RuntimeError):
+        run_stage("progress-demo", workspace, {"value": 1}, interrupted)
+    run_stage("progress-demo", workspace, {"value": 1}, compute, force=True)
+    assert seen == [False]

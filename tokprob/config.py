@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from tokprob.errors import TokprobError
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def _execution(default: Any) -> Any:
@@ -52,15 +52,15 @@ class WindowConfig:
 class RunConfig:
     """How the model is run for forward passes."""
 
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights and activations: float32, bfloat16 or float16 (logits are always
-    upcast to float32 before the softmax)."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weights and activations: float32, bfloat16, float16, or auto (the dtype the model
+    was saved in); logits are always upcast to float32 before the softmax."""
 
     batch_size: int = _execution(8)
     """Windows per forward pass."""
 
     device: str = _execution("auto")
-    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    """cpu, cuda, cuda:N, mps, or auto (cuda when available, else mps, else cpu)."""
 
     shards: int = _execution(1)
     """Shards of the detecting windows for α, run in parallel on a Dask cluster (1: in
@@ -69,13 +69,19 @@ class RunConfig:
     dask_address: str = _execution("")
     """Address of a running Dask scheduler for --shards; empty: a local cluster."""
 
+    checkpoint_seconds: float = _execution(60.0)
+    """Seconds of α work between two checkpoints of its partial sums, from which a killed
+    run resumes (0: after every batch)."""
+
     def __post_init__(self) -> None:
         _require(self.shards >= 1, "--shards", "at least 1", self.shards)
         _require(self.dtype in DTYPES, "--dtype", " or ".join(DTYPES), self.dtype)
-        _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "--device",
-                 "cpu, cuda, cuda:N or auto", self.device)
+        _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+                 "--device", "cpu, cuda, cuda:N, mps or auto", self.device)
         _require(self.batch_size > 0, "--batch-size", "a positive number of windows",
                  self.batch_size)
+        _require(self.checkpoint_seconds >= 0, "--checkpoint-seconds",
+                 "zero or a positive number of seconds", self.checkpoint_seconds)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ log = logging.getLogger("tokprob")
 
 SOURCE_MARKER = "tokprob-source.json"
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes tokprob runs a model in (`auto`: the one it was saved in)."""
 
 
 class ModelSource(BaseModel):
@@ -100,16 +101,14 @@ def hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> tuple[Pa
 
     The local cache is tried first, so a revision fetched earlier works offline.
     """
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     kind = "dataset" if repo_type == "dataset" else "model"
     try:
-        folder = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
-                                   local_files_only=True)
+        folder = _cached_snapshot(repo_id, revision, repo_type)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         try:
-            folder = snapshot_download(repo_id, revision=revision, repo_type=repo_type)
+            folder = _download(repo_id, revision, repo_type)
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
             builtin = BUILTIN_MODEL_NAMES if kind == "model" else BUILTIN_DATASET_NAMES
             raise TokprobError(
@@ -122,6 +121,46 @@ def hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> tuple[Pa
             ) from None
     folder_path = Path(folder)
     return folder_path, folder_path.name
+
+
+def _cached_snapshot(repo_id: str, revision: str | None, repo_type: str) -> str:
+    """The cached snapshot of the revision. A model fetched by `_download` holds only the
+    files loading reads, which the cache calls incomplete: it is complete for tokprob."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError
+
+    from tokprob.weights import has_files_to_load
+
+    try:
+        return snapshot_download(repo_id, revision=revision, repo_type=repo_type,
+                                 local_files_only=True)
+    except IncompleteSnapshotError as error:
+        if repo_type == "model" and has_files_to_load(Path(error.snapshot_path)):
+            return error.snapshot_path
+        raise
+
+
+def _download(repo_id: str, revision: str | None, repo_type: str) -> str:
+    """Fetch a repository at the revision: for a model only the files loading reads
+    (tokprob.weights.files_to_load), for a dataset all of it."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from tokprob.weights import files_to_load
+
+    try:
+        info = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type)
+    except HfHubHTTPError:
+        raise
+    except Exception as error:  # the transport's own errors (no connection, offline mode)
+        raise LocalEntryNotFoundError(str(error)) from error
+    wanted = None
+    if repo_type == "model":
+        wanted = files_to_load([file.rfilename for file in info.siblings or []])
+    # By the revision's name, not its commit: the cache then records which commit the
+    # name points at, and finds it offline next time.
+    return snapshot_download(repo_id, revision=revision, repo_type=repo_type,
+                             allow_patterns=wanted)
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -178,18 +217,63 @@ def materialize_gguf(gguf: Path, models_dir: Path) -> tuple[Path, str]:
 
 
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
-    """Load a causal LM for inference (eval mode, no gradients needed)."""
+    """Load a causal LM for inference (eval mode, no gradients needed). dtype `auto` is
+    the model's own (see model_dtype). A model too large for the free memory of one GPU
+    is spread over every GPU (and the CPU if need be) with device_map="auto"."""
     from transformers import AutoModelForCausalLM
 
+    torch_dtype = TORCH_DTYPES[resolve_dtype(path, dtype)]
+    target = resolve_device(device)
+    spread = target.type == "cuda" and needs_device_map(
+        weights_bytes(path, torch_dtype), torch.cuda.mem_get_info(target)[0])
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype])
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, **({"device_map": "auto"} if spread else {}))
     except (ValueError, OSError, KeyError) as error:
         raise TokprobError(
             f"transformers cannot load a causal LM from {path} ({error}). tokprob needs a "
             "model with a language-modelling head (AutoModelForCausalLM)."
         ) from None
-    return model.to(resolve_device(device)).eval()
+    if spread:
+        log.info("the model is larger than the free memory of %s: spread over the devices "
+                 "by device_map='auto'", target)
+        return model.eval()
+    return model.to(target).eval()
+
+
+def resolve_dtype(path: str | Path, dtype: str) -> str:
+    """The dtype `--dtype` asks for: `auto` is the model's own."""
+    return model_dtype(path) if dtype == "auto" else dtype
+
+
+def model_dtype(path: str | Path) -> str:
+    """The dtype a model was saved in, from its config (`dtype`, or `torch_dtype` in older
+    configs); float32 when the config names none or one tokprob does not run."""
+    config_file = Path(path) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    text_config = config.get("text_config") or {}
+    named = (config.get("dtype") or config.get("torch_dtype") or text_config.get("dtype")
+             or text_config.get("torch_dtype"))
+    return named if named in TORCH_DTYPES else "float32"
+
+
+DEVICE_FILL = 0.85
+"""Share of a GPU's free memory the weights may take and still leave room for the
+activations and logits of a batch."""
+
+
+def needs_device_map(weight_bytes: int, free_bytes: int) -> bool:
+    """Whether weights of this size must be spread over several devices."""
+    return weight_bytes > DEVICE_FILL * free_bytes
+
+
+def weights_bytes(path: str | Path, dtype: torch.dtype) -> int:
+    """Bytes the model's weights take in `dtype`: the saved weight files' size scaled from
+    the dtype they were saved in."""
+    files = [p for pattern in ("*.safetensors", "*.bin") for p in Path(path).glob(pattern)]
+    saved = TORCH_DTYPES[model_dtype(path)].itemsize
+    return sum(f.stat().st_size for f in files) * dtype.itemsize // saved
 
 
 def load_tokenizer(path: str | Path):
@@ -254,9 +338,14 @@ def readable_by_others(folder: Path) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` means CUDA when available, else CPU; an unavailable CUDA is an error."""
+    """`auto` means CUDA when available, else Apple's MPS when available, else CPU; an
+    unavailable CUDA or MPS is an error."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available()
+                            else "mps" if torch.backends.mps.is_available() else "cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise TokprobError("--device mps asks for Apple's Metal GPU (MPS), which this "
+                           "machine lacks; use --device cpu or auto.")
     try:
         resolved = torch.device(device)
     except RuntimeError:
@@ -283,6 +372,13 @@ def output_head(model) -> OutputHead:
                       bias=None if bias is None else bias.detach(), tied=tied)
 
 
+def float32_head(head: OutputHead) -> OutputHead:
+    """The head upcast to float32, for float32 hidden states (a bfloat16 model's edits
+    evaluated as the saved weights compute them)."""
+    return OutputHead(weight=head.weight.float(),
+                      bias=None if head.bias is None else head.bias.float(), tied=head.tied)
+
+
 def untie_output_embeddings(model) -> None:
     """Give the LM head its own copy of E, so that editing it leaves the input embeddings
     alone (steering and pruning change only the output side, paper §3 and §4)."""
@@ -303,7 +399,8 @@ def final_hidden_states(model, input_ids: torch.Tensor) -> torch.Tensor:
 
 def head_logits(hidden: torch.Tensor, head: OutputHead) -> torch.Tensor:
     """float32 logits hidden @ E.T + b, in the model's dtype until the upcast."""
-    logits = hidden @ head.weight.T
+    # A model spread over devices (device_map) may end its last layer on another one.
+    logits = hidden.to(head.weight.device) @ head.weight.T
     if head.bias is not None:
         logits = logits + head.bias
     return logits.float()

@@ -15,8 +15,13 @@ next-token counts of the same windows come along.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import os
+import time
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +29,8 @@ import torch
 from tokprob.errors import TokprobError
 from tokprob.models import OutputHead, final_hidden_states, head_logits
 from tokprob.progress import Progress
+
+log = logging.getLogger("tokprob")
 
 MAX_LOGIT_ELEMENTS = 1 << 26
 """Logits computed at once (256 MB in float32): bounds memory for any vocabulary."""
@@ -91,18 +98,41 @@ class PartialSums:
     """Local window count n → the total over this part's first n windows."""
 
 
+@dataclass(frozen=True)
+class Checkpoints:
+    """How a long α run saves its progress, and the progress it resumes from."""
+
+    save: Callable[[PartialSums], None]
+    """Called with the sums over the windows done so far."""
+    every_seconds: float = 60.0
+    """Seconds of work between two saves (0: after every batch)."""
+    resume: PartialSums | None = None
+    """Sums over the first windows, saved by an interrupted run over the same windows."""
+    clock: Callable[[], float] = time.monotonic
+
+
 def alpha_sums(model, head: OutputHead, windows: np.ndarray, batch_size: int,
-               progress: Progress | None = None, cuts: list[int] | None = None) -> PartialSums:
+               progress: Progress | None = None, cuts: list[int] | None = None,
+               checkpoints: Checkpoints | None = None) -> PartialSums:
     """Softmax sums, counts and NLL over every position of `windows`, with the running
-    total kept after the first n windows for each n in `cuts`."""
+    total kept after the first n windows for each n in `cuts`. With `checkpoints`, the
+    sums so far are handed out every so often, and a run starts where `resume` ended:
+    the batches after it are those an uninterrupted run takes, so the result is the same."""
     device = head.weight.device
+    resume = checkpoints.resume if checkpoints is not None else None
     total = torch.zeros(head.vocab_size, dtype=torch.float64, device=device)
     nll_sum = 0.0
     wanted = set(cuts or [])
     snapshots: dict[int, np.ndarray] = {}
     start = 0
+    if resume is not None:
+        total += torch.from_numpy(resume.total).to(device)
+        nll_sum, snapshots, start = resume.nll_sum, dict(resume.cuts), resume.n_windows
+    last_save = checkpoints.clock() if checkpoints is not None else 0.0
     with torch.inference_mode():
         for end in _batch_ends(len(windows), batch_size, sorted(wanted)):
+            if end <= start:
+                continue
             batch = windows[start:end]
             ids = torch.as_tensor(batch, dtype=torch.long, device=device)
             hidden = final_hidden_states(model, ids)
@@ -122,10 +152,59 @@ def alpha_sums(model, head: OutputHead, windows: np.ndarray, batch_size: int,
             start = end
             if progress is not None:
                 progress.update(batch.size)
-    counts = np.bincount(windows[:, 1:].reshape(-1), minlength=head.vocab_size)
-    return PartialSums(total=total.cpu().numpy(), counts=counts.astype(np.int64),
-                       nll_sum=nll_sum, n_windows=len(windows), window=windows.shape[1],
-                       cuts=snapshots)
+            if (checkpoints is not None and end < len(windows)
+                    and checkpoints.clock() - last_save >= checkpoints.every_seconds):
+                checkpoints.save(_sums_so_far(windows[:end], total, nll_sum, snapshots))
+                last_save = checkpoints.clock()
+    return _sums_so_far(windows, total, nll_sum, snapshots)
+
+
+def _sums_so_far(done: np.ndarray, total: torch.Tensor, nll_sum: float,
+                 snapshots: dict[int, np.ndarray]) -> PartialSums:
+    counts = np.bincount(done[:, 1:].reshape(-1), minlength=len(total))
+    return PartialSums(total=total.cpu().numpy().copy(), counts=counts.astype(np.int64),
+                       nll_sum=nll_sum, n_windows=len(done), window=done.shape[1],
+                       cuts=dict(snapshots))
+
+
+def save_partial_sums(path: Path, sums: PartialSums, owner: str) -> None:
+    """Write the sums to `path` atomically (a complete file or the previous one), tagged
+    with `owner`: what they are sums of (a cache key)."""
+    cut_sizes = sorted(sums.cuts)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with scratch.open("wb") as handle:
+        np.savez(handle, owner=np.array(owner), total=sums.total, counts=sums.counts,
+                 scalars=np.array([sums.nll_sum]), sizes=np.array([sums.n_windows, sums.window]),
+                 cut_sizes=np.array(cut_sizes, dtype=np.int64),
+                 cut_totals=np.array([sums.cuts[n] for n in cut_sizes]).reshape(
+                     len(cut_sizes), len(sums.total)))
+        handle.flush()
+        os.fsync(handle.fileno())
+    scratch.replace(path)
+
+
+def load_partial_sums(path: Path, owner: str, windows: np.ndarray,
+                      vocab_size: int) -> PartialSums | None:
+    """The sums saved at `path` if they are `owner`'s and fit these windows; None when
+    there are none, or they belong to other inputs, or the file is damaged."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as saved:
+            stored_owner = str(saved["owner"])
+            total, counts = saved["total"], saved["counts"]
+            (nll_sum,), (n_windows, window) = saved["scalars"].tolist(), saved["sizes"].tolist()
+            cuts = dict(zip(saved["cut_sizes"].tolist(), saved["cut_totals"], strict=True))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        log.warning("ignoring the damaged α checkpoint %s (%s)", path, error)
+        return None
+    fits = (stored_owner == owner and total.shape == (vocab_size,) and window == windows.shape[1]
+            and 0 < n_windows < len(windows) and all(n <= n_windows for n in cuts))
+    if not fits:
+        log.warning("ignoring the α checkpoint %s: it belongs to other inputs", path)
+        return None
+    return PartialSums(total=total, counts=counts, nll_sum=nll_sum, n_windows=n_windows,
+                       window=window, cuts=cuts)
 
 
 def combine(parts: list[PartialSums], prefixes: list[int] | None = None) -> AlphaResult:
@@ -160,11 +239,12 @@ def averaged_probabilities(
     batch_size: int,
     progress: Progress | None = None,
     prefixes: list[int] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> AlphaResult:
     """α, counts and the mean next-token NLL over every position of `windows`, and α
     over the first n windows for each n in `prefixes`."""
     part = alpha_sums(model, head, windows, batch_size, progress,
-                      shard_cuts(0, len(windows), prefixes or []))
+                      shard_cuts(0, len(windows), prefixes or []), checkpoints)
     return combine([part], prefixes)
 
 

@@ -79,9 +79,19 @@ class Manifest(BaseModel):
 class ArtifactWriter:
     """Collects the files of one artifact in a temporary folder."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, key: str, partial: Path) -> None:
         self.directory = directory
+        self.key = key
+        self.partial = partial
+        """A folder for the stage's own progress (checkpoints), kept where a killed run
+        leaves it and deleted once the artifact is published."""
         self.summary: dict[str, Any] = {}
+
+    def partial_path(self, name: str) -> Path:
+        """Where to keep progress that survives an interruption of this artifact's
+        stage (the folder is created)."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        return self.partial / name
 
     def path(self, name: str) -> Path:
         """Where to write a file of this artifact (inside the temporary folder); `name` may
@@ -106,6 +116,10 @@ class ArtifactStore:
 
     def directory(self, stage: str, key: str) -> Path:
         return self.root / stage / key
+
+    def partial(self, stage: str, key: str) -> Path:
+        """The progress kept for an unfinished artifact (see ArtifactWriter.partial)."""
+        return self.root / stage / f".partial-{key}"
 
     def ref(self, stage: str, key: str) -> ArtifactRef:
         return ArtifactRef(stage=stage, key=key, path=str(self.directory(stage, key)))
@@ -158,11 +172,12 @@ class ArtifactStore:
         _remove_abandoned_temporaries(stage_dir)
         temporary = stage_dir / f".tmp-{key}-{_owner_tag()}-{uuid.uuid4().hex[:8]}"
         temporary.mkdir()
-        writer = ArtifactWriter(temporary)
+        writer = ArtifactWriter(temporary, key, self.partial(stage, key))
         try:
             yield writer
             manifest = _seal(temporary, stage, key, params, inputs, code_version, writer.summary)
             _publish(temporary, self.directory(stage, key))
+            shutil.rmtree(writer.partial, ignore_errors=True)
         except OSError as error:
             shutil.rmtree(temporary, ignore_errors=True)
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
