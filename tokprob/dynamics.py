@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from tokprob.errors import TokprobError
+from tokprob.weights import meta_skeleton, parameter_names
 
 _LAYER = re.compile(r"\.(?:h|layers|layer|blocks)\.(\d+)\.")
 _STEP = re.compile(r"(?:step|checkpoint)[-_]?(\d+)", re.IGNORECASE)
@@ -82,44 +83,19 @@ def check_checkpoint_count(count: int) -> None:
 def parameter_filter(folder: Path) -> Callable[[str], bool]:
     """Whether a tensor stored in a checkpoint file of this model is one of its parameters
     (a tied output embedding counts once, under its input name), by the architecture
-    built on the meta device, so no weights are allocated."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    built on the meta device, so no weights are allocated; stored names are read as
+    transformers reads them on loading (Pythia's `embed_out` is `lm_head`)."""
     try:
-        config = AutoConfig.from_pretrained(folder)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+        skeleton = meta_skeleton(folder)
     except (OSError, ValueError, KeyError) as error:
         raise TokprobError(
             f"Cannot build the architecture of {folder} from its config.json ({error}), "
             "which tells its parameters from the buffers its weight files also hold. "
             "Give checkpoints of a transformers causal LM."
         ) from error
-    parameters = dict(model.named_parameters())
-    to_model_name = _loading_names(model, parameters)
-    return lambda stored: to_model_name(stored) in parameters
-
-
-def _loading_names(model, parameters: dict) -> Callable[[str], str]:
-    """The name transformers gives a stored tensor when it loads the model: with or
-    without the base model's prefix, and renamed where the module was (Pythia's
-    `embed_out` is `lm_head` since transformers 5)."""
-    prefix = model.base_model_prefix
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import (
-            WeightConverter,
-            WeightRenaming,
-            rename_source_key,
-        )
-    except ImportError:  # transformers 4 renames nothing but the prefix
-        return lambda stored: (stored if stored in parameters or f"{prefix}.{stored}"
-                               not in parameters else f"{prefix}.{stored}")
-    conversions = get_model_conversion_mapping(model)
-    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
-    converters = [c for c in conversions if isinstance(c, WeightConverter)]
-    return lambda stored: rename_source_key(stored, renamings, converters, prefix,
-                                            parameters)[0]
+    parameters = dict(skeleton.named_parameters())
+    return lambda stored: any(name in parameters
+                              for name in parameter_names(skeleton, [stored]))
 
 
 def convergence(checkpoint: Path, final: Path) -> dict[str, dict[str, float]]:

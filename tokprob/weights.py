@@ -90,9 +90,11 @@ def parameter_names(skeleton, stored: list[str]) -> dict[str, str]:
     transformers renames on loading (legacy names such as GPT-NeoX's `embed_out`, a
     checkpoint of the base model without its prefix). Tensors that loading converts
     (merges, splits) rather than renames are left out: they are not read as stored."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming, rename_source_key
-
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:  # transformers 4 renames nothing but the base model's prefix
+        return _prefixed_names(skeleton, stored)
     transforms = get_model_conversion_mapping(skeleton)
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
@@ -104,6 +106,13 @@ def parameter_names(skeleton, stored: list[str]) -> dict[str, str]:
         if converted is None:
             names[name] = key
     return names
+
+
+def _prefixed_names(skeleton, stored: list[str]) -> dict[str, str]:
+    meta = skeleton.state_dict()
+    prefix = skeleton.base_model_prefix
+    return {(key if key in meta or f"{prefix}.{key}" not in meta else f"{prefix}.{key}"): key
+            for key in stored}
 
 
 def read_output_head(folder: str | Path) -> tuple[OutputHead, str] | None:
