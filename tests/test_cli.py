@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model
+from conftest import save_tiny_model, slow_run
 
 from flows.cli import main
 
@@ -175,28 +175,6 @@ def test_nan_model_from_the_shell_exits_2_without_traceback(tmp_path, tiny_text_
     assert done.stdout == ""
 
 
-def _slow_run(tmp_path):
-    """A model big enough that α takes seconds, a corpus, and the command that runs them."""
-    from conftest import build_tokenizer, tiny_corpus
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    folder = tmp_path / "slow-model"
-    config = LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=512,
-                         num_hidden_layers=4, num_attention_heads=4,
-                         max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    build_tokenizer().save_pretrained(folder)
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": t}) for t in tiny_corpus(3000)))
-    data = tmp_path / "data"
-    command = [sys.executable, "-m", "flows.cli", "run", "encoding", "--model", str(folder),
-               "--dataset", str(corpus), "--data-dir", str(data), "--window", "64",
-               "--max-tokens", "60000", "--json"]
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
-    return command, env, data
-
-
 def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path, prefect_api):
     """kill -9 in the middle of the probabilities stage, then run again (against a
     running server, as a service would, so the kill leaves no ephemeral server behind)."""
@@ -206,7 +184,7 @@ def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path, prefect_api
     from tokprob.store import ArtifactStore
     from tokprob.workspace import Workspace
 
-    command, env, data = _slow_run(tmp_path)
+    command, env, data = slow_run(tmp_path)
     env["PREFECT_API_URL"] = prefect_api
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
@@ -235,7 +213,7 @@ def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path, prefect_api
 def test_simultaneous_runs_compute_each_stage_once(tmp_path):
     """Two runs started together on the same inputs: one computes, the other waits for
     each stage's lock and then takes the cached result."""
-    command, env, _ = _slow_run(tmp_path)
+    command, env, _ = slow_run(tmp_path)
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     second = subprocess.Popen(command, env=env | {"PREFECT_HOME": str(tmp_path / "p2")},
