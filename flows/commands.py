@@ -33,7 +33,7 @@ from flows.stages import (
 )
 from tokprob.dynamics import check_checkpoint_count
 from tokprob.errors import TokprobError
-from tokprob.models import new_model_folder
+from tokprob.models import check_window_fits, model_config, new_model_folder
 from tokprob.pruning import check_fractions
 from tokprob.specs import DatasetSpec, ModelSpec
 from tokprob.steering import check_edits
@@ -59,10 +59,19 @@ def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
     inputs |= {"dataset": args.dataset, "split": args.split, "text_column": args.text_column,
                "data_dir": workspace.data_dir}
     if hasattr(args, "model"):
-        ModelSpec.parse(args.model)
+        check_local_model(ModelSpec.parse(args.model), args)
         inputs["model"] = args.model
     prepare_environment(workspace)
     return inputs
+
+
+def check_local_model(spec: ModelSpec, args: argparse.Namespace) -> None:
+    """A model folder's config.json, read in milliseconds: valid, of a known architecture,
+    and with room for the windows asked for."""
+    if spec.kind == "local":
+        config = model_config(spec.location)
+        if hasattr(args, "window"):
+            check_window_fits(config, args.window, spec.location)
 
 
 def run_flow(args: argparse.Namespace) -> int:
@@ -88,7 +97,7 @@ def run_flow(args: argparse.Namespace) -> int:
         from tokprob.summary import paper_text as describe
 
         for spec in args.models + args.checkpoints:
-            ModelSpec.parse(spec)
+            check_local_model(ModelSpec.parse(spec), args)
         DatasetSpec.parse(args.ood_dataset)
         inputs |= {"models": args.models, "ood_dataset": args.ood_dataset,
                    "with_dynamics": args.with_dynamics, "checkpoints": args.checkpoints}
@@ -97,7 +106,7 @@ def run_flow(args: argparse.Namespace) -> int:
         from tokprob.summary import dynamics_text as describe
 
         for spec in args.checkpoints:
-            ModelSpec.parse(spec)
+            check_local_model(ModelSpec.parse(spec), args)
         inputs.pop("model", None)  # `rerun` offers --model for the other flows
         inputs |= {"checkpoints": args.checkpoints, "alpha": args.alpha,
                    "tokens_per_step": args.tokens_per_step}
@@ -155,6 +164,7 @@ def prune(args: argparse.Namespace) -> int:
 def steer(args: argparse.Namespace) -> int:
     check_edits(args.tokens, args.edit_ratios)
     new_model_folder(args.out)
+    _check_tokens(args.tokens, ModelSpec.parse(args.model), Workspace.from_env(args.data_dir))
     inputs = _flow_inputs(args)
     from flows.steering import steer
 
@@ -169,6 +179,18 @@ def steer(args: argparse.Namespace) -> int:
         print(f"  {edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested, "
               f"× {edit['predicted_ratio_heldout']:.3f} on held-out text")
     return 0
+
+
+def _check_tokens(tokens: list[str], spec: ModelSpec, workspace: Workspace) -> None:
+    """Each token to steer is one token of the model's tokenizer: found out now, not
+    after the stages that steering needs."""
+    from tokprob.models import load_tokenizer, resolve_model
+    from tokprob.steering import resolve_targets
+
+    source = resolve_model(spec, workspace)
+    tokenizer = load_tokenizer(source.path)
+    rows = model_config(source.path).get("vocab_size") or len(tokenizer)
+    resolve_targets(tuple(tokens), tokenizer, int(rows))
 
 
 def server(args: argparse.Namespace) -> int:
@@ -285,6 +307,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     workspace = Workspace.from_env(args.data_dir)
+    workspace.ensure_writable()  # the report is written into it
     prepare_environment(workspace)
     from tasks.runs import find_runs, write_report
 

@@ -151,6 +151,7 @@ def run_stage(
     store = ArtifactStore(workspace.artifacts)
     if not force and store.verify(stage, identity.key) is not None:
         log.info("%s: reusing stored artifact %s", stage, identity.key)
+        _reused.add((stage, identity.key))
         return store.ref(stage, identity.key)
     with store.write(stage, identity.key, identity.params, identity.inputs,
                      identity.code_version) as writer:
@@ -158,6 +159,18 @@ def run_stage(
         writer.summary["dataset_name"] = identity.dataset
         compute(writer)
     return store.ref(stage, identity.key)
+
+
+_reused: set[tuple[str, str]] = set()
+"""Artifacts a stage task of this process found in the store instead of computing."""
+
+
+def was_reused(ref: ArtifactRef) -> bool:
+    """Whether the stage call that returned `ref` took it from the store (asked once:
+    a later call of the stage may compute it)."""
+    found = (ref.stage, ref.key) in _reused
+    _reused.discard((ref.stage, ref.key))
+    return found
 
 
 def store_of(ref: ArtifactRef) -> ArtifactStore:
@@ -179,11 +192,18 @@ class StagePolicy(CachePolicy):
         intact = ArtifactStore(workspace.artifacts).verify(self.stage, identity.key)
         if intact is None and task_ctx.result_store.exists(prefect_key):
             # The cached reference points at a damaged or deleted artifact: run the
-            # stage (uncached) so it rebuilds the artifact the reference names.
-            log.warning("%s: artifact %s is missing or damaged; recomputing",
-                        self.stage, identity.key)
+            # stage (uncached) so it rebuilds the artifact the reference names. Prefect
+            # asks for the key several times per task run: the warning is said once.
+            if (task_ctx.task_run.id, prefect_key) not in _damage_reported:
+                _damage_reported.add((task_ctx.task_run.id, prefect_key))
+                log.warning("%s: artifact %s is missing or damaged; recomputing",
+                            self.stage, identity.key)
             return None
         return prefect_key
+
+
+_damage_reported: set[tuple[Any, str]] = set()
+"""(task run, cache key) pairs whose damaged artifact has been reported."""
 
 
 class LiveHolderLockManager(FileSystemLockManager):

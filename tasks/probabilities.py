@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pyarrow as pa
@@ -19,6 +20,8 @@ from tokprob.store import ArtifactRef
 from tokprob.windows import DETECT
 from tokprob.workspace import Workspace
 
+log = logging.getLogger("tokprob")
+
 STAGE = "probabilities"
 
 
@@ -35,6 +38,10 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
                 f"{read_windows(windows).tokens.shape[1]} tokens; raise --max-tokens or lower "
                 "--window."
             )
+        if len(detect) < config.max_tokens // detect.shape[1]:
+            log.warning("--max-tokens %d is more than the corpus holds: its detecting split "
+                        "has %s tokens (%d windows of %d); α averages over all of them",
+                        config.max_tokens, f"{detect.size:,}", len(detect), detect.shape[1])
         lm = load_model(model.path, run.dtype, run.device)
         head = output_head(lm)
         check_head(lm, head, head.vocab_size)

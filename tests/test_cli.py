@@ -57,6 +57,13 @@ def test_bad_input_is_one_paragraph_and_exit_code_2(capsys, tmp_path, arguments,
         (["run", "dynamics", "--checkpoints", "{tmp}/full"], "at least two checkpoints"),
         (["artifacts", "--stage", "nosuch"], "invalid choice: 'nosuch'"),
         (["run", "steering", "--ratios", "2,abc"], "comma-separated float"),
+        (["run", "encoding", "--model", "{tmp}/garbage"], "is not valid JSON (line 1"),
+        (["run", "encoding", "--model", "{tmp}/unknown-type"],
+         "model_type='nosucharch', which transformers"),
+        (["run", "encoding", "--model", "{tmp}/short-context", "--window", "128"],
+         "--window 128 is longer than the context of the model"),
+        (["serve", "{tmp}/bad-cron.toml"], "cron = '61 * * *' is not a cron schedule"),
+        (["report", "latest"], "Cannot write to the data folder"),
     ],
 )
 def test_mistakes_are_caught_before_any_work_in_one_paragraph(capsys, tmp_path, monkeypatch,
@@ -68,6 +75,18 @@ def test_mistakes_are_caught_before_any_work_in_one_paragraph(capsys, tmp_path, 
     (tmp_path / "file").write_text("a model folder was expected here")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "config.json").write_text("{}")
+    for name, config in [("garbage", "{model_type: gpt2"),
+                         ("unknown-type", '{"model_type": "nosucharch"}'),
+                         ("short-context", '{"model_type": "gpt2", "n_positions": 64}')]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(config)
+    (tmp_path / "bad-cron.toml").write_text(
+        '[[deployment]]\nname = "nightly"\nflow = "encoding"\ncron = "61 * * *"\n')
+    if arguments[0] == "report":  # root writes anywhere: make the folder refuse writes
+        def refuse(*_, **__):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr("tokprob.workspace.tempfile.NamedTemporaryFile", refuse)
     arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
     parser_check = arguments[0] == "artifacts" or "2,abc" in arguments
     with pytest.raises(SystemExit) if parser_check else contextlib.nullcontext() as raised:
@@ -78,6 +97,40 @@ def test_mistakes_are_caught_before_any_work_in_one_paragraph(capsys, tmp_path, 
     assert message in " ".join(err.split()), err
     assert "Traceback" not in err and "usage:" not in err and out == ""
     assert len(err.strip().split("\n\n")) == 1  # one paragraph
+
+
+def test_a_token_that_is_not_one_token_is_refused_before_any_stage(capsys, tmp_path,
+                                                                     monkeypatch, tiny_models):
+    def prefect_started(*_):
+        raise AssertionError("the token was checked only after Prefect was set up")
+
+    monkeypatch.setattr("flows.commands.prepare_environment", prefect_started)
+    code, out, err = _run(capsys, "steer", "--model", str(tiny_models["gpt2"]), "--token",
+                          " capital of", "--ratio", "2", "--out", str(tmp_path / "out"),
+                          "--data-dir", str(tmp_path / "data"))
+    assert (code, out) == (2, "")
+    assert "' capital of' is not one token" in " ".join(err.split()), err
+
+
+def test_a_deployment_parameter_the_flow_lacks_is_refused_when_serving_starts(monkeypatch):
+    from flows.serve import serve_deployments
+    from tokprob.errors import TokprobError
+
+    def served(*_):
+        raise AssertionError("served a deployment whose runs would all fail")
+
+    monkeypatch.setattr("prefect.serve", served)
+    cases = [({"modell": "x"}, "the encoding flow has no parameter modell; its parameters "
+                               "are model, dataset"),
+             ({"probability_config": {"max_tokenz": 5}},
+              "probability_config has no field max_tokenz; its fields are max_tokens"),
+             ({"probability_config": {"max_tokens": "many"}}, "max_tokens: Input should be")]
+    for parameters, message in cases:
+        entry = {"name": "nightly", "flow": "encoding", "interval": 60,
+                 "parameters": parameters}
+        with pytest.raises(TokprobError) as raised:
+            serve_deployments([entry], "/tmp/data")
+        assert message in str(raised.value)
 
 
 @pytest.mark.prefect
