@@ -74,7 +74,8 @@ def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # Its own log line about a malformed file would precede the error tokprob raises.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     if source.kind != "hub" and all(Path(f).stat().st_size == 0 for f in source.files):
         # datasets fails on an empty file with a bare StopIteration.
         raise TokprobError(f"The dataset {source.spec} is empty (its files have 0 bytes). "
