@@ -122,13 +122,14 @@ def start_temporary_server(prefect_home: Path) -> str:
         atexit.register(stop_temporary_server)
         if _wait_until_up(process, url, timeout):
             return url
+        said = log_path.read_text(errors="replace").strip().splitlines()
         stop_temporary_server()
-        if b"address already in use" not in log_path.read_bytes().lower():
+        if "address already in use" not in " ".join(said).lower():
             break
     raise TokprobError(
-        f"The temporary Prefect server did not start within {timeout:.0f} s; its log, "
-        f"{log_path}, says: {_tail(log_path)} Check that {prefect_home} is writable, or "
-        "start `tokprob server` in another terminal and run again.")
+        f"The temporary Prefect server did not start within {timeout:.0f} s; its last "
+        f"words: {' '.join(said[-3:]) or 'none'}. Check that {prefect_home} is writable, "
+        "or start `tokprob server` in another terminal and run again.")
 
 
 def _wait_until_up(process: subprocess.Popen, url: str, timeout: float) -> bool:
@@ -144,11 +145,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    text = path.read_text(errors="replace").strip().splitlines()
-    return " ".join(text[-lines:]) or "nothing."
 
 
 def stop_temporary_server() -> None:

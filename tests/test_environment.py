@@ -90,3 +90,16 @@ def test_a_second_server_on_a_port_in_use_refuses_before_its_banner(tmp_path):
 def test_a_server_record_that_is_not_json_is_ignored(tmp_path):
     (tmp_path / "tokprob-server.json").write_text("{")
     assert running_server(tmp_path) is None
+
+
+def test_a_temporary_server_that_does_not_start_is_one_paragraph(tmp_path, monkeypatch):
+    from flows.environment import TEMPORARY_SERVERS, start_temporary_server
+    from tokprob.errors import TokprobError
+
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+    monkeypatch.setattr("flows.environment.sys.executable", "false")  # exits at once
+    started = time.monotonic()
+    with pytest.raises(TokprobError, match="did not start within 20 s"):
+        start_temporary_server(tmp_path)
+    assert time.monotonic() - started < 10  # not the whole timeout: the process is gone
+    assert list((tmp_path / TEMPORARY_SERVERS).iterdir()) == []
