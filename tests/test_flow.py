@@ -142,6 +142,44 @@ def test_max_tokens_beyond_the_corpus_is_said_with_the_tokens_it_holds(run, capl
                         "16); α averages over all of them"]
 
 
+def test_locks_left_by_dead_or_replaced_processes_do_not_stop_a_run(run, tmp_path):
+    """Every stage's lock left behind: empty (its writer died on a full disk) or naming a
+    process id that now belongs to another process. The run takes them over."""
+    import json
+    import os
+    import shutil
+    import signal
+    import socket
+    import time
+
+    run()
+    workspace = Workspace.from_env(tmp_path / "data")
+    keys = sorted(path.name for path in workspace.prefect_results.iterdir())
+    shutil.rmtree(workspace.prefect_results)  # so that each stage takes its lock again
+    (workspace.root / "locks").mkdir(exist_ok=True)
+    for number, key in enumerate(keys):
+        lock = workspace.root / "locks" / f"{key}.lock"
+        if number % 2:
+            lock.touch()
+            os.utime(lock, (time.time() - 60, time.time() - 60))
+        else:  # this live process, but not the one that started at tick 1
+            lock.write_text(json.dumps({"holder": "gone", "expiration": None, "pid": os.getpid(),
+                                        "host": socket.gethostname(), "started": "1"}))
+
+    def stuck(*_):
+        raise TimeoutError("the run still waits on a lock whose holder is gone")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(300)
+    try:
+        again = run()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert _states(again, "computed") == []
+    assert not list((workspace.root / "locks").glob("*.lock"))
+
+
 def test_deleted_artifact_is_recomputed(run):
     import shutil
 
