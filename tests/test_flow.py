@@ -102,16 +102,6 @@ def test_damaged_artifact_is_detected_and_recomputed(run, tmp_path):
     assert store.verify("probabilities", key) is not None
 
 
-def test_a_damaged_artifact_is_reported_once(run, caplog):
-    first = run()
-    path = Path(first["artifacts"]["regression"])
-    path.write_bytes(path.read_bytes()[:-1])
-    with caplog.at_level(logging.WARNING, logger="tokprob"):
-        run()
-    reports = [r for r in caplog.records if "missing or damaged" in r.getMessage()]
-    assert [r.getMessage().split(":")[0] for r in reports] == ["regression"]
-
-
 def test_stages_reused_from_the_store_count_as_cached_without_prefects_record(run, tmp_path):
     """Prefect's cache records gone (a new PREFECT_HOME, a deleted folder): every stage
     still comes from the store, and the summary says so."""
