@@ -2,6 +2,7 @@
 
     tokprob run encoding|steering|pruning|dynamics|paper [options] [--json]
     tokprob steer | prune | pretrain | rerun STAGE | artifacts | report | server | serve
+    tokprob doctor
 
 `tokprob COMMAND --help` documents each; flows/commands.py holds what they do. Errors in
 what the user asked for print one paragraph and exit with status 2.
@@ -13,12 +14,14 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import sys
 import textwrap
 import typing
 from typing import Any
 
 from flows import commands as handlers
+from flows.environment import stop_temporary_server
 from flows.stages import (
     DYNAMICS_CONFIGS,
     DYNAMICS_STAGES,
@@ -56,6 +59,8 @@ class Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM (kill, a service manager) stops a command the way Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.handler(args)
     except BrokenPipeError:  # `tokprob artifacts | head`
@@ -67,7 +72,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tokprob: interrupted; finished stages are kept and reused next time.",
               file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop_temporary_server()
+
+
+INTERRUPTED = 130
+"""The exit status of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT)."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run() -> typing.NoReturn:
+    """The console entry point. An interrupted command exits at once: a stage computing
+    in a worker thread would otherwise hold the process until it finished, and the
+    artifacts it leaves half-written are temporary folders the next run removes."""
+    status = main()
+    if status == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(report)
     report.set_defaults(handler=handlers.report)
 
+    doctor = commands.add_parser(
+        "doctor", help="clear what killed commands leave behind: stale stage locks, "
+                       "temporary Prefect servers, a damaged Prefect database")
+    _add_common(doctor)
+    doctor.set_defaults(handler=handlers.doctor)
+
     artifacts = commands.add_parser("artifacts", help="list the cached artifacts")
     artifacts.add_argument("--stage", choices=PAPER_STAGES, help="only this stage")
     _add_common(artifacts)
@@ -275,4 +309,4 @@ def _comma_separated(kind: type):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

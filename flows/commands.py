@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.environment import SERVER_RECORD, configure_logging, prepare_environment
+from flows.environment import (
+    SERVER_RECORD,
+    check_database,
+    configure_logging,
+    prepare_environment,
+    running_server,
+    stop_leftover_servers,
+)
 from flows.stages import (
     DYNAMICS_CONFIGS,
     DYNAMICS_STAGES,
@@ -25,7 +32,8 @@ from flows.stages import (
     STEERING_STAGES,
 )
 from tokprob.dynamics import check_checkpoint_count, checkpoint_steps
-from tokprob.models import new_model_folder
+from tokprob.errors import TokprobError
+from tokprob.models import check_window_fits, model_config, new_model_folder
 from tokprob.pruning import check_fractions
 from tokprob.specs import DatasetSpec, ModelSpec
 from tokprob.steering import check_edits
@@ -51,10 +59,19 @@ def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
     inputs |= {"dataset": args.dataset, "split": args.split, "text_column": args.text_column,
                "data_dir": workspace.data_dir}
     if hasattr(args, "model"):
-        ModelSpec.parse(args.model)
+        check_local_model(ModelSpec.parse(args.model), args)
         inputs["model"] = args.model
     prepare_environment(workspace)
     return inputs
+
+
+def check_local_model(spec: ModelSpec, args: argparse.Namespace) -> None:
+    """A model folder's config.json, read in milliseconds: valid, of a known architecture,
+    and with room for the windows asked for."""
+    if spec.kind == "local":
+        config = model_config(spec.location)
+        if hasattr(args, "window"):
+            check_window_fits(config, args.window, spec.location)
 
 
 def run_flow(args: argparse.Namespace) -> int:
@@ -81,7 +98,7 @@ def run_flow(args: argparse.Namespace) -> int:
         from tokprob.summary import paper_text as describe
 
         for spec in args.models + args.checkpoints:
-            ModelSpec.parse(spec)
+            check_local_model(ModelSpec.parse(spec), args)
         DatasetSpec.parse(args.ood_dataset)
         inputs |= {"models": args.models, "ood_dataset": args.ood_dataset,
                    "with_dynamics": args.with_dynamics, "checkpoints": args.checkpoints}
@@ -90,7 +107,7 @@ def run_flow(args: argparse.Namespace) -> int:
         from tokprob.summary import dynamics_text as describe
 
         for spec in args.checkpoints:
-            ModelSpec.parse(spec)
+            check_local_model(ModelSpec.parse(spec), args)
         inputs.pop("model", None)  # `rerun` offers --model for the other flows
         inputs |= {"checkpoints": args.checkpoints, "alpha": args.alpha,
                    "tokens_per_step": args.tokens_per_step}
@@ -148,6 +165,7 @@ def prune(args: argparse.Namespace) -> int:
 def steer(args: argparse.Namespace) -> int:
     check_edits(args.tokens, args.edit_ratios)
     new_model_folder(args.out)
+    _check_tokens(args.tokens, ModelSpec.parse(args.model), Workspace.from_env(args.data_dir))
     inputs = _flow_inputs(args)
     from flows.steering import steer
 
@@ -164,16 +182,34 @@ def steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_tokens(tokens: list[str], spec: ModelSpec, workspace: Workspace) -> None:
+    """Each token to steer is one token of the model's tokenizer: found out now, not
+    after the stages that steering needs."""
+    from tokprob.models import load_tokenizer, resolve_model
+    from tokprob.steering import resolve_targets
+
+    source = resolve_model(spec, workspace)
+    tokenizer = load_tokenizer(source.path)
+    rows = model_config(source.path).get("vocab_size") or len(tokenizer)
+    resolve_targets(tuple(tokens), tokenizer, int(rows))
+
+
 def server(args: argparse.Namespace) -> int:
     """Run `prefect server start` in the foreground, with this workspace's Prefect home
     (SQLite database), analytics off, and a record that lets other commands find it."""
     workspace = Workspace.from_env(args.data_dir)
     workspace.ensure_writable()
-    prepare_environment(workspace)
+    prepare_environment(workspace, temporary_server=False)
     os.environ.pop("PREFECT_API_URL", None)  # the server must not talk to another one
     home = Path(os.environ["PREFECT_HOME"]).expanduser()
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     ui = f"http://{shown}:{args.port}"
+    if running := running_server(home):
+        raise TokprobError(f"A tokprob server for this data folder already runs at "
+                           f"{running.removesuffix('/api')}; tokprob commands use it. "
+                           "Stop it first to start another.")
+    _check_port_free(args.host, args.port)
+    check_database(home)
     record = home / SERVER_RECORD
     record.write_text(json.dumps({"api_url": f"{ui}/api", "ui_url": ui, "pid": os.getpid()}))
     print(f"Prefect UI: {ui}\n"
@@ -189,7 +225,6 @@ def server(args: argparse.Namespace) -> int:
     # The server runs in a process group of its own, so that stopping this command, by
     # Ctrl-C or by SIGTERM (kill, a service manager), stops the server and its workers too.
     process = subprocess.Popen(command, env=env, start_new_session=True)
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -199,8 +234,20 @@ def server(args: argparse.Namespace) -> int:
         record.unlink(missing_ok=True)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port already taken before printing anything: the server would fail after
+    its banner, and its record would mislead later commands."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise TokprobError(
+                f"Cannot listen on {host}:{port}: {error.strerror or error} (another "
+                "server, tokprob's or not, uses the port). Stop it, or choose another "
+                "port with --port.") from None
 
 
 def _stop_group(process: subprocess.Popen) -> None:
@@ -213,6 +260,33 @@ def _stop_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Clear what killed commands leave behind: stale stage locks, temporary Prefect
+    servers still running, a damaged Prefect database (moved aside)."""
+    workspace = Workspace.from_env(args.data_dir)
+    home = Path(os.environ.get("PREFECT_HOME") or workspace.prefect_home).expanduser()
+    stopped = stop_leftover_servers(home)
+    check_database(home)
+    from tasks._stage import LiveHolderLockManager
+
+    locks = LiveHolderLockManager(workspace.root / "locks").locks()
+    for lock in locks:
+        if lock["stale"]:
+            Path(lock["path"]).unlink(missing_ok=True)
+    if args.json:
+        print(json.dumps({"locks": locks, "stopped_servers": stopped}, indent=2))
+        return 0
+    stale = sum(lock["stale"] for lock in locks)
+    print(f"{len(locks)} stage lock(s) in {workspace.root / 'locks'}: {stale} stale, cleared; "
+          f"{len(locks) - stale} held by running commands")
+    for lock in locks:
+        state = "stale, cleared" if lock["stale"] else "held"
+        print(f"  {lock['key']}  {lock['holder']} ({state})")
+    print(f"{len(stopped)} temporary Prefect server(s) left by killed commands, stopped"
+          + "".join(f"\n  {url}" for url in stopped))
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -234,6 +308,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     workspace = Workspace.from_env(args.data_dir)
+    workspace.ensure_writable()  # the report is written into it
     prepare_environment(workspace)
     from tasks.runs import find_runs, write_report
 

@@ -3,20 +3,31 @@ and logging (all before or just after Prefect is imported)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from tokprob.errors import TokprobError
+from tokprob.processes import is_running, start_time, this_process
 from tokprob.workspace import Workspace
 
 
-def prepare_environment(workspace: Workspace) -> None:
+def prepare_environment(workspace: Workspace, temporary_server: bool = True) -> None:
     """Settings that must be in place before Prefect is imported.
 
     Without PREFECT_API_URL, a server started by `tokprob server` for this workspace is
-    used when it answers; otherwise each command starts a temporary one.
+    used when it answers; otherwise (with `temporary_server`) a temporary one is started
+    for this command and stopped when it ends.
     """
     os.environ.setdefault("PREFECT_HOME", str(workspace.prefect_home))
     home = Path(os.environ["PREFECT_HOME"]).expanduser()
@@ -26,26 +37,193 @@ def prepare_environment(workspace: Workspace) -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tokprob")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if "PREFECT_API_URL" not in os.environ and (url := running_server(home)):
+    if "PREFECT_API_URL" in os.environ or _api_set_in_process():
+        return
+    stop_leftover_servers(home)
+    if url := running_server(home):
         os.environ["PREFECT_API_URL"] = url
+    elif temporary_server:
+        os.environ["PREFECT_API_URL"] = start_temporary_server(home)
+
+
+def _api_set_in_process() -> bool:
+    """Whether Prefect, already imported by the caller (a test, a notebook), has an API
+    to talk to through its settings rather than the environment."""
+    if "prefect.settings" not in sys.modules:
+        return False
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url is not None
 
 
 SERVER_RECORD = "tokprob-server.json"
+TEMPORARY_SERVERS = "temporary-servers"
+"""Folder of the Prefect home with one record per running temporary server, named after
+the command that started it, so that a later command can stop one whose command was
+killed."""
 
 
 def running_server(prefect_home: Path) -> str | None:
     """The API address of the `tokprob server` of this Prefect home, if it answers."""
-    import urllib.request
-
     record = prefect_home / SERVER_RECORD
     if not record.is_file():
         return None
-    url = json.loads(record.read_text())["api_url"]
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-            return url if answer.status == 200 else None
-    except OSError:
+        url = json.loads(record.read_text())["api_url"]
+    except (ValueError, KeyError):
         return None
+    return url if _answers(url) else None
+
+
+def _answers(api_url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+_started: dict[str, Any] = {}
+"""The temporary server this process started: its process and record."""
+
+
+def start_temporary_server(prefect_home: Path) -> str:
+    """A Prefect server (API only, no UI) for this command, on a free loopback port.
+
+    It runs in a process group of its own, so that Ctrl-C in the terminal reaches this
+    command alone: the command stops the flow first and then the server, which must
+    answer until the flow has recorded how it ended.
+    """
+    check_database(prefect_home)
+    folder = prefect_home / TEMPORARY_SERVERS
+    folder.mkdir(exist_ok=True)
+    log_path = folder / f"{os.getpid()}.log"
+    timeout = float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+    for _attempt in range(3):  # another program may take the free port first
+        port = _free_port()
+        with log_path.open("wb") as server_log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
+                 str(port), "--log-level", "error", "--lifespan", "on"],
+                env=os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                                  "PREFECT__SERVER_FINAL": "1"},
+                stdin=subprocess.DEVNULL, stdout=server_log, stderr=server_log,
+                start_new_session=True)
+        url = f"http://127.0.0.1:{port}/api"
+        record = folder / f"{os.getpid()}.json"
+        record.write_text(json.dumps({
+            "api_url": url, "owner": this_process(),
+            "server": {"host": socket.gethostname(), "pid": process.pid,
+                       "started": start_time(process.pid)}}))
+        _started.update(process=process, record=record, log=log_path)
+        atexit.register(stop_temporary_server)
+        if _wait_until_up(process, url, timeout):
+            return url
+        said = log_path.read_text(errors="replace").strip().splitlines()
+        stop_temporary_server()
+        if "address already in use" not in " ".join(said).lower():
+            break
+    raise TokprobError(
+        f"The temporary Prefect server did not start within {timeout:.0f} s; its last "
+        f"words: {' '.join(said[-3:]) or 'none'}. Check that {prefect_home} is writable, "
+        "or start `tokprob server` in another terminal and run again.")
+
+
+def _wait_until_up(process: subprocess.Popen, url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if _answers(url):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_temporary_server() -> None:
+    """Stop the temporary server this process started, if any (idempotent)."""
+    if not _started:
+        return
+    _stop_group(_started["process"].pid)
+    _started["process"].wait()
+    _started["record"].unlink(missing_ok=True)
+    _started["log"].unlink(missing_ok=True)
+    _started.clear()
+
+
+def _stop_group(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM to a server's process group; SIGKILL for what is left after `grace`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child of this process stays a zombie until waited for: that is not alive.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pgid, os.WNOHANG) != (0, 0):
+            return False
+    return True
+
+
+def stop_leftover_servers(prefect_home: Path) -> list[str]:
+    """Stop the temporary servers of this Prefect home whose command was killed (kill -9
+    leaves them running); the API addresses of those stopped."""
+    stopped = []
+    for record in sorted((prefect_home / TEMPORARY_SERVERS).glob("*.json")):
+        try:
+            entry = json.loads(record.read_text())
+            owner, server = entry["owner"], entry["server"]
+        except (OSError, ValueError, KeyError):
+            record.unlink(missing_ok=True)
+            continue
+        if is_running(**owner):
+            continue  # a command that is still running: its server is in use
+        if is_running(**server):
+            _stop_group(server["pid"])
+            stopped.append(entry["api_url"])
+            print(f"tokprob: stopped a temporary Prefect server left running by a killed "
+                  f"command ({entry['api_url']})", file=sys.stderr)
+        record.unlink(missing_ok=True)
+        record.with_suffix(".log").unlink(missing_ok=True)
+    return stopped
+
+
+DATABASE = "prefect.db"
+
+
+def check_database(prefect_home: Path) -> None:
+    """A Prefect database that SQLite cannot read is moved aside, with a warning: it only
+    records runs, the artifacts do not depend on it, and Prefect starts a new one."""
+    database = prefect_home / DATABASE
+    if not database.is_file() or database.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            db.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.DatabaseError as error:
+        aside = database.with_name(f"{DATABASE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        database.replace(aside)
+        for journal in ("-wal", "-shm", "-journal"):
+            database.with_name(DATABASE + journal).unlink(missing_ok=True)
+        print(f"tokprob: warning: the Prefect database {database} is damaged ({error}); "
+              f"moved it to {aside.name} and starting a new one. The artifacts are not "
+              "affected; the run history before now is in the moved file.", file=sys.stderr)
 
 
 class _DropExpectedTracebacks(logging.Filter):

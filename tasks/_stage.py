@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import shutil
-import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from tokprob.config import key_params
 from tokprob.corpora import CorpusSource
 from tokprob.hashing import sha256_json
 from tokprob.models import ModelSource
+from tokprob.processes import is_running, this_process
 from tokprob.progress import Progress, observed
 from tokprob.store import ArtifactRef, ArtifactStore, ArtifactWriter
 from tokprob.workspace import Workspace
@@ -172,6 +173,7 @@ def run_stage(
     store = ArtifactStore(workspace.artifacts)
     if not force and store.verify(stage, identity.key) is not None:
         log.info("%s: reusing stored artifact %s", stage, identity.key)
+        _reused.add((stage, identity.key))
         return store.ref(stage, identity.key)
     if force:  # recomputed from scratch: an interrupted run's progress is not reused
         shutil.rmtree(store.partial(stage, identity.key), ignore_errors=True)
@@ -201,6 +203,16 @@ class ProgressArtifact:
                 progress.percent, key=self.key, description=description)
         else:
             update_progress_artifact(artifact, progress.percent, description=description)
+_reused: set[tuple[str, str]] = set()
+"""Artifacts a stage task of this process found in the store instead of computing."""
+
+
+def was_reused(ref: ArtifactRef) -> bool:
+    """Whether the stage call that returned `ref` took it from the store (asked once:
+    a later call of the stage may compute it)."""
+    found = (ref.stage, ref.key) in _reused
+    _reused.discard((ref.stage, ref.key))
+    return found
 
 
 def store_of(ref: ArtifactRef) -> ArtifactStore:
@@ -222,11 +234,18 @@ class StagePolicy(CachePolicy):
         intact = ArtifactStore(workspace.artifacts).verify(self.stage, identity.key)
         if intact is None and task_ctx.result_store.exists(prefect_key):
             # The cached reference points at a damaged or deleted artifact: run the
-            # stage (uncached) so it rebuilds the artifact the reference names.
-            log.warning("%s: artifact %s is missing or damaged; recomputing",
-                        self.stage, identity.key)
+            # stage (uncached) so it rebuilds the artifact the reference names. Prefect
+            # asks for the key several times per task run: the warning is said once.
+            if (task_ctx.task_run.id, prefect_key) not in _damage_reported:
+                _damage_reported.add((task_ctx.task_run.id, prefect_key))
+                log.warning("%s: artifact %s is missing or damaged; recomputing",
+                            self.stage, identity.key)
             return None
         return prefect_key
+
+
+_damage_reported: set[tuple[Any, str]] = set()
+"""(task run, cache key) pairs whose damaged artifact has been reported."""
 
 
 class LiveHolderLockManager(FileSystemLockManager):
@@ -235,9 +254,16 @@ class LiveHolderLockManager(FileSystemLockManager):
     Under SERIALIZABLE isolation a second run of the same stage waits for the first and
     then reads its cached result, so two simultaneous runs compute each stage once. A
     plain file lock never expires, so a run killed while holding one would block every
-    later run; these lock files also name the host and process that took them, and a
-    lock whose process is gone counts as released.
+    later run; these lock files also name the host, process and process start time of
+    their holder, and a lock counts as released once that process is gone (or its id
+    belongs to a later process), or when it was left empty (its writer died between
+    creating and writing it, as on a full disk).
     """
+
+    EMPTY_GRACE_SECONDS = 1.0
+    """How long an empty lock file counts as being written rather than abandoned."""
+    REPORT_EVERY_SECONDS = 30.0
+    """How often a run waiting on a lock says so."""
 
     def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                      hold_timeout: float | None = None) -> bool:
@@ -247,8 +273,7 @@ class LiveHolderLockManager(FileSystemLockManager):
             info = json.loads(path.read_text())
             # Replaced, not rewritten in place: a reader never sees an empty lock file.
             scratch = path.with_name(f".{path.name}.{os.getpid()}")
-            scratch.write_text(json.dumps(info | {"host": socket.gethostname(),
-                                                  "pid": os.getpid()}))
+            scratch.write_text(json.dumps(info | this_process()))
             scratch.replace(path)
         return acquired
 
@@ -257,29 +282,65 @@ class LiveHolderLockManager(FileSystemLockManager):
             return super()._get_lock_info(key, use_cache=use_cache)
         except ValueError:
             # Prefect creates a lock file and then writes it: read in between, it is
-            # empty. It is held all the same, by a holder not yet named.
-            return {"holder": None, "expiration": None, "path": self._lock_path_for_key(key)}
+            # empty and held all the same, unless it stayed empty past the grace period.
+            path = Path(self._lock_path_for_key(key))
+            return {"holder": None, "expiration": None, "path": path,
+                    "abandoned": _older_than(path, self.EMPTY_GRACE_SECONDS)}
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         info = self._get_lock_info(key, use_cache=use_cache)
-        if info is not None and not _process_alive(info.get("host"), info.get("pid")):
+        if info is not None and is_stale(info):
             log.warning("%s: the run holding its lock has died; taking over", key)
             Path(info["path"]).unlink(missing_ok=True)
             self._locks.pop(key, None)
             return False
         return super().is_locked(key, use_cache=use_cache)
 
-
-def _process_alive(host: str | None, pid: int | None) -> bool:
-    if host != socket.gethostname() or pid is None:
-        return True  # another machine's lock, or one being written: assume it is alive
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Wait as Prefect does, saying every REPORT_EVERY_SECONDS what for and on whom."""
+        waited, next_report = 0.0, 0.0
+        while self.is_locked(key, use_cache=False):
+            if timeout and waited >= timeout:
+                return False
+            if waited >= next_report:
+                next_report += self.REPORT_EVERY_SECONDS
+                log.info("%s: waiting for another run to finish this stage (%s); "
+                         "`tokprob doctor` lists the locks", key,
+                         describe_holder(self._get_lock_info(key, use_cache=False)))
+            waited += 0.1
+            time.sleep(0.1)
         return True
-    return True
+
+    def locks(self) -> list[dict[str, Any]]:
+        """Every lock file below the folder: its key, holder and whether it is stale."""
+        found = []
+        for path in sorted(self.lock_files_directory.glob("*.lock")):
+            info = self._get_lock_info(path.stem, use_cache=False)
+            if info is not None:
+                found.append({"key": path.stem, "holder": describe_holder(info),
+                              "stale": is_stale(info), "path": str(path)})
+        return found
+
+
+def is_stale(info: dict[str, Any]) -> bool:
+    """Whether a lock's holder is gone: a dead or replaced process, or an abandoned file."""
+    return info.get("abandoned", False) or not is_running(
+        info.get("host"), info.get("pid"), info.get("started"))
+
+
+def describe_holder(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return "released"
+    if info.get("pid") is None:
+        return "an empty lock file" if info.get("abandoned") else "a run starting up"
+    return f"process {info['pid']} on {info.get('host')}"
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def stage_policy(stage: str, workspace: Workspace) -> StagePolicy:

@@ -34,6 +34,8 @@ from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.windows import DETECT
 from tokprob.workspace import Workspace
 
+log = logging.getLogger("tokprob")
+
 STAGE = "probabilities"
 CHECKPOINT_FILE = "alpha-partial-sums.npz"
 
@@ -53,6 +55,10 @@ def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource
                 f"{read_windows(windows).tokens.shape[1]} tokens; raise --max-tokens or lower "
                 "--window."
             )
+        if len(detect) < config.max_tokens // detect.shape[1]:
+            log.warning("--max-tokens %d is more than the corpus holds: its detecting split "
+                        "has %s tokens (%d windows of %d); α averages over all of them",
+                        config.max_tokens, f"{detect.size:,}", len(detect), detect.shape[1])
         if run.shards > 1:  # the workers load the model, this process does not
             from tasks.shards import dask_runner, sharded_alpha
 

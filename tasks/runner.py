@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import Task
 
-from tasks._stage import stage_policy
+from tasks._stage import stage_policy, was_reused
 from tokprob.errors import TokprobError
 from tokprob.store import ArtifactRef
 from tokprob.workspace import Workspace
@@ -50,7 +50,10 @@ class StageRunner:
                                         refresh_cache=force or None)
         state = configured(**arguments, force=force, return_state=True)
         ref = state.result()
-        self.states[name] = "cached" if state.name == "Cached" else "computed"
+        # A stage that found its artifact in the store reused it like a cache hit, even
+        # where Prefect's record of the hit is gone (another PREFECT_HOME, a new database).
+        reused = was_reused(ref)
+        self.states[name] = "cached" if state.name == "Cached" or reused else "computed"
         self.refs[name] = ref
         if force:
             self.forced.add(ref.key)

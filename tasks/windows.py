@@ -7,7 +7,7 @@ from prefect import task
 
 from tasks._stage import publish_table, register, run_stage
 from tokprob.config import WindowConfig
-from tokprob.models import ModelSource, load_tokenizer
+from tokprob.models import ModelSource, check_window_fits, load_tokenizer
 from tokprob.store import ArtifactRef
 from tokprob.windows import DETECT, HELDOUT, Windows, build_windows
 from tokprob.workspace import Workspace
@@ -26,7 +26,9 @@ def windows(workspace: Workspace, corpus: ArtifactRef, model: ModelSource,
         tokenizer = load_tokenizer(model.path)
         from transformers import AutoConfig
 
-        vocab_size = _output_rows(AutoConfig.from_pretrained(model.path), tokenizer)
+        model_config = AutoConfig.from_pretrained(model.path)
+        check_window_fits(model_config.to_dict(), config.window, model.display_name)
+        vocab_size = _output_rows(model_config, tokenizer)
         packed = build_windows(tokenizer, documents.column("text").to_pylist(), config.window,
                                config.heldout_fraction, config.seed, vocab_size)
         out.write_table(WINDOWS_FILE, packed.to_arrow())

@@ -159,3 +159,27 @@ def last_flow_run_id(data_dir: Path) -> str:
     records = run_records(Workspace.from_env(data_dir))
     assert records, f"no flow run is recorded in {data_dir}"
     return records[-1]["flow_run_id"]
+
+
+def slow_run(tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
+    """A model big enough that α takes seconds, a corpus, and the command that runs them."""
+    import json
+    import sys
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    folder = tmp_path / "slow-model"
+    config = LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=512,
+                         num_hidden_layers=4, num_attention_heads=4,
+                         max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in tiny_corpus(3000)))
+    data = tmp_path / "data"
+    command = [sys.executable, "-m", "flows.cli", "run", "encoding", "--model", str(folder),
+               "--dataset", str(corpus), "--data-dir", str(data), "--window", "64",
+               "--max-tokens", "60000", "--json"]
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    return command, env, data

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model
+from conftest import save_tiny_model, slow_run
 
 from flows.cli import main
 
@@ -63,6 +63,13 @@ def test_bad_input_is_one_paragraph_and_exit_code_2(capsys, tmp_path, arguments,
          "The checkpoint EleutherAI/pythia-70m states no training step while the others do"),
         (["artifacts", "--stage", "nosuch"], "invalid choice: 'nosuch'"),
         (["run", "steering", "--ratios", "2,abc"], "comma-separated float"),
+        (["run", "encoding", "--model", "{tmp}/garbage"], "is not valid JSON (line 1"),
+        (["run", "encoding", "--model", "{tmp}/unknown-type"],
+         "model_type='nosucharch', which transformers"),
+        (["run", "encoding", "--model", "{tmp}/short-context", "--window", "128"],
+         "--window 128 is longer than the context of the model"),
+        (["serve", "{tmp}/bad-cron.toml"], "cron = '61 * * *' is not a cron schedule"),
+        (["report", "latest"], "Cannot write to the data folder"),
     ],
 )
 def test_mistakes_are_caught_before_any_work_in_one_paragraph(capsys, tmp_path, monkeypatch,
@@ -74,6 +81,18 @@ def test_mistakes_are_caught_before_any_work_in_one_paragraph(capsys, tmp_path, 
     (tmp_path / "file").write_text("a model folder was expected here")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "config.json").write_text("{}")
+    for name, config in [("garbage", "{model_type: gpt2"),
+                         ("unknown-type", '{"model_type": "nosucharch"}'),
+                         ("short-context", '{"model_type": "gpt2", "n_positions": 64}')]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(config)
+    (tmp_path / "bad-cron.toml").write_text(
+        '[[deployment]]\nname = "nightly"\nflow = "encoding"\ncron = "61 * * *"\n')
+    if arguments[0] == "report":  # root writes anywhere: make the folder refuse writes
+        def refuse(*_, **__):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr("tokprob.workspace.tempfile.NamedTemporaryFile", refuse)
     arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
     parser_check = arguments[0] == "artifacts" or "2,abc" in arguments
     with pytest.raises(SystemExit) if parser_check else contextlib.nullcontext() as raised:
@@ -84,6 +103,40 @@ def test_mistakes_are_caught_before_any_work_in_one_paragraph(capsys, tmp_path, 
     assert message in " ".join(err.split()), err
     assert "Traceback" not in err and "usage:" not in err and out == ""
     assert len(err.strip().split("\n\n")) == 1  # one paragraph
+
+
+def test_a_token_that_is_not_one_token_is_refused_before_any_stage(capsys, tmp_path,
+                                                                     monkeypatch, tiny_models):
+    def prefect_started(*_):
+        raise AssertionError("the token was checked only after Prefect was set up")
+
+    monkeypatch.setattr("flows.commands.prepare_environment", prefect_started)
+    code, out, err = _run(capsys, "steer", "--model", str(tiny_models["gpt2"]), "--token",
+                          " capital of", "--ratio", "2", "--out", str(tmp_path / "out"),
+                          "--data-dir", str(tmp_path / "data"))
+    assert (code, out) == (2, "")
+    assert "' capital of' is not one token" in " ".join(err.split()), err
+
+
+def test_a_deployment_parameter_the_flow_lacks_is_refused_when_serving_starts(monkeypatch):
+    from flows.serve import serve_deployments
+    from tokprob.errors import TokprobError
+
+    def served(*_):
+        raise AssertionError("served a deployment whose runs would all fail")
+
+    monkeypatch.setattr("prefect.serve", served)
+    cases = [({"modell": "x"}, "the encoding flow has no parameter modell; its parameters "
+                               "are model, dataset"),
+             ({"probability_config": {"max_tokenz": 5}},
+              "probability_config has no field max_tokenz; its fields are max_tokens"),
+             ({"probability_config": {"max_tokens": "many"}}, "max_tokens: Input should be")]
+    for parameters, message in cases:
+        entry = {"name": "nightly", "flow": "encoding", "interval": 60,
+                 "parameters": parameters}
+        with pytest.raises(TokprobError) as raised:
+            serve_deployments([entry], "/tmp/data")
+        assert message in str(raised.value)
 
 
 @pytest.mark.prefect
@@ -181,28 +234,6 @@ def test_nan_model_from_the_shell_exits_2_without_traceback(tmp_path, tiny_text_
     assert done.stdout == ""
 
 
-def _slow_run(tmp_path):
-    """A model big enough that α takes seconds, a corpus, and the command that runs them."""
-    from conftest import build_tokenizer, tiny_corpus
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    folder = tmp_path / "slow-model"
-    config = LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=512,
-                         num_hidden_layers=4, num_attention_heads=4,
-                         max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    build_tokenizer().save_pretrained(folder)
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": t}) for t in tiny_corpus(3000)))
-    data = tmp_path / "data"
-    command = [sys.executable, "-m", "flows.cli", "run", "encoding", "--model", str(folder),
-               "--dataset", str(corpus), "--data-dir", str(data), "--window", "64",
-               "--max-tokens", "60000", "--json"]
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
-    return command, env, data
-
-
 def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path, prefect_api):
     """kill -9 in the middle of the probabilities stage, then run again (against a
     running server, as a service would, so the kill leaves no ephemeral server behind)."""
@@ -212,7 +243,7 @@ def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path, prefect_api
     from tokprob.store import ArtifactStore
     from tokprob.workspace import Workspace
 
-    command, env, data = _slow_run(tmp_path)
+    command, env, data = slow_run(tmp_path)
     env["PREFECT_API_URL"] = prefect_api
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
@@ -241,7 +272,7 @@ def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path, prefect_api
 def test_simultaneous_runs_compute_each_stage_once(tmp_path):
     """Two runs started together on the same inputs: one computes, the other waits for
     each stage's lock and then takes the cached result."""
-    command, env, _ = _slow_run(tmp_path)
+    command, env, _ = slow_run(tmp_path)
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     second = subprocess.Popen(command, env=env | {"PREFECT_HOME": str(tmp_path / "p2")},
@@ -296,7 +327,7 @@ def test_run_killed_during_alpha_resumes_from_its_checkpoint(tmp_path, prefect_a
     from tokprob.windows import DETECT
     from tokprob.workspace import Workspace
 
-    command, env, data = _slow_run(tmp_path)
+    command, env, data = slow_run(tmp_path)
     tokens = 24000
     command[command.index("--max-tokens") + 1] = str(tokens)
     command += ["--checkpoint-seconds", "0"]

@@ -117,6 +117,23 @@ def test_a_malformed_file_is_an_error(tmp_path, workspace):
         read_documents(_resolve(folder / "broken.json", workspace), tmp_path / "hf")
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [("bad.jsonl", b'{"text": "one"}\n{"text": "two"}\n{"text": three}\n',
+      r"line 3 of .*bad\.jsonl is not a JSON record \('\{\"text\": three\}'\)"),
+     ("latin1.txt", "First line.\nSecond line, caf\u00e9.\n".encode("latin-1"),
+      r"line 2 of .*latin1\.txt is not UTF-8 text \(byte 0xe9\)")],
+)
+def test_a_broken_line_is_named_by_file_and_line(tmp_path, workspace, capfd, name, content,
+                                                 message):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / name).write_bytes(content)
+    with pytest.raises(TokprobError, match=message):
+        read_documents(_resolve(folder / name, workspace), tmp_path / "hf")
+    assert "Failed to" not in capfd.readouterr().err  # datasets' own line stays quiet
+
+
 # ---------------------------------------------------------------- hub datasets
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -3,6 +3,7 @@ artifacts, interrupted runs, and the artifacts shown in the UI."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -99,6 +100,74 @@ def test_damaged_artifact_is_detected_and_recomputed(run, tmp_path):
     store = ArtifactStore(Workspace.from_env(tmp_path / "data").artifacts)
     key = first["artifact_dirs"]["probabilities"].rsplit("/", 1)[-1]
     assert store.verify("probabilities", key) is not None
+
+
+def test_stages_reused_from_the_store_count_as_cached_without_prefects_record(run, tmp_path):
+    """Prefect's cache records gone (a new PREFECT_HOME, a deleted folder): every stage
+    still comes from the store, and the summary says so."""
+    import shutil
+
+    from tokprob.summary import encoding_text
+
+    first = run()
+    shutil.rmtree(Workspace.from_env(tmp_path / "data").prefect_results)
+    again = run()
+    assert _states(again, "computed") == []
+    assert again["artifact_dirs"] == first["artifact_dirs"]
+    count = len(again["stages"])
+    assert f"stages: {count} of {count} from cache" in encoding_text(again)
+
+
+def test_max_tokens_beyond_the_corpus_is_said_with_the_tokens_it_holds(run, caplog,
+                                                                        tmp_path):
+    with caplog.at_level(logging.WARNING, logger="tokprob"):
+        result = run(probability_config=ProbabilityConfig(max_tokens=10**6))
+    windows = ArtifactStore(Workspace.from_env(tmp_path / "data").artifacts).verify(
+        "windows", result["artifact_dirs"]["windows"].rsplit("/", 1)[-1]).summary
+    held = windows["detect_windows"] * windows["window"]
+    assert result["n_tokens"] == held
+    warnings = [r.getMessage() for r in caplog.records if "--max-tokens" in r.getMessage()]
+    assert warnings == [f"--max-tokens 1000000 is more than the corpus holds: its detecting "
+                        f"split has {held:,} tokens ({windows['detect_windows']} windows of "
+                        "16); α averages over all of them"]
+
+
+def test_locks_left_by_dead_or_replaced_processes_do_not_stop_a_run(run, tmp_path):
+    """Every stage's lock left behind: empty (its writer died on a full disk) or naming a
+    process id that now belongs to another process. The run takes them over."""
+    import json
+    import os
+    import shutil
+    import signal
+    import socket
+    import time
+
+    run()
+    workspace = Workspace.from_env(tmp_path / "data")
+    keys = sorted(path.name for path in workspace.prefect_results.iterdir())
+    shutil.rmtree(workspace.prefect_results)  # so that each stage takes its lock again
+    (workspace.root / "locks").mkdir(exist_ok=True)
+    for number, key in enumerate(keys):
+        lock = workspace.root / "locks" / f"{key}.lock"
+        if number % 2:
+            lock.touch()
+            os.utime(lock, (time.time() - 60, time.time() - 60))
+        else:  # this live process, but not the one that started at tick 1
+            lock.write_text(json.dumps({"holder": "gone", "expiration": None, "pid": os.getpid(),
+                                        "host": socket.gethostname(), "started": "1"}))
+
+    def stuck(*_):
+        raise TimeoutError("the run still waits on a lock whose holder is gone")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(300)
+    try:
+        again = run()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert _states(again, "computed") == []
+    assert not list((workspace.root / "locks").glob("*.lock"))
 
 
 def test_deleted_artifact_is_recomputed(run):

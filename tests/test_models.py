@@ -146,6 +146,39 @@ def test_folder_that_is_not_a_causal_lm_is_a_clear_error(tmp_path):
         load_model(folder)
 
 
+class TrainingNote:
+    """An object an old training script pickled beside the weights."""
+
+
+def test_a_bin_checkpoint_that_torch_refuses_to_unpickle_is_a_clear_error(tmp_path):
+    import collections
+
+    from safetensors.torch import load_file
+
+    folder = save_tiny_model("gpt2", tmp_path / "pickled")
+    weights = collections.OrderedDict(load_file(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    weights["note"] = TrainingNote()
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(TokprobError, match=r"hold Python objects besides tensors, which "
+                                           r"torch refuses to load"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [('{"model_type": "gpt2",', r"config\.json is not valid JSON \(line 1: Expecting"),
+     ('{"model_type": "nosucharch"}', r"model_type='nosucharch', which transformers .* does "
+                                      r"not know"),
+     ('{"vocab_size": 10}', r"model_type=None")],
+)
+def test_a_bad_config_json_is_named_before_the_tokenizer_is_blamed(tmp_path, config, message):
+    folder = save_tiny_model("gpt2", tmp_path / "model")
+    (folder / "config.json").write_text(config)
+    with pytest.raises(TokprobError, match=message):
+        load_tokenizer(folder)
+
+
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     expected = ("cuda" if torch.cuda.is_available()

@@ -95,3 +95,27 @@ def test_same_seed_same_run_and_an_interrupted_run_resumes_exactly(data, tmp_pat
             torch.testing.assert_close(other[name], tensor, rtol=0, atol=0)
     np.testing.assert_allclose([r["loss"] for r in resumed],
                                [r["loss"] for r in whole.losses()], rtol=1e-6)
+
+
+class _RunsCode:
+    """Pickled, it calls `open(path, "w")` when loaded: a stand-in for any code."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_resume_state_holding_code_is_refused_not_run(data, tmp_path):
+    from tokprob.errors import TokprobError
+    from tokprob.pretrain import STATE_FILE
+
+    tokenizer, windows = data
+    run = Pretraining(SETTINGS, tokenizer, windows, tmp_path / "run")
+    run.work_dir.mkdir(parents=True, exist_ok=True)
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 1, "optimizer": _RunsCode(marker)}, run.work_dir / STATE_FILE)
+    with pytest.raises(TokprobError, match="holds more than tensors and numbers"):
+        run.train()
+    assert not marker.exists()

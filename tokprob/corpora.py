@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -73,7 +74,8 @@ def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # Its own log line about a malformed file would precede the error tokprob raises.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     if source.kind != "hub" and all(Path(f).stat().st_size == 0 for f in source.files):
         # datasets fails on an empty file with a bare StopIteration.
         raise TokprobError(f"The dataset {source.spec} is empty (its files have 0 bytes). "
@@ -89,10 +91,12 @@ def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
             table = datasets.load_dataset(loader, data_files=[str(f) for f in files],
                                           split="train", cache_dir=str(cache_dir), **options)
     except (ValueError, OSError, KeyError, TypeError) as error:
-        raise TokprobError(f"Cannot read the dataset {source.spec}: {error}") from None
+        raise TokprobError(f"Cannot read the dataset {source.spec}: "
+                           f"{_why_unreadable(source, str(error))}") from None
     except Exception as error:  # datasets raises its own types for malformed files
         raise TokprobError(
-            f"Cannot read the dataset {source.spec}: {type(error).__name__}: {error}"
+            f"Cannot read the dataset {source.spec}: "
+            f"{_why_unreadable(source, f'{type(error).__name__}: {error}')}"
         ) from None
     if source.text_column not in table.column_names:
         raise TokprobError(
@@ -107,6 +111,42 @@ def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
             f"({len(table)} rows, all empty). Point --dataset at a corpus with text."
         )
     return documents
+
+
+def _why_unreadable(source: CorpusSource, fallback: str) -> str:
+    """The file and line where a local corpus breaks its format, else datasets' words."""
+    found = _first_bad_line([Path(f) for f in source.files]) if source.kind != "hub" else None
+    return found or fallback
+
+
+def _first_bad_line(files: list[Path]) -> str | None:
+    """Where a local corpus first breaks its format, for the error message: the file and
+    line of text that is not UTF-8, or of a JSON-lines record that is not JSON."""
+    for path in files:
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[:error.start].count(b"\n") + 1
+            byte = error.object[error.start]
+            return (f"line {line} of {path} is not UTF-8 text (byte {byte:#04x}). Convert "
+                    "the file to UTF-8 (iconv -f latin1 -t utf-8, say).")
+        if file_format(path) != "json" or _is_json(text):
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip() and not _is_json(line):
+                return (f"line {number} of {path} is not a JSON record ({line[:60]!r}); "
+                        "a JSON-lines file holds one JSON object per line. Fix or delete "
+                        "that line.")
+    return None
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _common_folder(files: list[str | Path]) -> str:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -235,6 +237,14 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
             f"transformers cannot load a causal LM from {path} ({error}). tokprob needs a "
             "model with a language-modelling head (AutoModelForCausalLM)."
         ) from None
+    except pickle.UnpicklingError:
+        raise TokprobError(
+            f"The weights in {path} (a pickled .bin checkpoint) hold Python objects besides "
+            "tensors, which torch refuses to load (weights_only: unpickling them could run "
+            "code). Use a safetensors copy of the model, or convert it where you trust "
+            "the file: from_pretrained(folder).save_pretrained(folder) writes "
+            "model.safetensors."
+        ) from None
     if spread:
         log.info("the model is larger than the free memory of %s: spread over the devices "
                  "by device_map='auto'", target)
@@ -276,9 +286,54 @@ def weights_bytes(path: str | Path, dtype: torch.dtype) -> int:
     return sum(f.stat().st_size for f in files) * dtype.itemsize // saved
 
 
+def model_config(folder: str | Path) -> dict[str, Any]:
+    """A model folder's config.json, checked before anything loads it: JSON, and an
+    architecture (model_type) that this version of transformers knows."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        where = f"line {error.lineno}: {error.msg}" if isinstance(
+            error, json.JSONDecodeError) else "it is not UTF-8 text"
+        raise TokprobError(
+            f"The model configuration {path} is not valid JSON ({where}). It should be "
+            "the config.json that save_pretrained writes: restore it, or get the model "
+            "again."
+        ) from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in CONFIG_MAPPING:
+        raise TokprobError(
+            f"The model configuration {path} names the architecture "
+            f"model_type={model_type!r}, which transformers {transformers.__version__} "
+            "does not know. Upgrade transformers (pip install -U transformers) if the "
+            "architecture is newer, or fix model_type in config.json."
+        )
+    return config
+
+
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+"""Where configurations of the various architectures give the context length."""
+
+
+def check_window_fits(config: dict[str, Any], window: int, model: str) -> None:
+    """Refuse windows longer than the model's context (positions past it do not exist)."""
+    context = next((config[name] for name in CONTEXT_FIELDS
+                    if isinstance(config.get(name), int)), None)
+    if context is not None and window > context:
+        raise TokprobError(
+            f"--window {window} is longer than the context of the model {model} "
+            f"({context} tokens, {next(n for n in CONTEXT_FIELDS if n in config)} in its "
+            f"config.json). Use --window {context} or less."
+        )
+
+
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
+    model_config(path)  # the tokenizer reads config.json too, and blames itself
     with quiet_transformers():
         return AutoTokenizer.from_pretrained(path)
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tokprob.errors import TokprobError
 from tokprob.models import quiet_transformers
 from tokprob.progress import Progress
 
@@ -178,7 +180,16 @@ class Pretraining:
         state_path = self.work_dir / STATE_FILE
         if not state_path.exists():
             return 0
-        state = torch.load(state_path, weights_only=False)
+        try:
+            # Tensors, numbers and containers only: unpickling anything else could run
+            # code written into the data folder.
+            state = torch.load(state_path, weights_only=True)
+        except pickle.UnpicklingError:
+            raise TokprobError(
+                f"The pre-training resume state {state_path} holds more than tensors and "
+                "numbers, so it is not loaded (unpickling it could run code). Delete it "
+                "to pre-train from the start."
+            ) from None
         step = int(state["step"])
         from transformers import GPT2LMHeadModel
 

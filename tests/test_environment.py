@@ -1,0 +1,105 @@
+"""The Prefect side of a command: a damaged database, and a second `tokprob server` on a
+port already in use."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flows.environment import (
+    check_database,
+    prepare_environment,
+    running_server,
+    stop_temporary_server,
+)
+from tokprob.workspace import Workspace
+
+
+def test_a_damaged_database_is_moved_aside_with_one_paragraph(tmp_path, capsys):
+    database = tmp_path / "prefect.db"
+    database.write_bytes(b"this is not a database\n" * 200)
+    started = time.monotonic()
+    check_database(tmp_path)
+    assert time.monotonic() - started < 2
+    assert not database.exists()
+    (aside,) = tmp_path.glob("prefect.db.damaged-*")
+    assert aside.read_bytes().startswith(b"this is not a database")
+    err = capsys.readouterr().err
+    assert "is damaged" in err and aside.name in err and "artifacts are not affected" in err
+    assert err.count("\n") == 1  # one paragraph, one line
+
+
+def test_a_sound_database_is_left_alone(tmp_path, capsys):
+    with sqlite3.connect(tmp_path / "prefect.db") as db:
+        db.execute("create table runs (id integer)")
+    check_database(tmp_path)
+    assert (tmp_path / "prefect.db").exists() and capsys.readouterr().err == ""
+
+
+@pytest.mark.prefect
+def test_a_command_with_a_damaged_database_carries_on_with_a_new_one(tmp_path, monkeypatch):
+    home = tmp_path / "data" / "prefect"
+    home.mkdir(parents=True)
+    (home / "prefect.db").write_bytes(b"garbage" * 1000)
+    monkeypatch.delenv("PREFECT_HOME")
+    monkeypatch.setenv("PREFECT_API_URL", "")  # restored (unset) after the test
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.setattr("flows.environment._api_set_in_process", lambda: False)
+    try:
+        prepare_environment(Workspace.from_env(tmp_path / "data"))
+        import urllib.request
+
+        with urllib.request.urlopen(f"{os.environ['PREFECT_API_URL']}/health") as answer:
+            assert answer.status == 200
+    finally:
+        stop_temporary_server()
+    with sqlite3.connect(home / "prefect.db") as db:  # the new database Prefect made
+        assert db.execute("select count(*) from sqlite_master").fetchone()[0] > 0
+    assert len(list(home.glob("prefect.db.damaged-*"))) == 1
+
+
+def test_a_second_server_on_a_port_in_use_refuses_before_its_banner(tmp_path):
+    data = tmp_path / "data"
+    record = data / "prefect" / "tokprob-server.json"
+    record.parent.mkdir(parents=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The record of the server already running on that port, as it wrote it.
+        written = json.dumps({"api_url": f"http://127.0.0.1:{port}/api", "pid": 1})
+        record.write_text(written)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "server", "--port",
+                               str(port), "--data-dir", str(data)], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""  # no banner
+    assert f"Cannot listen on 127.0.0.1:{port}" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+    assert record.read_text() == written
+
+
+def test_a_server_record_that_is_not_json_is_ignored(tmp_path):
+    (tmp_path / "tokprob-server.json").write_text("{")
+    assert running_server(tmp_path) is None
+
+
+def test_a_temporary_server_that_does_not_start_is_one_paragraph(tmp_path, monkeypatch):
+    from flows.environment import TEMPORARY_SERVERS, start_temporary_server
+    from tokprob.errors import TokprobError
+
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+    monkeypatch.setattr("flows.environment.sys.executable", "false")  # exits at once
+    started = time.monotonic()
+    with pytest.raises(TokprobError, match="did not start within 20 s"):
+        start_temporary_server(tmp_path)
+    assert time.monotonic() - started < 10  # not the whole timeout: the process is gone
+    assert list((tmp_path / TEMPORARY_SERVERS).iterdir()) == []
