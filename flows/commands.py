@@ -199,6 +199,8 @@ def server(args: argparse.Namespace) -> int:
     (SQLite database), analytics off, and a record that lets other commands find it."""
     workspace = Workspace.from_env(args.data_dir)
     workspace.ensure_writable()
+    # The server keeps its database in this data folder, whatever the user's profile says.
+    os.environ.setdefault("PREFECT_HOME", str(workspace.prefect_home))
     prepare_environment(workspace, temporary_server=False)
     os.environ.pop("PREFECT_API_URL", None)  # the server must not talk to another one
     home = Path(os.environ["PREFECT_HOME"]).expanduser()

@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.labels import run_name, tag_run
 from flows.stages import DYNAMICS_STAGES
 from tasks.checkpoints import named_checkpoint, pretrained_checkpoints
 from tasks.corpus import corpus
@@ -24,7 +25,6 @@ from tasks.embeddings import embeddings
 from tasks.pretrain import pretrain
 from tasks.probabilities import probabilities
 from tasks.runner import StageRunner
-from tasks.runs import run_name, tag_run
 from tasks.sources import corpus_source
 from tasks.summary import summarize_dynamics
 from tasks.windows import windows

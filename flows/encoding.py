@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.labels import run_name, tag_run
 from flows.stages import ENCODING_STAGES
 from tasks.corpus import corpus
 from tasks.embeddings import embeddings
@@ -23,7 +24,6 @@ from tasks.pca import pca
 from tasks.probabilities import probabilities
 from tasks.regression import regression
 from tasks.runner import StageRunner
-from tasks.runs import run_name, tag_run
 from tasks.sources import corpus_source, model_source
 from tasks.sparsity import sparsity
 from tasks.summary import summarize

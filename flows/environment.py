@@ -23,27 +23,79 @@ from tokprob.workspace import Workspace
 
 
 def prepare_environment(workspace: Workspace, temporary_server: bool = True) -> None:
-    """Settings that must be in place before Prefect is imported.
+    """Settings that must be in place before Prefect is imported, and the Prefect server
+    to run against, in this order:
 
-    Without PREFECT_API_URL, a server started by `tokprob server` for this workspace is
-    used when it answers; otherwise (with `temporary_server`) a temporary one is started
-    for this command and stopped when it ends.
+    1. PREFECT_API_URL in the environment;
+    2. the API URL of the active profile in the user's own Prefect home (made by
+       `prefect config set PREFECT_API_URL=…` or `prefect cloud login`): their server or
+       Prefect Cloud, with the profile's other settings (an API key);
+    3. a server started by `tokprob server` for this data folder, while it answers;
+    4. (with `temporary_server`) a temporary one for this command, stopped when it ends.
+
+    Without 1 or 2, Prefect's home is the data folder's (`data/prefect`) unless
+    PREFECT_HOME is exported. The choice is kept in TOKPROB_PREFECT_SERVER for the run's
+    first log line.
     """
-    os.environ.setdefault("PREFECT_HOME", str(workspace.prefect_home))
-    home = Path(os.environ["PREFECT_HOME"]).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    profile = None if "PREFECT_API_URL" in os.environ else user_profile_api()
+    if profile is None:
+        os.environ.setdefault("PREFECT_HOME", str(workspace.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tokprob")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if "PREFECT_API_URL" in os.environ or _api_set_in_process():
+    if "PREFECT_API_URL" in os.environ:
+        _chose(os.environ["PREFECT_API_URL"], "PREFECT_API_URL in the environment")
         return
+    if profile is not None:
+        name, url = profile
+        _chose(url, f"the active profile {name!r} of {profiles_path()}")
+        return
+    if _api_set_in_process():
+        return
+    home = Path(os.environ["PREFECT_HOME"]).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
     stop_leftover_servers(home)
     if url := running_server(home):
         os.environ["PREFECT_API_URL"] = url
+        _chose(url, "the `tokprob server` of this data folder")
     elif temporary_server:
         os.environ["PREFECT_API_URL"] = start_temporary_server(home)
+        _chose(os.environ["PREFECT_API_URL"], "a temporary server for this command (no "
+               "PREFECT_API_URL, no profile naming a server, no `tokprob server` running)")
+
+
+SERVER_CHOICE = "TOKPROB_PREFECT_SERVER"
+"""Environment variable naming the server chosen and why, for the run's first log line."""
+
+
+def _chose(url: str, why: str) -> None:
+    os.environ[SERVER_CHOICE] = f"{url} ({why})"
+
+
+def profiles_path() -> Path:
+    """The user's Prefect profiles file: PREFECT_PROFILES_PATH, else profiles.toml in
+    their exported PREFECT_HOME or in ~/.prefect, where Prefect itself looks."""
+    if explicit := os.environ.get("PREFECT_PROFILES_PATH"):
+        return Path(explicit).expanduser()
+    home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
+    return Path(home).expanduser() / "profiles.toml"
+
+
+def user_profile_api() -> tuple[str, str] | None:
+    """(name, API URL) of the user's active Prefect profile, when it names a server."""
+    import tomllib
+
+    path = profiles_path()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    name = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    settings = profiles.get("profiles", {}).get(name, {})
+    url = settings.get("PREFECT_API_URL") if isinstance(settings, dict) else None
+    return (name, str(url)) if url else None
 
 
 def _api_set_in_process() -> bool:

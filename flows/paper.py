@@ -16,11 +16,11 @@ from prefect import flow
 
 from flows.dynamics import dynamics as dynamics_flow
 from flows.encoding import encoding
+from flows.labels import run_name, tag_run
 from flows.pruning import DEFAULT_OOD, pruning
 from flows.stages import DYNAMICS_STAGES, ENCODING_STAGES, PRUNING_STAGES, STEERING_STAGES
 from flows.steering import steering
 from tasks.paper import compare_models
-from tasks.runs import run_name, tag_run
 from tokprob.config import (
     HiddenConfig,
     PretrainConfig,

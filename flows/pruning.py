@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow
 
 from flows.encoding import detect, keep_hidden_states
+from flows.labels import run_name, tag_run
 from flows.stages import PRUNING_STAGES
 from tasks.corpus import corpus
 from tasks.hidden import hidden_states
@@ -24,7 +25,6 @@ from tasks.prune_model import save_pruned_model
 from tasks.pruning import pruning as pruning_sweep
 from tasks.pruning import pruning_figures
 from tasks.runner import StageRunner
-from tasks.runs import run_name, tag_run
 from tasks.sources import corpus_source
 from tasks.summary import summarize_pruning
 from tasks.windows import windows

@@ -14,9 +14,9 @@ from typing import Any
 from prefect import flow
 
 from flows.encoding import detect, keep_hidden_states
+from flows.labels import run_name, tag_run
 from flows.stages import STEERING_STAGES
 from tasks.runner import StageRunner
-from tasks.runs import run_name, tag_run
 from tasks.steer_model import save_steered_model
 from tasks.steering import steering as steering_sweep
 from tasks.steering import steering_figures

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -16,51 +15,10 @@ from prefect.artifacts import create_link_artifact
 from tasks._stage import artifact_key
 from tokprob.errors import TokprobError
 from tokprob.report import Figure, Report, Section, Table, render_html, render_markdown
-from tokprob.specs import short_name
 from tokprob.store import ArtifactStore
 from tokprob.workspace import Workspace
 
 PACKAGES = ("tokprob", "torch", "transformers", "prefect", "numpy", "statsmodels")
-
-
-def run_subjects(parameters: dict[str, Any]) -> tuple[list[str], str]:
-    """Short names of the models (or checkpoints) and of the dataset a flow run is about."""
-    models = [parameters["model"]] if parameters.get("model") else []
-    models += list(parameters.get("models") or []) + list(parameters.get("checkpoints") or [])
-    dataset = parameters.get("dataset") or ""
-    return [short_name(str(m)) for m in models], short_name(str(dataset)) if dataset else ""
-
-
-def run_name() -> str:
-    """A flow run's name: its flow, model and dataset, and a short unique suffix
-    (`encoding-smollm2-135m-instruct-wiki-leads-3f9a1c`), so the runs list says what each
-    run is about. Used as the flows' `flow_run_name`."""
-    from prefect.runtime import flow_run
-
-    models, dataset = run_subjects(dict(flow_run.parameters or {}))
-    about = [*models[:1], f"+{len(models) - 1}" if len(models) > 1 else "", dataset]
-    name = "-".join(part for part in [flow_run.flow_name or "run", *about] if part)
-    return f"{re.sub(r'[^A-Za-z0-9_.@+-]+', '-', name)[:80]}-{uuid.uuid4().hex[:6]}"
-
-
-def run_tags(parameters: dict[str, Any]) -> list[str]:
-    """`model:<name>` for each model and `dataset:<name>`: filters in the Prefect UI."""
-    models, dataset = run_subjects(parameters)
-    return sorted({f"model:{m}" for m in models} | ({f"dataset:{dataset}"} if dataset else set()))
-
-
-def tag_run() -> None:
-    """Tag the running flow run by model and dataset, however it was started."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    if not flow_run.id:
-        return
-    with get_client(sync_client=True) as client:
-        current = client.read_flow_run(flow_run.id)
-        wanted = sorted(set(current.tags) | set(run_tags(dict(flow_run.parameters or {}))))
-        if wanted != sorted(current.tags):
-            client.update_flow_run(flow_run.id, tags=wanted)
 
 
 def publish_run(workspace: Workspace, flow: str, result: dict[str, Any]) -> dict[str, Any]:

@@ -103,3 +103,60 @@ def test_a_temporary_server_that_does_not_start_is_one_paragraph(tmp_path, monke
         start_temporary_server(tmp_path)
     assert time.monotonic() - started < 10  # not the whole timeout: the process is gone
     assert list((tmp_path / TEMPORARY_SERVERS).iterdir()) == []
+
+
+def _without_prefect(environ: dict[str, str], home) -> dict[str, str]:
+    env = {k: v for k, v in environ.items() if not k.startswith("PREFECT_")}
+    return env | {"HOME": str(home)}
+
+
+def _profile(home, url: str, active: str = "mine") -> None:
+    (home / ".prefect").mkdir(parents=True)
+    (home / ".prefect" / "profiles.toml").write_text(
+        f'active = "{active}"\n\n[profiles.{active}]\nPREFECT_API_URL = "{url}"\n\n'
+        '[profiles.other]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n')
+
+
+def test_the_user_profile_server_comes_after_the_environment(tmp_path, monkeypatch):
+    from flows import environment
+
+    _profile(tmp_path, "http://127.0.0.1:4242/api")
+    for name in [k for k in os.environ if k.startswith("PREFECT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(environment, "_api_set_in_process", lambda: False)
+    assert environment.user_profile_api() == ("mine", "http://127.0.0.1:4242/api")
+    monkeypatch.setenv("PREFECT_PROFILE", "other")
+    assert environment.user_profile_api() == ("other", "http://127.0.0.1:9/api")
+    monkeypatch.delenv("PREFECT_PROFILE")
+    workspace = Workspace.from_env(tmp_path / "data")
+    prepare_environment(workspace)
+    # The user's own Prefect home stays in charge: their profile, their API key.
+    assert "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ
+    assert "active profile 'mine'" in os.environ[environment.SERVER_CHOICE]
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:5151/api")
+    prepare_environment(workspace)
+    assert os.environ[environment.SERVER_CHOICE].startswith("http://127.0.0.1:5151/api")
+
+
+@pytest.mark.prefect
+def test_a_run_lands_on_the_server_the_user_profile_names(prefect_api, tiny_models,
+                                                          tiny_text_dir, tmp_path):
+    from conftest import last_flow_run_id
+    from prefect.client.orchestration import get_client
+
+    home = tmp_path / "home"
+    _profile(home, prefect_api)
+    data = tmp_path / "data"
+    command = [sys.executable, "-m", "flows.cli", "run", "encoding", "--model",
+               str(tiny_models["gpt2"]), "--dataset", str(tiny_text_dir), "--data-dir",
+               str(data), "--window", "16", "--heldout-fraction", "0.2", "--max-tokens",
+               "160", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env=_without_prefect(dict(os.environ), home))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Prefect server: {prefect_api} (the active profile 'mine'" in done.stderr
+    assert not (data / "prefect").exists()  # no temporary server, no database of its own
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(last_flow_run_id(data))
+    assert flow_run.state.is_completed() and flow_run.name.startswith("encoding-gpt2-")

@@ -225,7 +225,7 @@ def test_short_names_of_specs(spec, short):
 
 
 def test_run_tags_name_every_model_and_the_dataset():
-    from tasks.runs import run_tags
+    from flows.labels import run_tags
 
     assert run_tags({"model": "EleutherAI/pythia-70m@step1000", "dataset": "wiki-leads"}) == [
         "dataset:wiki-leads", "model:pythia-70m@step1000"]
