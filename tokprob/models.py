@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from tokprob import assets
 from tokprob.errors import TokprobError
 from tokprob.hashing import sha256_file, sha256_files
+from tokprob.retry import network_error, with_retries
 from tokprob.specs import BUILTIN_DATASET_NAMES, BUILTIN_MODEL_NAMES, ModelSpec
 from tokprob.workspace import Workspace
 
@@ -110,7 +111,8 @@ def hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> tuple[Pa
         folder = _cached_snapshot(repo_id, revision, repo_type)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         try:
-            folder = _download(repo_id, revision, repo_type)
+            folder = with_retries(lambda: _download(repo_id, revision, repo_type),
+                                  network_error, f"downloading {repo_id}")
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
             builtin = BUILTIN_MODEL_NAMES if kind == "model" else BUILTIN_DATASET_NAMES
             raise TokprobError(
