@@ -212,11 +212,16 @@ def server(args: argparse.Namespace) -> int:
                            "Stop it first to start another.")
     _check_port_free(args.host, args.port)
     check_database(home)
+    from flows.reports_server import start_reports_server
+
+    reports, reports_url = start_reports_server(workspace.root, args.host, args.port + 1)
     record = home / SERVER_RECORD
-    record.write_text(json.dumps({"api_url": f"{ui}/api", "ui_url": ui, "pid": os.getpid()}))
+    record.write_text(json.dumps({"api_url": f"{ui}/api", "ui_url": ui, "pid": os.getpid(),
+                                  "reports_url": reports_url}))
     print(f"Prefect UI: {ui}\n"
           f"tokprob commands with this data folder run against it while it is up; other "
           f"Prefect clients: export PREFECT_API_URL={ui}/api\n"
+          f"reports: {reports_url}/reports/ (linked from each flow run)\n"
           f"database and settings: {home}\nstop with Ctrl-C", flush=True)
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", args.host,
                "--port", str(args.port)]
@@ -234,6 +239,7 @@ def server(args: argparse.Namespace) -> int:
         return 0
     finally:
         record.unlink(missing_ok=True)
+        reports.shutdown()
 
 
 def _check_port_free(host: str, port: int) -> None:

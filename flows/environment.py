@@ -60,6 +60,8 @@ def prepare_environment(workspace: Workspace, temporary_server: bool = True) -> 
     if url := running_server(home):
         os.environ["PREFECT_API_URL"] = url
         _chose(url, "the `tokprob server` of this data folder")
+        if reports := _record(home).get("reports_url"):
+            os.environ[REPORTS_URL] = reports
     elif temporary_server:
         os.environ["PREFECT_API_URL"] = start_temporary_server(home)
         _chose(os.environ["PREFECT_API_URL"], "a temporary server for this command (no "
@@ -117,14 +119,21 @@ killed."""
 
 def running_server(prefect_home: Path) -> str | None:
     """The API address of the `tokprob server` of this Prefect home, if it answers."""
-    record = prefect_home / SERVER_RECORD
-    if not record.is_file():
-        return None
+    url = _record(prefect_home).get("api_url")
+    return url if url and _answers(url) else None
+
+
+REPORTS_URL = "TOKPROB_REPORTS_URL"
+"""Environment variable with the base URL `tokprob server` serves reports from."""
+
+
+def _record(prefect_home: Path) -> dict[str, Any]:
+    """The `tokprob server` record of this Prefect home; empty when there is none."""
     try:
-        url = json.loads(record.read_text())["api_url"]
-    except (ValueError, KeyError):
-        return None
-    return url if _answers(url) else None
+        record = json.loads((prefect_home / SERVER_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _answers(api_url: str) -> bool:

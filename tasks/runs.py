@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from tasks._stage import artifact_key
 from tokprob.errors import TokprobError
@@ -35,11 +36,27 @@ def publish_run(workspace: Workspace, flow: str, result: dict[str, Any]) -> dict
     scratch = path.with_suffix(".tmp")
     scratch.write_text(json.dumps(record, indent=2, default=str))
     scratch.replace(path)
-    html_path, _ = write_report(workspace, [record], f"{flow}-{record['flow_run_name']}")
-    create_link_artifact(link=html_path.as_uri(), link_text=f"report: {html_path.name}",
-                         key=artifact_key(f"report-{flow}", result.get("model", "")),
+    html_path, md_path = write_report(workspace, [record],
+                                      f"{flow}-{record['flow_run_name']}")
+    # Set by the command line when a `tokprob server` serves this data folder's reports.
+    served = os.environ.get("TOKPROB_REPORTS_URL")
+    link = f"{served}/reports/{html_path.name}" if served else html_path.as_uri()
+    key = artifact_key(f"report-{flow}", result.get("model", ""))
+    create_link_artifact(link=link, link_text=f"report: {html_path.name}", key=key,
                          description=f"The report of this {flow} run: {html_path}")
+    create_markdown_artifact(markdown=ui_markdown(md_path.read_text(), served),
+                             key=f"{key}-content"[:100],
+                             description=f"The report of this {flow} run")
     return result | {"report": str(html_path)}
+
+
+def ui_markdown(markdown: str, served: str | None) -> str:
+    """A Markdown report as the Prefect UI shows it: its figures (linked relative to the
+    reports folder) from the reports server, or named where nothing serves them."""
+    if served:
+        return re.sub(r"\]\(\.\./", f"]({served}/", markdown)
+    return re.sub(r"!\[([^\]]*)\]\(([^)]*)\)", r"*Figure: \1 (`\2` in the reports folder)*",
+                  markdown)
 
 
 def run_records(workspace: Workspace) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ deployment triggered by its schedule, and the UI's flow-run page in headless Chr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -127,7 +128,13 @@ def test_runs_against_the_server_and_reads_back_states_and_artifacts(server, tin
         assert {f"regression-gpt-neox-{corpus}", f"encoding-gpt-neox-{corpus}",
                 "report-encoding-gpt-neox"} <= keys
         links = [a for a in artifacts if a.key == "report-encoding-gpt-neox"]
-        assert all("file://" in a.data and ".html" in a.data for a in links)
+        # The link opens over http from the UI's page; the report and its figures load.
+        assert links and all("http://127.0.0.1:" in a.data for a in links)
+        url = re.search(r"http://[^)\s]+\.html", links[-1].data).group(0)
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+        content = [a for a in artifacts if a.key == "report-encoding-gpt-neox-content"]
+        assert content and "tokprob report" in content[-1].data
     server["encoding_run"] = runs[-1]
 
 
