@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from flows.environment import (
     configure_logging,
     prepare_environment,
     running_server,
+    stop_group,
     stop_leftover_servers,
 )
 from flows.stages import (
@@ -232,14 +234,40 @@ def server(args: argparse.Namespace) -> int:
     # The server runs in a process group of its own, so that stopping this command, by
     # Ctrl-C or by SIGTERM (kill, a service manager), stops the server and its workers too.
     process = subprocess.Popen(command, env=env, start_new_session=True)
+    threading.Thread(target=_limit_model_loading, args=(f"{ui}/api", process), daemon=True,
+                     name="tokprob-concurrency").start()
     try:
         return process.wait()
     except KeyboardInterrupt:
-        _stop_group(process)
+        # SIGINT: Prefect's server shuts down cleanly; SIGKILL after 30 s if need be.
+        stop_group(process.pid, grace=30, first=signal.SIGINT)
+        process.wait()
         return 0
     finally:
         record.unlink(missing_ok=True)
         reports.shutdown()
+
+
+def _limit_model_loading(api_url: str, process: subprocess.Popen) -> None:
+    """Once the server answers, a concurrency limit of 1 on the stages that load a model,
+    so that two scheduled runs never hold two models in this machine's memory at once."""
+    import urllib.request
+
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from tasks._stage import MODEL_TAG
+
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        return
+    with SyncPrefectClient(api_url) as client:
+        client.create_concurrency_limit(tag=MODEL_TAG, concurrency_limit=1)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -256,18 +284,6 @@ def _check_port_free(host: str, port: int) -> None:
                 f"Cannot listen on {host}:{port}: {error.strerror or error} (another "
                 "server, tokprob's or not, uses the port). Stop it, or choose another "
                 "port with --port.") from None
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """SIGINT to the server's process group (Prefect shuts down cleanly); after 30 s, or
-    once it has, SIGKILL for whatever of the group is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 def doctor(args: argparse.Namespace) -> int:

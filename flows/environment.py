@@ -212,17 +212,18 @@ def stop_temporary_server() -> None:
     """Stop the temporary server this process started, if any (idempotent)."""
     if not _started:
         return
-    _stop_group(_started["process"].pid)
+    stop_group(_started["process"].pid)
     _started["process"].wait()
     _started["record"].unlink(missing_ok=True)
     _started["log"].unlink(missing_ok=True)
     _started.clear()
 
 
-def _stop_group(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM to a server's process group; SIGKILL for what is left after `grace`."""
+def stop_group(pid: int, grace: float = 5.0, first: int = signal.SIGTERM) -> None:
+    """`first` (SIGTERM) to a server's process group; SIGKILL for what is left after
+    `grace` seconds."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, first)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and _group_alive(pid):
         time.sleep(0.05)
@@ -256,7 +257,7 @@ def stop_leftover_servers(prefect_home: Path) -> list[str]:
         if is_running(**owner):
             continue  # a command that is still running: its server is in use
         if is_running(**server):
-            _stop_group(server["pid"])
+            stop_group(server["pid"])
             stopped.append(entry["api_url"])
             print(f"tokprob: stopped a temporary Prefect server left running by a killed "
                   f"command ({entry['api_url']})", file=sys.stderr)

@@ -89,7 +89,13 @@ class StageIdentity:
     """The corpus it is about (short name), for the same."""
 
 
-def register(name: str, module: str, environment: tuple[str, ...] = ()) -> dict[str, Any]:
+MODEL_TAG = "tokprob-model"
+"""Tag of the stages that load a model: a Prefect concurrency limit on it (`tokprob server`
+sets one of 1) keeps two runs from loading models at once on one machine."""
+
+
+def register(name: str, module: str, environment: tuple[str, ...] = (),
+             loads_model: bool = False) -> dict[str, Any]:
     """Register a stage and return the @task options that cache it by content."""
     STAGES[name] = StageSpec(name, module, environment)
     return {
@@ -97,6 +103,7 @@ def register(name: str, module: str, environment: tuple[str, ...] = ()) -> dict[
         "cache_policy": StagePolicy(stage=name),
         "persist_result": True,
         "result_serializer": "json",
+        "tags": [MODEL_TAG] if loads_model else [],
     }
 
 

@@ -15,7 +15,8 @@ from tokprob.workspace import Workspace
 STAGE = "embeddings"
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers")))
+@task(**register(STAGE, __name__, environment=("torch", "transformers"),
+                     loads_model=True))
 def embeddings(workspace: Workspace, model: ModelSource, force: bool = False) -> ArtifactRef:
     """Extract E = get_output_embeddings().weight (raw, float32) and the bias if any."""
 

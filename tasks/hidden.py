@@ -22,7 +22,8 @@ STAGE = "hidden"
 HIDDEN_FILE = "hidden.parquet"
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers")))
+@task(**register(STAGE, __name__, environment=("torch", "transformers"),
+                     loads_model=True))
 def hidden_states(workspace: Workspace, windows: ArtifactRef, model: ModelSource,
                   run: RunConfig, config: HiddenConfig, split: str = HELDOUT,
                   force: bool = False) -> ArtifactRef:

@@ -26,7 +26,8 @@ STAGE = "pretrain"
 LOSS_FILE = "loss.parquet"
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers", "tokenizers")))
+@task(**register(STAGE, __name__, environment=("torch", "transformers", "tokenizers"),
+                     loads_model=True))
 def pretrain(workspace: Workspace, corpus: ArtifactRef, config: PretrainConfig,
              force: bool = False) -> ArtifactRef:
     """Train a BPE tokenizer and a small GPT-2 on the corpus, keeping log-spaced

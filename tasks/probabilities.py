@@ -42,7 +42,8 @@ CHECKPOINT_FILE = "alpha-partial-sums.npz"
 log = logging.getLogger("tokprob")
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers")))
+@task(**register(STAGE, __name__, environment=("torch", "transformers"),
+                     loads_model=True))
 def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource,
                   run: RunConfig, config: ProbabilityConfig, force: bool = False) -> ArtifactRef:
     """Stream the model over the detecting windows and average its softmax."""

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks._io import read_embeddings, read_table
+from tasks._stage import MODEL_TAG
 from tasks.regression import REGRESSION_FILE, read_gram
 from tokprob.config import PruningConfig
 from tokprob.models import (
@@ -27,7 +28,7 @@ from tokprob.store import ArtifactRef
 RECORD = "tokprob-pruning.json"
 
 
-@task(name="save-pruned-model", cache_policy=NO_CACHE)
+@task(name="save-pruned-model", cache_policy=NO_CACHE, tags=[MODEL_TAG])
 def save_pruned_model(model: ModelSource, regression: ArtifactRef, embeddings: ArtifactRef,
                       fraction: float, config: PruningConfig, out: str) -> dict[str, Any]:
     """Zero the least salient fraction of E's columns (untied first; the bias stays) and

@@ -39,7 +39,8 @@ FIGURES = {"metrics": "pruning_metrics.png", "alpha_js": "pruning_alpha_js.png"}
 SPLITS = ("id", "ood")
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers")))
+@task(**register(STAGE, __name__, environment=("torch", "transformers"),
+                     loads_model=True))
 def pruning(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
             embeddings: ArtifactRef, hidden: ArtifactRef, hidden_ood: ArtifactRef,
             windows: ArtifactRef, windows_ood: ArtifactRef, config: PruningConfig,

@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks._io import read_bias, read_embeddings, read_probabilities, read_table
+from tasks._stage import MODEL_TAG
 from tasks.hidden import HIDDEN_FILE
 from tasks.regression import REGRESSION_FILE
 from tokprob.config import SparsityConfig, SteeringConfig
@@ -37,7 +38,7 @@ from tokprob.store import ArtifactRef
 RECORD = "tokprob-steering.json"
 
 
-@task(name="save-steered-model", cache_policy=NO_CACHE)
+@task(name="save-steered-model", cache_policy=NO_CACHE, tags=[MODEL_TAG])
 def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: ArtifactRef,
                        probabilities: ArtifactRef, hidden: ArtifactRef, tokens: list[str],
                        ratios: list[float], config: SteeringConfig,

@@ -135,6 +135,12 @@ def test_runs_against_the_server_and_reads_back_states_and_artifacts(server, tin
             assert page.status == 200 and b"<html" in page.read().lower()
         content = [a for a in artifacts if a.key == "report-encoding-gpt-neox-content"]
         assert content and "tokprob report" in content[-1].data
+        # Stages that load a model share one slot: two runs never load models at once.
+        limit = client.read_concurrency_limit_by_tag("tokprob-model")
+        assert limit.concurrency_limit == 1
+        tasks = client.read_task_runs()
+        tagged = {run.name.rsplit("-", 1)[0] for run in tasks if "tokprob-model" in run.tags}
+        assert {"probabilities", "embeddings"} <= tagged and "regression" not in tagged
     server["encoding_run"] = runs[-1]
 
 
