@@ -77,31 +77,58 @@ def _at_k(values: dict[str, float]) -> str:
 
 def steering_text(result: dict[str, Any]) -> str:
     """The summary printed at the end of `tokprob run steering`."""
+    comparison = result["comparison"]
     lines = [
         f"tokprob steering: {result['model']} on {result['dataset']}",
-        f"  {result['targets']} target tokens across the α range, Ω = {result['omega']} "
-        f"({result['omega_dims']} dimensions), evaluated on {result['heldout_positions']:,} "
-        "held-out positions",
-        "  requested r   achieved (median)   |log(α'/α) − log r| median   90th pct",
-        *(f"  {r:>11}   {e['median_achieved']:>17.3f}   {e['median']:>26.3f}   "
-          f"{e['p90']:>8.3f}" for r, e in result["errors"].items()),
-        f"  side effect on other tokens: median KL {result['median_kl_other']:.2e}",
-        "  few-shot (detecting windows → median error): "
-        + ", ".join(f"{n}: {e:.3f}" for n, e in result["fewshot_median_error"].items()),
+        f"  {result['targets']} target tokens across the α range, evaluated on "
+        f"{result['heldout_positions']:,} held-out positions; closed form with Ω = "
+        f"{result['omega']} ({result['omega_dims']} dimensions), calibrated edits solved on "
+        f"{result['detect_positions']:,} detecting positions",
+        "  |log(α'/α) − log r| over feasible pairs, median / 90th percentile:",
+        "  r        " + "".join(f"{method:>22}" for method in result["errors"]),
+        *(f"  {r:<7}  " + "".join(
+            f"{_median_p90(parts['by_r'][r]):>22}" for parts in result["errors"].values())
+          for r in next(iter(result["errors"].values()))["by_r"]),
+        "  all      " + "".join(f"{_median_p90(parts['overall']):>22}"
+                                for parts in result["errors"].values()),
+        "  infeasible pairs: " + ", ".join(
+            f"{method} {parts['overall']['infeasible']}"
+            for method, parts in result["errors"].items()),
+        f"  on the {comparison['pairs']} pairs the calibrated edit reaches: median error "
+        f"{comparison['closed_form_median']:.3f} (closed form) → "
+        f"{comparison['calibrated_median']:.4f} (calibrated), "
+        f"{comparison['improvement']:.0f}× lower",
+        "  spread std/|mean| of the logit shift h·direction on held-out text: " + ", ".join(
+            f"{method} {value:.3f}" for method, value in result["spread"].items()),
+        "  side effect on other tokens, median KL: " + ", ".join(
+            f"{method} {value:.2e}" for method, value in result["median_kl_other"].items()),
+        *(f"  few-shot {method} (detecting windows → median error): "
+          + ", ".join(f"{n}: {e:.3f}" for n, e in errors.items())
+          for method, errors in result["fewshot_median_error"].items()),
         *_stages_and_plots(result),
         f"  sweep: {result['artifacts']['steering']}",
     ]
     return "\n".join(lines)
 
 
+def _median_p90(stats: dict[str, float]) -> str:
+    return f"{stats['median']:.4f} / {stats['p90']:.4f}"
+
+
 def steering_markdown(result: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {r} | {e['median_achieved']:.3f} | {e['median']:.3f} | {e['p90']:.3f} |"
-                     for r, e in result["errors"].items())
+    methods = list(result["errors"])
+    header = " | ".join(f"{method} median | 90th pct" for method in methods)
+    rows = "\n".join(
+        f"| {r} | " + " | ".join(f"{result['errors'][m]['by_r'][r]['median']:.4f} | "
+                                 f"{result['errors'][m]['by_r'][r]['p90']:.4f}" for m in methods)
+        + " |" for r in result["errors"][methods[0]]["by_r"])
+    comparison = result["comparison"]
     return (f"# Steering: {result['model']} on {result['dataset']}\n\n"
-            f"{result['targets']} targets, Ω = {result['omega']} ({result['omega_dims']} "
-            f"dimensions); median KL on other tokens {result['median_kl_other']:.2e}\n\n"
-            "| r | achieved (median) | median abs. log error | 90th pct |\n"
-            f"|---:|---:|---:|---:|\n{rows}\n")
+            f"{result['targets']} targets; closed form with Ω = {result['omega']} "
+            f"({result['omega_dims']} dimensions). On the {comparison['pairs']} pairs the "
+            f"calibrated edit reaches, median |log error| {comparison['closed_form_median']:.3f}"
+            f" (closed form) → {comparison['calibrated_median']:.4f} (calibrated).\n\n"
+            f"| r | {header} |\n|---:|" + "---:|" * (2 * len(methods)) + f"\n{rows}\n")
 
 
 def _pruning_rows(result: dict[str, Any]) -> list[tuple[str, str, float, dict[str, Any]]]:
