@@ -36,6 +36,7 @@ from tokprob.probabilities import alpha_percentile
 from tokprob.progress import Progress
 from tokprob.regression import slopes_from_gram
 from tokprob.steering import (
+    CALIBRATED_GOAL,
     SteeringEvaluator,
     error_rows,
     error_summary,
@@ -47,6 +48,7 @@ from tokprob.steering import (
     steering_direction,
     target_logits,
     window_of_positions,
+    windows_to_reach,
 )
 from tokprob.store import ArtifactRef
 from tokprob.workspace import Workspace
@@ -129,6 +131,8 @@ def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
             median_kl_other={m: float(g["kl_other"].median())
                              for m, g in sweep.groupby("method", sort=False)},
             fewshot_median_error=fewshot_errors(sweep),
+            calibrated_windows_for_goal=windows_to_reach(
+                fewshot_errors(sweep)["calibrated"], CALIBRATED_GOAL),
             spread=_spreads(fits),
             heldout_positions=len(held.targets), detect_positions=len(detect.targets),
         )

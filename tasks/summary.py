@@ -94,6 +94,7 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
         "median_abs_log_error": sweep["median_abs_log_error"],
         "median_kl_other": sweep["median_kl_other"],
         "fewshot_median_error": sweep["fewshot_median_error"], "spread": sweep["spread"],
+        "calibrated_windows_for_goal": sweep["calibrated_windows_for_goal"],
         "heldout_positions": sweep["heldout_positions"],
         "detect_positions": sweep["detect_positions"],
         "stages": stages,

@@ -27,6 +27,9 @@ from tokprob.probabilities import alpha_percentile
 from tokprob.tensors import read_only_tensor
 
 OMEGAS = ("bonferroni", "all", "top-k")
+CALIBRATED_GOAL = 0.03
+"""Median |log(α'/α) − log r| the calibrated edit aims at on held-out text; the sweep
+reports how many detecting windows it needs to get there."""
 
 
 def omega_mask(regression: pd.DataFrame, omega: str, significance: float = 0.05,
@@ -161,6 +164,11 @@ def paired_comparison(sweep: pd.DataFrame) -> dict[str, float]:
             "calibrated_p90": float(full["calibrated"].loc[reachable, "abs_log_error"]
                                     .quantile(0.9)),
             "improvement": closed / calibrated if calibrated > 0 else float("inf")}
+
+
+def windows_to_reach(fewshot: dict[str, float], error: float) -> int | None:
+    """The fewest detecting windows whose fit has a median error ≤ `error` (None: none)."""
+    return min((int(n) for n, median in fewshot.items() if median <= error), default=None)
 
 
 def window_of_positions(targets: np.ndarray) -> np.ndarray:

@@ -6,6 +6,8 @@ from typing import Any
 
 import pandas as pd
 
+from tokprob.steering import CALIBRATED_GOAL
+
 
 def regression_markdown(statistics: dict[str, Any], table: pd.DataFrame, top: int = 10) -> str:
     """The fit's statistics and its most salient dimensions, as Markdown."""
@@ -105,6 +107,9 @@ def steering_text(result: dict[str, Any]) -> str:
         *(f"  few-shot {method} (detecting windows → median error): "
           + ", ".join(f"{n}: {e:.3f}" for n, e in errors.items())
           for method, errors in result["fewshot_median_error"].items()),
+        "  detecting windows the calibrated edit needs for a median error ≤ "
+        f"{CALIBRATED_GOAL:g}: "
+        f"{result['calibrated_windows_for_goal'] or 'more than stored'}",
         *_stages_and_plots(result),
         f"  sweep: {result['artifacts']['steering']}",
     ]
