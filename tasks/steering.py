@@ -38,7 +38,6 @@ from tokprob.regression import slopes_from_gram
 from tokprob.steering import (
     CALIBRATED_GOAL,
     SteeringEvaluator,
-    error_rows,
     error_summary,
     fewshot_errors,
     omega_mask,
@@ -136,7 +135,7 @@ def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
             spread=_spreads(fits),
             heldout_positions=len(held.targets), detect_positions=len(detect.targets),
         )
-        publish_table(STAGE, out, error_rows(out.summary["errors"]),
+        publish_table(STAGE, out, out.summary["errors"],
                       f"Steering accuracy: |log(α'/α) − log r| per method and r over "
                       f"{len(targets)} tokens (feasible pairs), Ω = {config.omega} "
                       f"({omega_dims} dimensions) for the closed form")

@@ -249,6 +249,6 @@ def test_infeasible_pairs_are_reported_not_clipped():
     alpha = direct_alpha(hidden, weight, bias, {})[3]
     assert (impossible["reachable_ratio"] < 1 / alpha * (1 + 1e-6)).all()
     assert (impossible["reachable_ratio"] > 0.5 / alpha).all()
-    summary = steering.error_summary(sweep.assign(kl_other=0.0))
-    assert summary["calibrated"]["overall"]["infeasible"] == 1
-    assert summary["calibrated"]["overall"]["feasible"] == 1
+    overall = steering.method_errors(steering.error_summary(sweep), "calibrated")
+    assert (overall["feasible"], overall["infeasible"]) == (1, 1)
+    assert overall["median"] == pytest.approx(sweep.loc[0, "abs_log_error"])

@@ -12,6 +12,7 @@ import torch
 
 from flows.cli import main
 from tokprob.config import HiddenConfig, ProbabilityConfig, SteeringConfig, WindowConfig
+from tokprob.steering import method_errors
 from tokprob.windows import HELDOUT, Windows
 
 pytestmark = pytest.mark.prefect
@@ -39,12 +40,15 @@ def test_steering_flow_reuses_the_encoding_stages(prefect_api, tiny_models, tiny
         assert result["stages"][stage] == "cached"
     assert result["stages"]["steering"] == "computed"
     assert result["stages"]["hidden-detect"] == "computed"
-    assert set(result["errors"]) == {"closed_form", "calibrated", "logit_bias"}
-    for errors in result["errors"].values():
-        assert set(errors["by_r"]) == {"0.1", "0.5", "2", "10"}
-        assert errors["overall"]["feasible"] + errors["overall"]["infeasible"] == 8 * 4
+    assert {(row["method"], row["r"]) for row in result["errors"]} == {
+        (method, r) for method in ("closed_form", "calibrated", "logit_bias")
+        for r in ("0.1", "0.5", "2", "10", "all")}
+    for row in result["errors"]:
+        assert row["feasible"] + row["infeasible"] == 8 * (4 if row["r"] == "all" else 1)
+        assert row["median"] <= row["p90"]
     assert result["targets"] == 3 * 2 + 2
-    assert result["comparison"]["pairs"] == result["errors"]["calibrated"]["overall"]["feasible"]
+    calibrated = method_errors(result["errors"], "calibrated")
+    assert result["comparison"]["pairs"] == calibrated["feasible"]
 
     sweep = pq.read_table(result["artifacts"]["steering"]).to_pandas()
     for column in ("method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error",

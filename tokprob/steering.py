@@ -115,17 +115,22 @@ def sample_targets(alpha: np.ndarray, usable: np.ndarray, percentiles: tuple[flo
     return chosen
 
 
-def error_summary(sweep: pd.DataFrame) -> dict[str, dict]:
+def error_summary(sweep: pd.DataFrame) -> list[dict]:
     """Per method, for its fit on the most detecting data: median and 90th percentile of
-    |log(α'/α) − log r| over the feasible pairs, per r and overall, with the counts of
-    feasible and infeasible pairs."""
-    summary = {}
-    for method, rows in sweep.groupby("method", sort=False):
-        full = rows[rows["n_fit"] == rows["n_fit"].max()]
-        summary[method] = {"overall": _error_stats(full),
-                           "by_r": {f"{r:g}": _error_stats(group)
-                                    for r, group in full.groupby("r")}}
-    return summary
+    |log(α'/α) − log r| over the feasible pairs, with the counts of feasible and
+    infeasible pairs; one row per r and one for all r together."""
+    rows = []
+    for method, pairs in sweep.groupby("method", sort=False):
+        full = pairs[pairs["n_fit"] == pairs["n_fit"].max()]
+        rows += [{"method": method, "r": f"{r:g}"} | _error_stats(group)
+                 for r, group in full.groupby("r")]
+        rows.append({"method": method, "r": "all"} | _error_stats(full))
+    return rows
+
+
+def method_errors(rows: list[dict], method: str, r: str = "all") -> dict:
+    """The row of `error_summary` for one method and r."""
+    return next(row for row in rows if row["method"] == method and row["r"] == r)
 
 
 def _error_stats(pairs: pd.DataFrame) -> dict[str, float]:
@@ -142,13 +147,6 @@ def fewshot_errors(sweep: pd.DataFrame) -> dict[str, dict[str, float]]:
     return {method: {str(n): float(g["abs_log_error"].median())
                      for n, g in rows.groupby("n_fit")}
             for method, rows in feasible.groupby("method", sort=False)}
-
-
-def error_rows(errors: dict[str, dict]) -> list[dict]:
-    """`error_summary` as table rows: per method, one row per r and one for all r."""
-    return [{"method": method, "r": r} | stats
-            for method, parts in errors.items()
-            for r, stats in [*parts["by_r"].items(), ("all", parts["overall"])]]
 
 
 def paired_comparison(sweep: pd.DataFrame) -> dict[str, float]:

@@ -77,9 +77,17 @@ def _at_k(values: dict[str, float]) -> str:
     return ", ".join(f"k={k}: {v:.3f}" for k, v in values.items())
 
 
+def _error_grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
+    """Methods, r values (in order) and (method, r) → row of the steering error rows."""
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    ratios = list(dict.fromkeys(row["r"] for row in rows))
+    return methods, ratios, {(row["method"], row["r"]): row for row in rows}
+
+
 def steering_text(result: dict[str, Any]) -> str:
     """The summary printed at the end of `tokprob run steering`."""
     comparison = result["comparison"]
+    methods, ratios, grid = _error_grid(result["errors"])
     lines = [
         f"tokprob steering: {result['model']} on {result['dataset']}",
         f"  {result['targets']} target tokens across the α range, evaluated on "
@@ -87,15 +95,11 @@ def steering_text(result: dict[str, Any]) -> str:
         f"{result['omega']} ({result['omega_dims']} dimensions), calibrated edits solved on "
         f"{result['detect_positions']:,} detecting positions",
         "  |log(α'/α) − log r| over feasible pairs, median / 90th percentile:",
-        "  r        " + "".join(f"{method:>22}" for method in result["errors"]),
-        *(f"  {r:<7}  " + "".join(
-            f"{_median_p90(parts['by_r'][r]):>22}" for parts in result["errors"].values())
-          for r in next(iter(result["errors"].values()))["by_r"]),
-        "  all      " + "".join(f"{_median_p90(parts['overall']):>22}"
-                                for parts in result["errors"].values()),
-        "  infeasible pairs: " + ", ".join(
-            f"{method} {parts['overall']['infeasible']}"
-            for method, parts in result["errors"].items()),
+        "  r      " + "".join(f"{method:>22}" for method in methods),
+        *(f"  {r:<5}  " + "".join(f"{_median_p90(grid[m, r]):>22}" for m in methods)
+          for r in ratios),
+        "  infeasible pairs: " + ", ".join(f"{m} {grid[m, 'all']['infeasible']}"
+                                           for m in methods),
         f"  on the {comparison['pairs']} pairs the calibrated edit reaches: median error "
         f"{comparison['closed_form_median']:.3f} (closed form) → "
         f"{comparison['calibrated_median']:.4f} (calibrated), "
@@ -108,25 +112,23 @@ def steering_text(result: dict[str, Any]) -> str:
           + ", ".join(f"{n}: {e:.3f}" for n, e in errors.items())
           for method, errors in result["fewshot_median_error"].items()),
         "  detecting windows the calibrated edit needs for a median error ≤ "
-        f"{CALIBRATED_GOAL:g}: "
-        f"{result['calibrated_windows_for_goal'] or 'more than stored'}",
+        f"{CALIBRATED_GOAL:g}: {result['calibrated_windows_for_goal'] or 'more than stored'}",
         *_stages_and_plots(result),
         f"  sweep: {result['artifacts']['steering']}",
     ]
     return "\n".join(lines)
 
 
-def _median_p90(stats: dict[str, float]) -> str:
+def _median_p90(stats: dict[str, Any]) -> str:
     return f"{stats['median']:.4f} / {stats['p90']:.4f}"
 
 
 def steering_markdown(result: dict[str, Any]) -> str:
-    methods = list(result["errors"])
+    methods, ratios, grid = _error_grid(result["errors"])
     header = " | ".join(f"{method} median | 90th pct" for method in methods)
-    rows = "\n".join(
-        f"| {r} | " + " | ".join(f"{result['errors'][m]['by_r'][r]['median']:.4f} | "
-                                 f"{result['errors'][m]['by_r'][r]['p90']:.4f}" for m in methods)
-        + " |" for r in result["errors"][methods[0]]["by_r"])
+    rows = "\n".join(f"| {r} | " + " | ".join(f"{grid[m, r]['median']:.4f} | "
+                                              f"{grid[m, r]['p90']:.4f}" for m in methods)
+                     + " |" for r in ratios)
     comparison = result["comparison"]
     return (f"# Steering: {result['model']} on {result['dataset']}\n\n"
             f"{result['targets']} targets; closed form with Ω = {result['omega']} "
