@@ -157,8 +157,7 @@ class SteeringConfig:
     """More target tokens, as text (exactly one token) or as integer ids (repeatable)."""
 
     fewshot: bool = True
-    """Also fit each method on the first 1, 2, 4, … detecting windows only (A for the
-    closed form; the direction and step for the calibrated edits)."""
+    """Also estimate A from the first 1, 2, 4, … detecting windows only."""
 
     target_seed: int = 0
     """Seed of the target sampling."""
