@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks._io import read_bias, read_embeddings, read_probabilities, read_table
 from tasks.hidden import HIDDEN_FILE
 from tasks.regression import REGRESSION_FILE
-from tokprob.calibration import calibration_direction, jointly_calibrated_edits
+from tokprob.calibration import jointly_calibrated_edits
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
 from tokprob.hidden import read_hidden_states
@@ -56,8 +56,7 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
         raise TokprobError("A token is given twice; give each token once with its ratio.")
     if method == "calibrated":
         detect = read_hidden_states(detect_hidden.file(HIDDEN_FILE)).hidden
-        direction = calibration_direction(detect)
-        edits = jointly_calibrated_edits(detect, weight, bias, ids, ratios, direction,
+        edits = jointly_calibrated_edits(detect, weight, bias, ids, ratios,
                                          [tokenizer.decode([token]) for token in ids])
         details = {"detect_positions": len(detect)}
     else:
@@ -65,7 +64,8 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
         mask = omega_mask(table, config.omega, significance.significance, config.top_k)
         direction = steering_direction(table["slope"].to_numpy(), mask)
         edits = closed_form_edits(dict(zip(ids, ratios, strict=True)), direction)
-        details = {"omega": config.omega, "omega_dims": int(mask.sum())}
+        details = {"omega": config.omega, "omega_dims": int(mask.sum()),
+                   "direction": direction.tolist()}
     lm = load_model(model.path, dtype="float32", device="cpu")
     steer_model(lm, edits)
     # The edits act together (one normalizer), so the prediction uses the whole new head.
@@ -77,14 +77,15 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     detect_alpha = read_probabilities(probabilities)["alpha"].to_numpy()
     record = {
         "source_model": model.spec, "source_fingerprint": model.fingerprint,
-        "method": method, **details, "direction": direction.tolist(),
+        "method": method, **details,
         "edits": [
             {"token": tokenizer.decode([token]), "token_id": token, "ratio": ratio,
-             "alpha_detect": float(detect_alpha[token]),
+             "delta": edits[token].tolist(), "alpha_detect": float(detect_alpha[token]),
              "alpha_heldout": float(before[token]),
              "predicted_ratio_heldout": float(after[token] / before[token])}
             for token, ratio in zip(ids, ratios, strict=True)
         ],
     }
     save_model_folder(lm, tokenizer, target, RECORD, record)
-    return {"out": str(target)} | {k: v for k, v in record.items() if k != "direction"}
+    return {"out": str(target)} | {k: v for k, v in record.items() if k != "direction"} | {
+        "edits": [{k: v for k, v in edit.items() if k != "delta"} for edit in record["edits"]]}

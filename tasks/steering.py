@@ -132,7 +132,7 @@ def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
             fewshot_median_error=fewshot_errors(sweep),
             calibrated_windows_for_goal=windows_to_reach(
                 fewshot_errors(sweep)["calibrated"], CALIBRATED_GOAL),
-            spread=_spreads(fits),
+            spread=_spreads(fits, evaluator, tokens),
             heldout_positions=len(held.targets), detect_positions=len(detect.targets),
         )
         publish_table(STAGE, out, out.summary["errors"],
@@ -191,13 +191,18 @@ def _closed_form_fits(evaluator: SteeringEvaluator, tables: dict[int, pd.DataFra
     return fits, omega_dims
 
 
-def _spreads(fits: list[Fit]) -> dict[str, float]:
+def _spreads(fits: list[Fit], evaluator: SteeringEvaluator,
+             tokens: np.ndarray) -> dict[str, float]:
     """Relative spread std/|mean| of the per-unit logit shift h·direction on held-out text,
-    for each embedding edit fitted on the most data."""
+    weighted by p_w (where α_w comes from), median over the targets, for each embedding
+    edit fitted on the most data."""
+    weights = evaluator.stats.probabilities()[:, evaluator.columns(tokens)]
     spreads = {}
     for method in ("closed_form", "calibrated"):
         largest = max((f for f in fits if f.method == method), key=lambda f: f.n_fit)
-        spreads[method] = relative_spread(largest.heldout_slope[:, 0])
+        slopes = np.broadcast_to(largest.heldout_slope, weights.shape)
+        spreads[method] = float(np.median([relative_spread(slopes[:, k], weights[:, k])
+                                           for k in range(weights.shape[1])]))
     return spreads
 
 

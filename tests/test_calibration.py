@@ -74,6 +74,17 @@ def test_direction_finds_the_nearly_constant_coordinate_and_keeps_it_held_out():
     assert relative_spread(fresh @ u) < relative_spread(fresh @ mean_direction) / 50
 
 
+def test_weighted_direction_follows_the_positions_that_carry_the_weight():
+    rng = np.random.default_rng(6)
+    h = rng.normal(size=(3000, 6)) * 2.0 + 1.0
+    weights = (np.arange(3000) % 3 == 0).astype(float)  # every third position matters
+    h[weights > 0, 2] = 3.0 + rng.normal(size=1000) * 1e-4  # constant there only
+    u = calibration_direction(h, weights)
+    assert relative_spread(h @ u, weights) < 1e-3
+    assert relative_spread(h @ calibration_direction(h), weights) > 10 * relative_spread(
+        h @ u, weights)
+
+
 def test_ridge_keeps_few_shot_directions_from_overfitting():
     rng = np.random.default_rng(9)
     mean = rng.normal(size=40) + 1.0
@@ -121,24 +132,22 @@ def test_unreachable_ratio_is_infeasible_with_the_largest_reachable_ratio():
 def test_joint_calibration_lands_every_ratio_through_the_shared_normalizer():
     hidden, weight, bias = synthetic(seed=2)
     tokens, ratios = [7, 8, 30], [5.0, 0.2, 12.0]
-    u = calibration_direction(hidden)
-    edits = jointly_calibrated_edits(hidden, weight, bias, tokens, ratios, u, ["a", "b", "c"])
+    edits = jointly_calibrated_edits(hidden, weight, bias, tokens, ratios, ["a", "b", "c"])
     before = direct_alpha(hidden, weight, bias, {})
     after = direct_alpha(hidden, weight, bias, edits)
     np.testing.assert_allclose(after[tokens] / before[tokens], ratios, rtol=1e-7)
     # Solved one at a time instead, the edits miss: they interact.
     alone = {}
     for token, ratio in zip(tokens, ratios, strict=True):
-        alone |= jointly_calibrated_edits(hidden, weight, bias, [token], [ratio], u, ["x"])
+        alone |= jointly_calibrated_edits(hidden, weight, bias, [token], [ratio], ["x"])
     separate = direct_alpha(hidden, weight, bias, alone)
     assert np.max(np.abs(np.log(separate[tokens] / before[tokens]) - np.log(ratios))) > 1e-3
 
 
 def test_joint_calibration_refuses_an_unreachable_ratio():
     hidden, weight, bias = synthetic()
-    u = calibration_direction(hidden)
     with pytest.raises(TokprobError, match="can reach at most"):
-        jointly_calibrated_edits(hidden, weight, bias, [3, 4], [2.0, 1e9], u, ["a", "b"])
+        jointly_calibrated_edits(hidden, weight, bias, [3, 4], [2.0, 1e9], ["a", "b"])
 
 
 def test_joint_solver_with_one_target_equals_the_scalar_solver():
@@ -230,7 +239,7 @@ def test_sweep_of_every_method_and_fit_costs_three_lm_head_passes(monkeypatch):
     assert sweep.loc[sweep["n_fit"] < 4, "kl_other"].isna().all()
     # The few-shot fits are those of the first windows only.
     first = sweep[(sweep["method"] == "calibrated") & (sweep["n_fit"] == 1)]
-    u = calibration_direction(hidden[:64])
+    u = calibration_direction(hidden[:64], detect.probabilities()[:64, 0])
     solved = calibrate_step(detect.logit[:64, 0], detect.log_rest[:64, 0],
                             hidden[:64].astype(np.float64) @ u, 0.1)
     assert first["step"].iloc[0] == pytest.approx(solved.step, rel=1e-9)

@@ -54,34 +54,40 @@ RIDGES = tuple(10.0 ** np.arange(-8.0, 1.01, 0.5))
 """Candidate ridge weights λ, relative to the mean variance tr(Σ)/d."""
 
 
-def calibration_direction(hidden: np.ndarray) -> np.ndarray:
-    """u = Σ_λ⁻¹μ / (μᵀΣ_λ⁻¹μ) from hidden states h (positions × d), Σ_λ = Σ + λ·(tr Σ/d)·I.
+def calibration_direction(hidden: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """u = Σ_λ⁻¹μ / (μᵀΣ_λ⁻¹μ) from hidden states h (positions × d), Σ_λ = Σ + λ·(tr Σ/d)·I,
+    with μ and Σ the mean and covariance of h under `weights` (default: uniform).
 
     Among all u with mean shift μ·u = 1, Σ⁻¹μ minimizes the variance uᵀΣu of h·u
     (Lagrange: Σu ∝ μ), so the logit shift c·(h·u) is as constant across positions as a
-    single direction allows. Directions of tiny sample variance are where an estimated Σ
-    is least reliable, and trusting them blindly makes the shift spread again on other
-    text; the ridge, relative to the trace so that it does not depend on the scale of h,
-    guards against that. Its weight is the one whose direction, fitted on the first half
-    of the positions, gives the smallest spread on the second half (`RIDGES`): chosen on
-    the calibration data by the very quantity the edit needs, so it adapts to the model
-    and to how much data there is (strong few-shot, weak with many positions), and is
-    never tuned by hand to one model."""
+    single direction allows. For one target w the positions that matter are those where
+    w is probable (α_w averages p_w), so the steering sweep weights them by p_w. Directions
+    of tiny sample variance are where an estimated Σ is least reliable, and trusting them
+    blindly makes the shift spread again on other text; the ridge, relative to the trace
+    so that it does not depend on the scale of h, guards against that. Its weight is the
+    one whose direction, fitted on the first half of the positions, gives the smallest
+    spread on the second half (`RIDGES`): chosen on the calibration data by the very
+    quantity the edit needs, so it adapts to the model and to how much data there is
+    (strong few-shot, weak with many positions), and is never tuned by hand."""
     h = np.asarray(hidden, dtype=np.float64)
-    if len(h) < 4:
-        raise TokprobError("Calibrating a steering direction needs the hidden states of at "
-                           "least four positions; raise --heldout-tokens.")
+    q = np.ones(len(h)) if weights is None else np.asarray(weights, dtype=np.float64)
     half = len(h) // 2
-    fit, check = _moments(h[:half]), h[half:]
-    spreads = [relative_spread(check @ _ridge_direction(*fit, ridge)) for ridge in RIDGES]
-    return _ridge_direction(*_moments(h), RIDGES[int(np.nanargmin(spreads))])
+    if half < 2 or not (q[:half].sum() > 0 and q[half:].sum() > 0):
+        raise TokprobError("Calibrating a steering direction needs the hidden states of at "
+                           "least four positions, weighted in both halves; raise "
+                           "--heldout-tokens.")
+    fit, check, weight = _moments(h[:half], q[:half]), h[half:], q[half:] / q[half:].sum()
+    spreads = [relative_spread(check @ _ridge_direction(*fit, ridge), weight)
+               for ridge in RIDGES]
+    return _ridge_direction(*_moments(h, q), RIDGES[int(np.nanargmin(spreads))])
 
 
-def _moments(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """μ and the eigen-decomposition of the covariance Σ = Q diag(λ) Qᵀ."""
-    mean = h.mean(axis=0)
+def _moments(h: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted μ and the eigen-decomposition of the weighted covariance Σ = Q diag(λ) Qᵀ."""
+    q = weights / weights.sum()
+    mean = q @ h
     centred = h - mean
-    values, vectors = np.linalg.eigh(centred.T @ centred / len(h))
+    values, vectors = np.linalg.eigh((centred * q[:, None]).T @ centred)
     return mean, np.clip(values, 0.0, None), vectors
 
 
@@ -96,9 +102,11 @@ def _ridge_direction(mean: np.ndarray, values: np.ndarray, vectors: np.ndarray,
     return u / denominator
 
 
-def relative_spread(projection: np.ndarray) -> float:
-    """std(h·u)/|mean(h·u)|: how unevenly one edit shifts the logit across positions."""
-    return float(np.std(projection) / abs(np.mean(projection)))
+def relative_spread(projection: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """std(h·u)/|mean(h·u)| (optionally weighted): how unevenly one edit shifts the logit
+    across positions."""
+    mean = np.average(projection, weights=weights)
+    return float(np.sqrt(np.average((projection - mean) ** 2, weights=weights)) / abs(mean))
 
 
 def log_steered_alpha(logit: np.ndarray, log_rest: np.ndarray, slope: np.ndarray,
@@ -227,20 +235,26 @@ def closed_form_fit(evaluator: SteeringEvaluator, direction: np.ndarray, ratios:
 def calibrated_fits(evaluator: SteeringEvaluator, detect: TargetLogits,
                     detect_hidden: np.ndarray, window: np.ndarray, tokens: np.ndarray,
                     ratios: np.ndarray, windows_used: list[int]) -> list[Fit]:
-    """The calibrated edit and the logit-bias ceiling, each solved on the first n detecting
-    windows for every n in `windows_used`."""
+    """The calibrated edit (one direction per target, weighted by where it is probable)
+    and the logit-bias ceiling, each solved on the first n detecting windows for every n
+    in `windows_used`."""
     columns = np.searchsorted(detect.tokens, tokens)
+    probable = detect.probabilities()
     fits = []
     for n in windows_used:
         rows = window < n
-        u = calibration_direction(detect_hidden[rows])
-        along_u = detect_hidden[rows].astype(np.float64) @ u
-        for method, slope, heldout in (("calibrated", along_u, evaluator.project(u)),
-                                       ("logit_bias", np.ones(int(rows.sum())),
+        h = detect_hidden[rows].astype(np.float64)
+        directions = np.stack([calibration_direction(h, probable[rows, k])
+                               for k in range(len(detect.tokens))])
+        along = h @ directions.T
+        heldout = evaluator.project(directions)
+        for method, slopes, shifts in (("calibrated", along[:, columns], heldout[:, columns]),
+                                       ("logit_bias", np.ones((len(h), len(columns))),
                                         np.ones((len(evaluator.hidden), 1)))):
-            solved = [calibrate_step(detect.logit[rows, c], detect.log_rest[rows, c], slope, r)
-                      for c, r in zip(columns, ratios, strict=True)]
-            fits.append(Fit(method, n, heldout,
+            solved = [calibrate_step(detect.logit[rows, c], detect.log_rest[rows, c],
+                                     slopes[:, k], r)
+                      for k, (c, r) in enumerate(zip(columns, ratios, strict=True))]
+            fits.append(Fit(method, n, shifts,
                             np.array([s.step for s in solved]),
                             np.array([s.feasible for s in solved]),
                             np.array([s.reachable for s in solved])))
@@ -278,15 +292,15 @@ def evaluate_fits(evaluator: SteeringEvaluator, fits: list[Fit], tokens: np.ndar
 
 
 def jointly_calibrated_edits(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                             tokens: list[int], ratios: list[float], direction: np.ndarray,
+                             tokens: list[int], ratios: list[float],
                              names: list[str]) -> dict[int, np.ndarray]:
-    """δ_w = c_w·u for every target, the c's solved jointly on `hidden` (the detecting
-    split) so that each α'_w/α_w = r_w there; an unreachable ratio is an error naming the
-    ratio that can be reached."""
+    """δ_w = c_w·u_w for every target, u_w its direction weighted by p_w and the c's solved
+    jointly on `hidden` (the detecting split) so that each α'_w/α_w = r_w there; an
+    unreachable ratio is an error naming the ratio that can be reached."""
     stats = target_logits(hidden, weight, bias, np.asarray(tokens), jointly=True)
-    slope = hidden.astype(np.float64) @ direction
-    solved = calibrate_jointly(stats.logit, stats.log_rest[:, 0],
-                               np.repeat(slope[:, None], len(tokens), axis=1), ratios)
+    h = hidden.astype(np.float64)
+    directions = np.stack([calibration_direction(h, p) for p in stats.probabilities().T])
+    solved = calibrate_jointly(stats.logit, stats.log_rest[:, 0], h @ directions.T, ratios)
     for name, ratio, result in zip(names, ratios, solved, strict=True):
         if not result.feasible:
             bound = "at most" if ratio > 1 else "at least"
@@ -294,5 +308,5 @@ def jointly_calibrated_edits(hidden: np.ndarray, weight: np.ndarray, bias: np.nd
                 f"{name!r} cannot be steered by × {ratio:g} with an output-embedding edit: "
                 f"on the detecting split its ratio can reach {bound} × {result.reachable:.4g} "
                 "(a probability cannot exceed 1). Ask for a ratio within that bound.")
-    return {token: result.step * direction for token, result in zip(tokens, solved,
-                                                                     strict=True)}
+    return {token: result.step * direction
+            for token, result, direction in zip(tokens, solved, directions, strict=True)}
