@@ -102,7 +102,8 @@ def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
         windows_used = _powers_of_two(int(window.max()) + 1) if config.fewshot else [
             int(window.max()) + 1]
         with Progress(3, f"steering sweep ({len(targets)} tokens × {len(config.ratios)} "
-                         "ratios, 3 methods)", unit="LM-head passes") as bar:
+                         "ratios, 3 methods: held-out and detecting LM-head passes, then "
+                         "the fits and the KL pass)", unit="steps") as bar:
             evaluator = SteeringEvaluator(held.hidden, weight, bias, tokens)
             bar.update(1)
             detect_logits = target_logits(detect.hidden, weight, bias, evaluator.stats.tokens)
