@@ -204,16 +204,14 @@ def _rest_of(logit: np.ndarray, log_rest: np.ndarray, slope: np.ndarray, steps: 
     return np.logaddexp(log_rest, logsumexp(others, axis=1)) if others.size else log_rest
 
 
-METHODS = ("closed_form", "calibrated", "logit_bias")
-"""closed_form: the paper's edit (§3); calibrated: this module's; logit_bias: a calibrated
-bias on logit w, exact by construction but not an embedding edit (the ceiling)."""
-
-
 @dataclass(frozen=True)
 class Fit:
     """One way of steering every (token, r) pair, fitted on some detecting data."""
 
     method: str
+    """closed_form: the paper's edit (§3); calibrated: this module's; logit_bias: a
+    calibrated bias on logit w, exact by construction but not an embedding edit (the
+    ceiling)."""
     n_fit: int
     """Detecting windows the fit used."""
     heldout_slope: np.ndarray
