@@ -14,10 +14,11 @@ from tokprob.probabilities import batches
 from tokprob.windows import HELDOUT
 
 
-def heldout(fixture: Fixture, n_tokens: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Held-out windows, their final hidden states (positions, d) and the seconds the
-    hidden states took: what the `hidden` stage stores once."""
-    windows = fixture.windows.take(HELDOUT, n_tokens)
+def heldout(fixture: Fixture, n_tokens: int,
+            split: str = HELDOUT) -> tuple[np.ndarray, np.ndarray, float]:
+    """Held-out (or detecting) windows, their final hidden states (positions, d) and the
+    seconds the hidden states took: what the `hidden` stage stores once."""
+    windows = fixture.windows.take(split, n_tokens)
     model = fixture.model("float32")
     started = time.perf_counter()
     with torch.inference_mode():

@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                        dest="edit_ratios", metavar="R",
                        help="the factor for the matching --token (2 doubles its probability)")
     steer.add_argument("--out", required=True, help="folder to write the steered model to")
+    steer.add_argument("--method", choices=["calibrated", "closed_form"], default="calibrated",
+                       help="calibrated: steps solved jointly on the detecting split so that "
+                            "each ratio holds there; closed_form: the paper's edit "
+                            "−log(r)·ΩAᵀ/(AΩAᵀ) (default: calibrated)")
     # The sweep's own options (its grid of ratios, targets, few-shot) mean nothing here.
     _add_flow_arguments(steer, STEERING_CONFIGS, hidden=SWEEP_ONLY)
     steer.set_defaults(handler=handlers.steer)

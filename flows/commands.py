@@ -172,12 +172,15 @@ def steer(args: argparse.Namespace) -> int:
     from flows.steering import steer
 
     configure_logging()
-    result = steer(tokens=args.tokens, ratios=args.edit_ratios, out=args.out, **inputs)
+    result = steer(tokens=args.tokens, ratios=args.edit_ratios, out=args.out,
+                   method=args.method, **inputs)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
-    print(f"wrote the steered model to {result['out']} (Ω = {result['omega']}, "
-          f"{result['omega_dims']} dimensions)")
+    how = (f"Ω = {result['omega']}, {result['omega_dims']} dimensions"
+           if result["method"] == "closed_form" else
+           f"calibrated jointly on {result['detect_positions']:,} detecting positions")
+    print(f"wrote the steered model to {result['out']} ({how})")
     for edit in result["edits"]:
         print(f"  {edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested, "
               f"× {edit['predicted_ratio_heldout']:.3f} on held-out text")

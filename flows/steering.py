@@ -1,7 +1,7 @@
 """The `steering` flow and the `steer` flow (paper §3).
 
     detect (corpus, windows, embeddings, probabilities, regression) ──┐
-                                       windows ──► hidden ────────────┴► steering ──► figures
+                     windows ──► hidden (held-out, detecting) ────────┴► steering ──► figures
 
 `steering` measures how precisely editing output embeddings multiplies α by r, on the
 held-out split, from cached hidden states; `steer` writes a steered copy of the model.
@@ -31,6 +31,7 @@ from tokprob.config import (
     WindowConfig,
 )
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
+from tokprob.windows import DETECT
 from tokprob.workspace import Workspace
 
 
@@ -57,10 +58,11 @@ def steering(
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
                    run_config, probability_config, regression_config)
     held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
+    calibration = keep_hidden_states(stage, workspace, found, run_config, hidden_config, DETECT)
     sweep = stage(steering_sweep, workspace=workspace, model=found.model,
                   regression=found.regression, embeddings=found.embeddings,
-                  probabilities=found.probabilities, hidden=held, config=steering_config,
-                  significance=sparsity_config)
+                  probabilities=found.probabilities, hidden=held, detect_hidden=calibration,
+                  config=steering_config, significance=sparsity_config)
     stage(steering_figures, workspace=workspace, steering=sweep)
     return summarize_steering(workspace, found.model, found.corpus, stage.refs, stage.states)
 
@@ -70,6 +72,7 @@ def steer(
     tokens: list[str],
     ratios: list[float],
     out: str,
+    method: str = "calibrated",
     model: str = DEFAULT_MODEL,
     dataset: str = DEFAULT_DATASET,
     split: str = "train",
@@ -83,13 +86,17 @@ def steer(
     steering_config: SteeringConfig = SteeringConfig(),
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Write a copy of the model whose output embeddings steer the given tokens."""
+    """Write a copy of the model whose output embeddings steer the given tokens: by edits
+    calibrated jointly on the detecting split (method calibrated) or by the paper's closed
+    form (closed_form)."""
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], STEERING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
                    run_config, probability_config, regression_config)
     held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
+    calibration = (keep_hidden_states(stage, workspace, found, run_config, hidden_config, DETECT)
+                   if method == "calibrated" else None)
     return save_steered_model(found.model, found.regression, found.embeddings,
-                              found.probabilities, held, tokens, ratios, steering_config,
-                              sparsity_config, out)
+                              found.probabilities, held, calibration, tokens, ratios, method,
+                              steering_config, sparsity_config, out)

@@ -9,12 +9,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.runs import publish_run
+from tokprob.steering import method_errors
 from tokprob.workspace import Workspace
 
 
 def comparison_row(encoding: dict[str, Any], steering: dict[str, Any],
                    pruning: dict[str, Any]) -> dict[str, Any]:
     """One model's headline numbers from its three analyses."""
+    closed_form = {row["r"]: row["median"] for row in steering["errors"]
+                   if row["method"] == "closed_form"}
     return {
         "model": encoding["model"], "vocab_size": encoding["vocab_size"],
         "hidden_size": encoding["hidden_size"], "tied": encoding["tied"],
@@ -22,9 +25,10 @@ def comparison_row(encoding: dict[str, Any], steering: dict[str, Any],
         "share_significant_dims": encoding["share_significant"],
         "adj_r2_top4_dims": encoding["topk_dims_adj_r2"].get("4"),
         "pc1_r": encoding["pc1_r"],
-        "steering_error_r2": steering["errors"].get("2", {}).get("median"),
-        "steering_error_r20": steering["errors"].get("20", {}).get("median"),
-        "steering_kl_other": steering["median_kl_other"],
+        "steering_error_r2": closed_form.get("2"),
+        "steering_error_r20": closed_form.get("20"),
+        "steering_calibrated_error": method_errors(steering["errors"], "calibrated")["median"],
+        "steering_kl_other": steering["median_kl_other"]["closed_form"],
         "prunable_saliency_id": pruning["headline"]["saliency/id"],
         "prunable_saliency_ood": pruning["headline"]["saliency/ood"],
         "prunable_random_id": pruning["headline"]["random/id"],

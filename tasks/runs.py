@@ -114,9 +114,8 @@ def write_report(workspace: Workspace, records: list[dict[str, Any]],
 
 
 RESULT_TABLES = {
-    "errors": ("Steering error |log(α'/α) − log r| per requested r", "r"),
-    "fewshot_median_error": ("Median steering error with A from the first n windows",
-                             "n windows"),
+    "fewshot_median_error": ("Median steering error, each method fitted on the first n "
+                             "detecting windows (columns: n)", "method"),
     "topk_dims_adj_r2": ("Adjusted R² of the top-k dimensions by |t|", "k"),
     "topk_components_adj_r2": ("Adjusted R² of the top-k principal components", "k"),
     "headline": ("Largest fraction pruned with JS(α, α') below the threshold",

@@ -12,6 +12,7 @@ from tasks._io import read_bias, read_embeddings, read_probabilities, read_table
 from tasks._stage import MODEL_TAG
 from tasks.hidden import HIDDEN_FILE
 from tasks.regression import REGRESSION_FILE
+from tokprob.calibration import jointly_calibrated_edits
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
 from tokprob.hidden import read_hidden_states
@@ -28,6 +29,7 @@ from tokprob.models import (
 from tokprob.probabilities import alpha_from_hidden
 from tokprob.steering import (
     check_edits,
+    closed_form_edits,
     omega_mask,
     resolve_targets,
     steer_model,
@@ -40,8 +42,9 @@ RECORD = "tokprob-steering.json"
 
 @task(name="save-steered-model", cache_policy=NO_CACHE, tags=[MODEL_TAG])
 def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: ArtifactRef,
-                       probabilities: ArtifactRef, hidden: ArtifactRef, tokens: list[str],
-                       ratios: list[float], config: SteeringConfig,
+                       probabilities: ArtifactRef, hidden: ArtifactRef,
+                       detect_hidden: ArtifactRef | None, tokens: list[str],
+                       ratios: list[float], method: str, config: SteeringConfig,
                        significance: SparsityConfig, out: str) -> dict[str, Any]:
     """Steer the tokens by the ratios and save the model with save_pretrained (untied),
     its tokenizer, and a JSON record of the edit with the ratios predicted on held-out
@@ -49,34 +52,42 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     check_edits(tokens, ratios)
     target = new_model_folder(out)
     tokenizer = load_tokenizer(model.path)
-    weight = read_embeddings(embeddings)
+    weight, bias = read_embeddings(embeddings), read_bias(embeddings)
     ids = resolve_targets(tuple(tokens), tokenizer, len(weight))
     if len(set(ids)) != len(ids):
         raise TokprobError("A token is given twice; give each token once with its ratio.")
-    table = read_table(regression, REGRESSION_FILE)
-    mask = omega_mask(table, config.omega, significance.significance, config.top_k)
-    direction = steering_direction(table["slope"].to_numpy(), mask)
-    edits = dict(zip(ids, ratios, strict=True))
+    if method == "calibrated":
+        detect = read_hidden_states(detect_hidden.file(HIDDEN_FILE)).hidden
+        edits = jointly_calibrated_edits(detect, weight, bias, ids, ratios,
+                                         [tokenizer.decode([token]) for token in ids])
+        details = {"detect_positions": len(detect)}
+    else:
+        table = read_table(regression, REGRESSION_FILE)
+        mask = omega_mask(table, config.omega, significance.significance, config.top_k)
+        direction = steering_direction(table["slope"].to_numpy(), mask)
+        edits = closed_form_edits(dict(zip(ids, ratios, strict=True)), direction)
+        details = {"omega": config.omega, "omega_dims": int(mask.sum()),
+                   "direction": direction.tolist()}
     lm = load_model(model.path, dtype="auto", device="cpu")  # exported in its own dtype
-    steer_model(lm, edits, direction)
+    steer_model(lm, edits)
     # The edits act together (one normalizer), so the prediction uses the whole new head.
     hidden_states = torch.from_numpy(read_hidden_states(hidden.file(HIDDEN_FILE)).hidden)
-    bias = read_bias(embeddings)
-    bias = None if bias is None else torch.from_numpy(bias)
-    before = alpha_from_hidden(hidden_states, OutputHead(torch.from_numpy(weight), bias, False))
+    torch_bias = None if bias is None else torch.from_numpy(bias)
+    before = alpha_from_hidden(hidden_states,
+                               OutputHead(torch.from_numpy(weight), torch_bias, False))
     after = alpha_from_hidden(hidden_states, float32_head(output_head(lm)))
     detect_alpha = read_probabilities(probabilities)["alpha"].to_numpy()
     record = {
         "source_model": model.spec, "source_fingerprint": model.fingerprint,
-        "omega": config.omega, "omega_dims": int(mask.sum()),
-        "direction": direction.tolist(),
+        "method": method, **details,
         "edits": [
             {"token": tokenizer.decode([token]), "token_id": token, "ratio": ratio,
-             "alpha_detect": float(detect_alpha[token]),
+             "delta": edits[token].tolist(), "alpha_detect": float(detect_alpha[token]),
              "alpha_heldout": float(before[token]),
              "predicted_ratio_heldout": float(after[token] / before[token])}
-            for token, ratio in edits.items()
+            for token, ratio in zip(ids, ratios, strict=True)
         ],
     }
     save_model_folder(lm, tokenizer, target, RECORD, record)
-    return {"out": str(target)} | {k: v for k, v in record.items() if k != "direction"}
+    return {"out": str(target)} | {k: v for k, v in record.items() if k != "direction"} | {
+        "edits": [{k: v for k, v in edit.items() if k != "delta"} for edit in record["edits"]]}

@@ -21,6 +21,13 @@ from tasks._stage import publish_markdown, publish_table, register, run_stage, s
 from tasks.hidden import HIDDEN_FILE
 from tasks.regression import FITTED_FILE, REGRESSION_FILE, read_gram
 from tokprob import plots
+from tokprob.calibration import (
+    Fit,
+    calibrated_fits,
+    closed_form_fit,
+    evaluate_fits,
+    relative_spread,
+)
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
 from tokprob.hidden import read_hidden_states
@@ -29,12 +36,18 @@ from tokprob.probabilities import alpha_percentile
 from tokprob.progress import Progress
 from tokprob.regression import slopes_from_gram
 from tokprob.steering import (
+    CALIBRATED_GOAL,
     SteeringEvaluator,
     error_summary,
+    fewshot_errors,
     omega_mask,
+    paired_comparison,
     resolve_targets,
     sample_targets,
     steering_direction,
+    target_logits,
+    window_of_positions,
+    windows_to_reach,
 )
 from tokprob.store import ArtifactRef
 from tokprob.workspace import Workspace
@@ -53,16 +66,17 @@ log = logging.getLogger("tokprob")
 @task(**register(STAGE, __name__))
 def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
              embeddings: ArtifactRef, probabilities: ArtifactRef, hidden: ArtifactRef,
-             config: SteeringConfig, significance: SparsityConfig,
-             force: bool = False) -> ArtifactRef:
-    """Steer target tokens across the α range by every r, with A from all detecting
-    windows and (few-shot) from the first n windows."""
+             detect_hidden: ArtifactRef, config: SteeringConfig,
+             significance: SparsityConfig, force: bool = False) -> ArtifactRef:
+    """Steer target tokens across the α range by every r with the paper's closed form
+    (A from all detecting windows and, few-shot, from the first n), the calibrated edit
+    and the logit-bias ceiling (solved on the first n detecting windows' hidden states)."""
 
     def compute(out):
         if store_of(regression).manifest(regression).summary.get("target") != "alpha":
             raise TokprobError("Steering needs the regression of −log α (--target alpha), "
                                "not of the token frequency.")
-        weight = read_embeddings(embeddings)
+        weight, bias = read_embeddings(embeddings), read_bias(embeddings)
         probs = read_probabilities(probabilities)
         alpha = probs["alpha"].to_numpy()
         usable = np.isfinite(read_table(regression, FITTED_FILE)["y"].to_numpy())
@@ -75,46 +89,61 @@ def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
             raise TokprobError("No target token to steer: give --targets or a positive "
                                "--tokens-per-percentile.")
         n_detect = store_of(probabilities).manifest(probabilities).summary["n_windows"]
-        fits = {n_detect: read_table(regression, REGRESSION_FILE)}
+        tables = {n_detect: read_table(regression, REGRESSION_FILE)}
         if config.fewshot:
-            fits |= _fewshot_fits(regression, weight, usable, read_alpha_prefixes(probabilities))
-        stored = read_hidden_states(hidden.file(HIDDEN_FILE))
-        evaluator = SteeringEvaluator(stored.hidden, weight, read_bias(embeddings))
+            tables |= _fewshot_fits(regression, weight, usable,
+                                    read_alpha_prefixes(probabilities))
         pairs = pd.DataFrame([(token, percentile, r) for token, percentile in targets
                               for r in config.ratios], columns=["token_id", "percentile", "r"])
-        context = pairs.assign(token=probs["token"].to_numpy()[pairs["token_id"]],
-                               alpha=alpha[pairs["token_id"]],
-                               alpha_percentile=alpha_percentile(alpha)[pairs["token_id"]])
-        frames = []
-        with Progress(len(fits), f"steering sweep ({len(targets)} tokens × "
-                                 f"{len(config.ratios)} ratios, A from the first n windows)",
-                      unit="fits") as bar:
-            for n_fit, table in sorted(fits.items()):
-                frames.append(_steer_with_fit(evaluator, context, table, n_fit, n_fit == n_detect,
-                                              config, significance))
-                bar.update(1)
-        sweep = pd.concat(frames, ignore_index=True)
-        columns = ["token_id", "token", "alpha", "r", "achieved", "abs_log_error", "kl_other",
-                   "n_fit", "omega", "omega_dims", "percentile", "alpha_percentile",
-                   "heldout_alpha", "steered_alpha"]
+        tokens, ratios = pairs["token_id"].to_numpy(), pairs["r"].to_numpy()
+        held = read_hidden_states(hidden.file(HIDDEN_FILE))
+        detect = read_hidden_states(detect_hidden.file(HIDDEN_FILE))
+        window = window_of_positions(detect.targets)
+        windows_used = _powers_of_two(int(window.max()) + 1) if config.fewshot else [
+            int(window.max()) + 1]
+        with Progress(3, f"steering sweep ({len(targets)} tokens × {len(config.ratios)} "
+                         "ratios, 3 methods: held-out and detecting LM-head passes, then "
+                         "the fits and the KL pass)", unit="steps") as bar:
+            evaluator = SteeringEvaluator(held.hidden, weight, bias, tokens)
+            bar.update(1)
+            detect_logits = target_logits(detect.hidden, weight, bias, evaluator.stats.tokens)
+            bar.update(1)
+            fits, omega_dims = _closed_form_fits(evaluator, tables, ratios, n_detect, config,
+                                                 significance)
+            fits += calibrated_fits(evaluator, detect_logits, detect.hidden, window, tokens,
+                                    ratios, windows_used)
+            sweep = evaluate_fits(evaluator, fits, tokens, ratios)
+            bar.update(1)
+        context = pairs.drop(columns=["token_id", "r"]).assign(
+            token=probs["token"].to_numpy()[tokens], alpha=alpha[tokens],
+            alpha_percentile=alpha_percentile(alpha)[tokens])
+        sweep = pd.concat([sweep, pd.concat([context] * len(fits), ignore_index=True)], axis=1)
+        sweep["omega"] = np.where(sweep["method"] == "closed_form", config.omega, "")
+        columns = ["method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error",
+                   "feasible", "reachable_ratio", "step", "kl_other", "n_fit", "omega",
+                   "percentile", "alpha_percentile"]
         out.write_table(SWEEP_FILE, sweep[columns])
-        full = sweep[sweep["n_fit"] == n_detect]
+        full = sweep[(sweep["method"] == "closed_form") & (sweep["n_fit"] == n_detect)]
         out.summary.update(
-            errors=error_summary(sweep), targets=len(targets),
-            omega=config.omega, omega_dims=int(full["omega_dims"].iloc[0]),
+            errors=error_summary(sweep), comparison=paired_comparison(sweep),
+            targets=len(targets), omega=config.omega, omega_dims=omega_dims,
             median_abs_log_error=float(full["abs_log_error"].median()),
-            median_kl_other=float(full["kl_other"].median()),
-            fewshot_median_error={str(n): float(g["abs_log_error"].median())
-                                  for n, g in sweep.groupby("n_fit")},
-            heldout_positions=len(stored.targets),
+            median_kl_other={m: float(g["kl_other"].median())
+                             for m, g in sweep.groupby("method", sort=False)},
+            fewshot_median_error=fewshot_errors(sweep),
+            calibrated_windows_for_goal=windows_to_reach(
+                fewshot_errors(sweep)["calibrated"], CALIBRATED_GOAL),
+            spread=_spreads(fits, evaluator, tokens),
+            heldout_positions=len(held.targets), detect_positions=len(detect.targets),
         )
-        publish_table(STAGE, out, [{"r": r} | stats for r, stats in
-                                   out.summary["errors"].items()],
-                      f"Steering accuracy: |log(α'/α) − log r| per r over {len(targets)} "
-                      f"tokens, Ω = {config.omega} ({out.summary['omega_dims']} dimensions)")
+        publish_table(STAGE, out, out.summary["errors"],
+                      f"Steering accuracy: |log(α'/α) − log r| per method and r over "
+                      f"{len(targets)} tokens (feasible pairs), Ω = {config.omega} "
+                      f"({omega_dims} dimensions) for the closed form")
 
     arguments = {"model": model, "regression": regression, "embeddings": embeddings,
-                 "probabilities": probabilities, "hidden": hidden, "config": config,
+                 "probabilities": probabilities, "hidden": hidden,
+                 "detect_hidden": detect_hidden, "config": config,
                  "significance": significance}
     return run_stage(STAGE, workspace, arguments, compute, force)
 
@@ -127,12 +156,13 @@ def steering_figures(workspace: Workspace, steering: ArtifactRef,
     def compute(out):
         sweep = read_table(steering, SWEEP_FILE)
         subject = out.summary.get("subject", "")
-        full = sweep[sweep["n_fit"] == sweep["n_fit"].max()]
+        largest = sweep.groupby("method")["n_fit"].transform("max")
+        full = sweep[sweep["n_fit"] == largest]
         plots.steering_accuracy(full, f"{subject}: steering α by editing E",
                                 out.path(FIGURES["accuracy"]))
         plots.steering_error_by_percentile(full, f"{subject}: steering error by α percentile",
                                            out.path(FIGURES["by_percentile"]))
-        plots.steering_error_by_fewshot(sweep, f"{subject}: few-shot estimates of A",
+        plots.steering_error_by_fewshot(sweep, f"{subject}: steering from few detecting windows",
                                         out.path(FIGURES["by_fewshot"]))
         out.summary["figures"] = FIGURES
         publish_markdown(FIGURES_STAGE, out,
@@ -142,28 +172,44 @@ def steering_figures(workspace: Workspace, steering: ArtifactRef,
     return run_stage(FIGURES_STAGE, workspace, {"steering": steering}, compute, force)
 
 
-def _steer_with_fit(evaluator: SteeringEvaluator, pairs: pd.DataFrame, table: pd.DataFrame,
-                    n_fit: int, full: bool, config: SteeringConfig,
-                    significance: SparsityConfig) -> pd.DataFrame | None:
-    """Every (token, r) pair steered along the direction of one fit of A; None when a
-    few-shot fit leaves Ω empty (the full fit must not)."""
-    try:
-        mask = omega_mask(table, config.omega, significance.significance, config.top_k)
-    except TokprobError:
-        if full:
-            raise
-        log.info("steering: Ω selects no dimension with %d windows; skipped", n_fit)
-        return None
-    direction = steering_direction(table["slope"].to_numpy(), mask)
-    effects = evaluator.evaluate(pairs["token_id"].to_numpy(), pairs["r"].to_numpy(),
-                                 direction, with_kl=full)
-    return pairs.assign(
-        heldout_alpha=effects.alpha, steered_alpha=effects.steered_alpha,
-        achieved=effects.achieved,
-        abs_log_error=np.abs(np.log(effects.achieved) - np.log(pairs["r"])),
-        kl_other=effects.kl_other, n_fit=n_fit, omega=config.omega,
-        omega_dims=int(mask.sum()),
-    )
+def _closed_form_fits(evaluator: SteeringEvaluator, tables: dict[int, pd.DataFrame],
+                      ratios: np.ndarray, n_detect: int, config: SteeringConfig,
+                      significance: SparsityConfig) -> tuple[list[Fit], int]:
+    """The paper's edit for each fit of A, and Ω's size for the full fit; a few-shot fit
+    whose Ω is empty is skipped (the full fit must not be)."""
+    fits, omega_dims = [], 0
+    for n_fit, table in sorted(tables.items()):
+        try:
+            mask = omega_mask(table, config.omega, significance.significance, config.top_k)
+        except TokprobError:
+            if n_fit == n_detect:
+                raise
+            log.info("steering: Ω selects no dimension with %d windows; skipped", n_fit)
+            continue
+        direction = steering_direction(table["slope"].to_numpy(), mask)
+        fits.append(closed_form_fit(evaluator, direction, ratios, n_fit))
+        omega_dims = int(mask.sum())
+    return fits, omega_dims
+
+
+def _spreads(fits: list[Fit], evaluator: SteeringEvaluator,
+             tokens: np.ndarray) -> dict[str, float]:
+    """Relative spread std/|mean| of the per-unit logit shift h·direction on held-out text,
+    weighted by p_w (where α_w comes from), median over the targets, for each embedding
+    edit fitted on the most data."""
+    weights = evaluator.stats.probabilities()[:, evaluator.columns(tokens)]
+    spreads = {}
+    for method in ("closed_form", "calibrated"):
+        largest = max((f for f in fits if f.method == method), key=lambda f: f.n_fit)
+        slopes = np.broadcast_to(largest.heldout_slope, weights.shape)
+        spreads[method] = float(np.median([relative_spread(slopes[:, k], weights[:, k])
+                                           for k in range(weights.shape[1])]))
+    return spreads
+
+
+def _powers_of_two(limit: int) -> list[int]:
+    """1, 2, 4, … below `limit`, and `limit` itself."""
+    return sorted({2 ** k for k in range(limit.bit_length()) if 2 ** k < limit} | {limit})
 
 
 def _fewshot_fits(regression: ArtifactRef, weight: np.ndarray, usable: np.ndarray,

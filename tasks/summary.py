@@ -91,10 +91,13 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
     result: dict[str, Any] = {
         "model": model.display_name, "model_spec": model.spec, "dataset": corpus.spec,
         "omega": sweep["omega"], "omega_dims": sweep["omega_dims"], "targets": sweep["targets"],
-        "errors": sweep["errors"], "median_abs_log_error": sweep["median_abs_log_error"],
+        "errors": sweep["errors"], "comparison": sweep["comparison"],
+        "median_abs_log_error": sweep["median_abs_log_error"],
         "median_kl_other": sweep["median_kl_other"],
-        "fewshot_median_error": sweep["fewshot_median_error"],
+        "fewshot_median_error": sweep["fewshot_median_error"], "spread": sweep["spread"],
+        "calibrated_windows_for_goal": sweep["calibrated_windows_for_goal"],
         "heldout_positions": sweep["heldout_positions"],
+        "detect_positions": sweep["detect_positions"],
         "stages": stages,
     } | outputs(refs, "steering-figures")
     create_markdown_artifact(markdown=steering_markdown(result),

@@ -29,6 +29,7 @@ from tokprob.models import (
 )
 from tokprob.regression import fit_ols, fit_ols_statsmodels
 from tokprob.specs import ModelSpec
+from tokprob.steering import method_errors
 from tokprob.workspace import Workspace
 
 pytestmark = pytest.mark.integration
@@ -139,10 +140,13 @@ def test_steering_on_the_default_model_reuses_encoding_and_is_accurate(default_r
     for stage in ("corpus", "windows", "embeddings", "probabilities", "regression"):
         assert result["stages"][stage] == "cached"
     # The paper's claim: editing E along the encoding direction controls α up to ~20×.
-    assert result["errors"]["2"]["median"] < 0.3
-    assert result["errors"]["0.5"]["median"] < 0.3
-    assert result["errors"]["20"]["median"] < 0.7
-    assert result["median_kl_other"] < 1e-3
+    assert method_errors(result["errors"], "closed_form", "2")["median"] < 0.3
+    assert method_errors(result["errors"], "closed_form", "0.5")["median"] < 0.3
+    assert method_errors(result["errors"], "closed_form", "20")["median"] < 0.7
+    # Calibrated on 2,048 detecting positions only, it already beats the closed form.
+    comparison = result["comparison"]
+    assert comparison["calibrated_median"] < comparison["closed_form_median"] / 3
+    assert max(result["median_kl_other"].values()) < 1e-3
 
 
 def test_steered_default_model_loads_with_transformers(default_run, real_workspace, tmp_path):
@@ -153,7 +157,7 @@ def test_steered_default_model_loads_with_transformers(default_run, real_workspa
 
     out = tmp_path / "steered"
     done = _cli(real_workspace, "steer", *STEERING_ARGS, "--data-dir", real_workspace.data_dir,
-                "--token", " the", "--ratio", "0.5", "--token", " Paris", "--ratio", "5",
+                "--token", " the", "--ratio", "0.5", "--token", " of", "--ratio", "2",
                 "--out", str(out), "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     edits = json.loads(done.stdout)["edits"]
@@ -168,9 +172,10 @@ def test_steered_default_model_loads_with_transformers(default_run, real_workspa
     for edit in edits:
         achieved = float(after[edit["token_id"]] / before[edit["token_id"]])
         assert achieved == pytest.approx(edit["predicted_ratio_heldout"], rel=1e-4)
-    # The direction of the change is certain; its precision is the steering sweep's test.
-    assert edits[0]["predicted_ratio_heldout"] < 0.9
-    assert edits[1]["predicted_ratio_heldout"] > 1.5
+    # Calibrated jointly on the detecting split, frequent tokens land near their ratios
+    # (a rare token's α on 2,048 positions rests on too few of them to transfer).
+    for edit in edits:
+        assert abs(np.log(edit["predicted_ratio_heldout"] / edit["ratio"])) < 0.1
 
 
 PRUNING_ARGS = ["--max-tokens", str(MAX_TOKENS), "--heldout-tokens", "2048",

@@ -50,7 +50,8 @@ def test_paper_for_two_models_then_their_report(prefect_api, tiny_models, tiny_t
         assert section in html
     markdown = Path(listed["markdown"]).read_text()
     assert "](../artifacts/" in markdown  # figures linked, relative to the report
-    assert "| r | median |" in markdown  # nested results name their index column
+    assert "(columns: n)\n\n| method |" in markdown  # nested results name their index column
+    assert "| method | r | median | p90 |" in markdown
 
     code = main(["report", "no-such-model", "--data-dir", str(tmp_path)])
     assert code == 2

@@ -69,7 +69,7 @@ def test_evaluation_from_hidden_states_equals_the_edited_models_forward(tiny_mod
     direction = np.random.default_rng(1).normal(size=head.hidden_size)
     tokens, ratios = np.array([5, 5, 17, 250]), np.array([0.1, 8.0, 2.0, 0.5])
 
-    effects = SteeringEvaluator(hidden.numpy(), weight, bias, rows_per_chunk=7).evaluate(
+    effects = SteeringEvaluator(hidden.numpy(), weight, bias, tokens, rows_per_chunk=7).evaluate(
         tokens, ratios, direction)
 
     for k, (token, ratio) in enumerate(zip(tokens, ratios, strict=True)):

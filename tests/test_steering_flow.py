@@ -13,6 +13,7 @@ from conftest import assert_saved_in_bfloat16, save_bfloat16_model
 
 from flows.cli import main
 from tokprob.config import HiddenConfig, ProbabilityConfig, SteeringConfig, WindowConfig
+from tokprob.steering import method_errors
 from tokprob.windows import HELDOUT, Windows
 
 pytestmark = pytest.mark.prefect
@@ -39,20 +40,32 @@ def test_steering_flow_reuses_the_encoding_stages(prefect_api, tiny_models, tiny
     for stage in ("corpus", "windows", "embeddings", "probabilities", "regression"):
         assert result["stages"][stage] == "cached"
     assert result["stages"]["steering"] == "computed"
-    assert set(result["errors"]) == {"0.1", "0.5", "2", "10"}
+    assert result["stages"]["hidden-detect"] == "computed"
+    assert {(row["method"], row["r"]) for row in result["errors"]} == {
+        (method, r) for method in ("closed_form", "calibrated", "logit_bias")
+        for r in ("0.1", "0.5", "2", "10", "all")}
+    for row in result["errors"]:
+        assert row["feasible"] + row["infeasible"] == 8 * (4 if row["r"] == "all" else 1)
+        assert row["median"] <= row["p90"]
     assert result["targets"] == 3 * 2 + 2
+    calibrated = method_errors(result["errors"], "calibrated")
+    assert result["comparison"]["pairs"] == calibrated["feasible"]
 
     sweep = pq.read_table(result["artifacts"]["steering"]).to_pandas()
-    for column in ("token_id", "token", "alpha", "r", "achieved", "abs_log_error", "kl_other",
-                   "n_fit", "omega"):
+    for column in ("method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error",
+                   "feasible", "reachable_ratio", "kl_other", "n_fit", "omega"):
         assert column in sweep.columns
-    full = sweep[sweep["n_fit"] == sweep["n_fit"].max()]
-    np.testing.assert_allclose(full["abs_log_error"],
-                               np.abs(np.log(full["achieved"]) - np.log(full["r"])))
-    assert (full["kl_other"] >= 0).all()
-    assert full["omega"].eq("all").all()
-    assert 17 in set(full["token_id"])
-    assert sweep["n_fit"].nunique() > 1  # few-shot fits from the first 1, 2, 4, … windows
+    for _, rows in sweep.groupby("method"):
+        full = rows[rows["n_fit"] == rows["n_fit"].max()]
+        reached = full[full["feasible"]]
+        np.testing.assert_allclose(reached["abs_log_error"],
+                                   np.abs(np.log(reached["achieved"]) - np.log(reached["r"])))
+        assert (reached["kl_other"] >= 0).all()
+        assert 17 in set(full["token_id"])
+        assert rows["n_fit"].nunique() > 1  # few-shot fits from the first 1, 2, 4, … windows
+    assert sweep.loc[sweep["method"] == "closed_form", "omega"].eq("all").all()
+    # 64 stored detecting positions in windows of 16: the calibrated edits use 1, 2, 4.
+    assert set(sweep.loc[sweep["method"] == "calibrated", "n_fit"]) == {1, 2, 4}
 
     again = steering(**common, **SMALL, steering_config=STEER)
     assert set(again["stages"].values()) == {"cached"}
@@ -60,8 +73,10 @@ def test_steering_flow_reuses_the_encoding_stages(prefect_api, tiny_models, tiny
         assert Path(path).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("method", ["calibrated", "closed_form"])
 def test_steered_model_loads_and_shows_the_predicted_change(prefect_api, tiny_models,
-                                                            tiny_text_dir, tmp_path, capsys):
+                                                            tiny_text_dir, tmp_path, capsys,
+                                                            method):
     from transformers import AutoModelForCausalLM
 
     source = tiny_models["gpt2"]  # tied: must be untied before the edit
@@ -70,11 +85,12 @@ def test_steered_model_loads_and_shows_the_predicted_change(prefect_api, tiny_mo
                  "--data-dir", str(tmp_path / "data"), "--window", "16",
                  "--heldout-fraction", "0.3", "--max-tokens", "160", "--heldout-tokens", "64",
                  "--omega", "all", "--token", " the", "--ratio", "4", "--token", "42",
-                 "--ratio", "0.25", "--out", str(out), "--json"])
+                 "--ratio", "0.25", "--out", str(out), "--method", method, "--json"])
     record = json.loads(capsys.readouterr().out)
     assert code == 0
     saved = json.loads((out / "tokprob-steering.json").read_text())
     assert [e["ratio"] for e in saved["edits"]] == [4.0, 0.25]
+    assert saved["method"] == method
 
     original = AutoModelForCausalLM.from_pretrained(source)
     steered = AutoModelForCausalLM.from_pretrained(out)
@@ -119,7 +135,9 @@ def test_steered_bfloat16_model_is_saved_in_bfloat16(prefect_api, tiny_text_dir,
         (["--token", "The cat sat", "--ratio", "2"], "is not one token"),
         (["--token", "99999", "--ratio", "2"], "not in the model's vocabulary"),
         (["--token", " the", "--ratio", "2", "--token", "17"], "one --ratio per --token"),
-        (["--token", " the", "--ratio", "2", "--significance", "1e-300"], "selects no dimension"),
+        (["--token", " the", "--ratio", "2", "--significance", "1e-300", "--method",
+          "closed_form"], "selects no dimension"),
+        (["--token", " the", "--ratio", "1e9"], "can reach at most"),
     ],
 )
 def test_bad_steering_input_exits_2(prefect_api, tiny_models, tiny_text_dir, tmp_path, capsys,

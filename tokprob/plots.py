@@ -94,49 +94,76 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+STEERING_METHODS = {
+    "closed_form": "closed form (paper §3)",
+    "calibrated": "calibrated embedding edit",
+    "logit_bias": "calibrated logit bias (ceiling)",
+}
+
+
+def _method_panels(sweep: pd.DataFrame, height: float, sharey: bool = True):
+    methods = [m for m in STEERING_METHODS if m in set(sweep["method"])]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), height),
+                             sharey=sharey, squeeze=False)
+    return fig, [(m, sweep[sweep["method"] == m], ax) for m, ax in zip(methods, axes[0],
+                                                                       strict=True)]
+
+
 def steering_accuracy(sweep: pd.DataFrame, title: str, path: Path) -> None:
-    """Achieved α'/α against the requested r (log–log), one line per α percentile."""
-    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    """Achieved α'/α against the requested r (log–log), one panel per method, one line per
+    α percentile (feasible pairs)."""
+    fig, panels = _method_panels(sweep, 4.6)
     ratios = np.sort(sweep["r"].unique())
-    for percentile, group in sweep.groupby("percentile", dropna=False):
-        label = "your tokens" if np.isnan(percentile) else f"α percentile {percentile:g}"
-        medians = group.groupby("r")["achieved"].median()
-        ax.plot(medians.index, medians.to_numpy(), marker="o", ms=3, label=label)
-    ax.plot(ratios, ratios, color="black", ls="--", lw=1, label="achieved = requested")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("requested ratio r")
-    ax.set_ylabel("achieved ratio α'/α (held-out, median over tokens)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    for method, rows, ax in panels:
+        for percentile, group in rows.groupby("percentile", dropna=False):
+            label = "your tokens" if np.isnan(percentile) else f"α percentile {percentile:g}"
+            medians = group.groupby("r")["achieved"].median()
+            ax.plot(medians.index, medians.to_numpy(), marker="o", ms=3, label=label)
+        ax.plot(ratios, ratios, color="black", ls="--", lw=1, label="achieved = requested")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("requested ratio r")
+        ax.set_title(f"{STEERING_METHODS[method]}\nmedian |log error| "
+                     f"{rows['abs_log_error'].median():.3f}", fontsize=9)
+    panels[0][2].set_ylabel("achieved ratio α'/α (held-out, median over tokens)")
+    panels[0][2].legend(fontsize=7)
+    fig.suptitle(title)
     _save(fig, path)
 
 
 def steering_error_by_percentile(sweep: pd.DataFrame, title: str, path: Path) -> None:
-    """|log(α'/α) − log r| of every target token against its α percentile, per r."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    magnitude = np.abs(np.log(sweep["r"].to_numpy()))
-    points = ax.scatter(sweep["alpha_percentile"], sweep["abs_log_error"], c=magnitude, s=14,
-                        cmap="viridis")
-    fig.colorbar(points, ax=ax, label="|log r|")
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xlabel("α percentile of the target token")
-    ax.set_ylabel("|log(α'/α) − log r|")
-    ax.set_title(title)
+    """|log(α'/α) − log r| of every target token against its α percentile, per r, one
+    panel per method."""
+    fig, panels = _method_panels(sweep, 4.0)
+    for method, rows, ax in panels:
+        magnitude = np.abs(np.log(rows["r"].to_numpy()))
+        points = ax.scatter(rows["alpha_percentile"], rows["abs_log_error"], c=magnitude,
+                            s=14, cmap="viridis")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel("α percentile of the target token")
+        ax.set_title(STEERING_METHODS[method], fontsize=9)
+    fig.colorbar(points, ax=panels[-1][2], label="|log r|")
+    panels[0][2].set_ylabel("|log(α'/α) − log r|")
+    fig.suptitle(title)
     _save(fig, path)
 
 
 def steering_error_by_fewshot(sweep: pd.DataFrame, title: str, path: Path) -> None:
-    """Median error against the number of detecting windows A was estimated from."""
+    """Median and 90th-percentile error against the number of detecting windows each
+    method was fitted on (A for the closed form; u and c for the calibrated edits)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r, group in sweep.groupby("r"):
-        medians = group.groupby("n_fit")["abs_log_error"].median()
-        ax.plot(medians.index, medians.to_numpy(), marker="o", ms=3, label=f"r = {r:g}")
+    for method, rows in sweep.groupby("method", sort=False):
+        errors = rows.groupby("n_fit")["abs_log_error"]
+        line, = ax.plot(errors.median().index, errors.median().to_numpy(), marker="o", ms=3,
+                        label=f"{STEERING_METHODS[method]}: median")
+        ax.plot(errors.quantile(0.9).index, errors.quantile(0.9).to_numpy(), ls=":",
+                color=line.get_color(), label="90th percentile")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("detecting windows used to estimate A")
-    ax.set_ylabel("median |log(α'/α) − log r|")
+    ax.set_yscale("log")
+    ax.set_xlabel("detecting windows used to fit the edit")
+    ax.set_ylabel("|log(α'/α) − log r|")
     ax.set_title(title)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=7, ncol=2)
     _save(fig, path)
 
 

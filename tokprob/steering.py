@@ -27,6 +27,9 @@ from tokprob.probabilities import alpha_percentile
 from tokprob.tensors import read_only_tensor
 
 OMEGAS = ("bonferroni", "all", "top-k")
+CALIBRATED_GOAL = 0.03
+"""Median |log(α'/α) − log r| the calibrated edit aims at on held-out text; the sweep
+reports how many detecting windows it needs to get there."""
 
 
 def omega_mask(regression: pd.DataFrame, omega: str, significance: float = 0.05,
@@ -112,15 +115,64 @@ def sample_targets(alpha: np.ndarray, usable: np.ndarray, percentiles: tuple[flo
     return chosen
 
 
-def error_summary(sweep: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Median and 90th percentile of |log(α'/α) − log r| per r, for the full-data fit."""
-    full = sweep[sweep["n_fit"] == sweep["n_fit"].max()]
-    return {
-        f"{r:g}": {"median": float(group["abs_log_error"].median()),
-                   "p90": float(group["abs_log_error"].quantile(0.9)),
-                   "median_achieved": float(group["achieved"].median())}
-        for r, group in full.groupby("r")
-    }
+def error_summary(sweep: pd.DataFrame) -> list[dict]:
+    """Per method, for its fit on the most detecting data: median and 90th percentile of
+    |log(α'/α) − log r| over the feasible pairs, with the counts of feasible and
+    infeasible pairs; one row per r and one for all r together."""
+    rows = []
+    for method, pairs in sweep.groupby("method", sort=False):
+        full = pairs[pairs["n_fit"] == pairs["n_fit"].max()]
+        rows += [{"method": method, "r": f"{r:g}"} | _error_stats(group)
+                 for r, group in full.groupby("r")]
+        rows.append({"method": method, "r": "all"} | _error_stats(full))
+    return rows
+
+
+def method_errors(rows: list[dict], method: str, r: str = "all") -> dict:
+    """The row of `error_summary` for one method and r."""
+    return next(row for row in rows if row["method"] == method and row["r"] == r)
+
+
+def _error_stats(pairs: pd.DataFrame) -> dict[str, float]:
+    feasible = pairs[pairs["feasible"]]
+    errors = feasible["abs_log_error"]
+    return {"median": float(errors.median()), "p90": float(errors.quantile(0.9)),
+            "median_achieved": float(feasible["achieved"].median()),
+            "feasible": len(feasible), "infeasible": int(len(pairs) - len(feasible))}
+
+
+def fewshot_errors(sweep: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per method, the median error over feasible pairs by detecting windows used."""
+    feasible = sweep[sweep["feasible"]]
+    return {method: {str(n): float(g["abs_log_error"].median())
+                     for n, g in rows.groupby("n_fit")}
+            for method, rows in feasible.groupby("method", sort=False)}
+
+
+def paired_comparison(sweep: pd.DataFrame) -> dict[str, float]:
+    """Closed form against calibrated on the same pairs (those the calibrated edit can
+    reach), each fitted on the most detecting data: medians and their ratio."""
+    full = {method: rows[rows["n_fit"] == rows["n_fit"].max()].set_index(["token_id", "r"])
+            for method, rows in sweep.groupby("method", sort=False)}
+    reachable = full["calibrated"].index[full["calibrated"]["feasible"].to_numpy()]
+    closed = float(full["closed_form"].loc[reachable, "abs_log_error"].median())
+    calibrated = float(full["calibrated"].loc[reachable, "abs_log_error"].median())
+    return {"pairs": len(reachable), "closed_form_median": closed,
+            "calibrated_median": calibrated,
+            "calibrated_p90": float(full["calibrated"].loc[reachable, "abs_log_error"]
+                                    .quantile(0.9)),
+            "improvement": closed / calibrated if calibrated > 0 else float("inf")}
+
+
+def windows_to_reach(fewshot: dict[str, float], error: float) -> int | None:
+    """The fewest detecting windows whose fit has a median error ≤ `error` (None: none)."""
+    return min((int(n) for n, median in fewshot.items() if median <= error), default=None)
+
+
+def window_of_positions(targets: np.ndarray) -> np.ndarray:
+    """Window index of every stored position (the next token is −1 at a window's end)."""
+    ends = np.asarray(targets) == -1
+    return np.concatenate([[0], np.cumsum(ends)[:-1]]).astype(np.int64)
 
 
 def check_ratios(ratios: list[float]) -> None:
@@ -167,62 +219,163 @@ class SteeringEffects:
         return self.steered_alpha / self.alpha
 
 
+@dataclass(frozen=True)
+class TargetLogits:
+    """What an edit of target rows needs from the LM head at every position, in float64:
+    the targets' logits and the log-mass of every other token. Editing row w by δ moves
+    only z_w (by h·δ), so these two numbers give p'_w exactly for any edit."""
+
+    tokens: np.ndarray
+    """(targets,) the target token ids, one column each."""
+    logit: np.ndarray
+    """(positions, targets) z_w."""
+    log_rest: np.ndarray
+    """(positions, targets) log Σ_{j≠w} exp z_j; with `jointly`, one shared column of the
+    log-mass outside every target."""
+    lse: np.ndarray
+    """(positions,) log Σ_j exp z_j."""
+
+    def probabilities(self) -> np.ndarray:
+        """(positions, targets) p_w before any edit."""
+        return np.exp(self.logit - self.lse[:, None])
+
+
+def target_logits(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                  tokens: np.ndarray, jointly: bool = False,
+                  rows_per_chunk: int = 1024) -> TargetLogits:
+    """One LM-head pass: per position the float64 log-sum-exp, the targets' logits and the
+    log-mass of the other tokens, without the cancellation of log(1 − p_w) at p_w ≈ 1.
+
+    Alone (the sweep, one edit at a time): where w is the argmax the other tokens' mass is
+    the log-sum-exp with the argmax column left out, computed directly; elsewhere
+    p_w ≤ 1/2 and lse + log1p(−p_w) is exact. Jointly (several edits at once): the
+    log-sum-exp with every target column left out."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    h_all, w, b = read_only_tensor(hidden), read_only_tensor(weight), _optional(bias)
+    index = torch.as_tensor(tokens)
+    logit, rest, lse = [], [], []
+    with torch.inference_mode():
+        for start in range(0, len(h_all), rows_per_chunk):
+            logits = h_all[start:start + rows_per_chunk] @ w.T
+            if b is not None:
+                logits += b
+            z = logits[:, index].double()
+            total = _logsumexp64(logits)
+            if jointly:
+                logits[:, index] = -torch.inf
+                other = _logsumexp64(logits)[:, None]
+            else:
+                top = logits.argmax(dim=1, keepdim=True)
+                logits.scatter_(1, top, -torch.inf)
+                without_top = _logsumexp64(logits)[:, None]
+                p = torch.exp(z - total[:, None]).clamp(max=0.5)
+                other = torch.where(index == top, without_top,
+                                    total[:, None] + torch.log1p(-p))
+            logit.append(z)
+            rest.append(other)
+            lse.append(total)
+    return TargetLogits(tokens=tokens, logit=torch.cat(logit).numpy(),
+                        log_rest=torch.cat(rest).numpy(), lse=torch.cat(lse).numpy())
+
+
+def _optional(bias: np.ndarray | None) -> torch.Tensor | None:
+    return None if bias is None else read_only_tensor(bias)
+
+
+def _logsumexp64(logits: torch.Tensor) -> torch.Tensor:
+    """Row log-sum-exp of float32 logits, accumulated in float64 (rows of −inf give −inf)."""
+    top = logits.max(dim=1, keepdim=True).values
+    finite = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.exp(logits - finite).sum(dim=1, dtype=torch.float64)
+    return finite[:, 0].double() + torch.log(total)
+
+
+def steered_log_normalizer(stats: TargetLogits, columns: np.ndarray,
+                           shifts: np.ndarray) -> np.ndarray:
+    """(positions, pairs) log-sum-exp after moving logit `columns[k]` by `shifts[:, k]`,
+    one edit per pair."""
+    moved = stats.logit[:, columns] + shifts
+    return np.logaddexp(stats.log_rest[:, columns], moved)
+
+
+def steered_alpha(stats: TargetLogits, columns: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """α'_w of each pair (one edit per pair) over the positions of `stats`."""
+    moved = stats.logit[:, columns] + shifts
+    return np.exp(moved - steered_log_normalizer(stats, columns, shifts)).mean(axis=0)
+
+
+def kl_over_other_tokens(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                         stats: TargetLogits, columns: np.ndarray, shifts: np.ndarray,
+                         rows_per_chunk: int = 1024) -> np.ndarray:
+    """KL(α ‖ α') over the non-target tokens of each pair, renormalized (one LM-head pass).
+
+    An edit of row w scales every other token's probability at x by
+    exp(lse(x) − lse'(x)), so α'_j = mean_x p_j(x)·exp(lse − lse') for j ≠ w."""
+    h_all, w, b = read_only_tensor(hidden), read_only_tensor(weight), _optional(bias)
+    factor = torch.as_tensor(
+        np.exp(stats.lse[:, None] - steered_log_normalizer(stats, columns, shifts)))
+    lse = torch.as_tensor(stats.lse)
+    alpha = torch.zeros(w.shape[0], dtype=torch.float64)
+    reweighted = torch.zeros(w.shape[0], len(columns), dtype=torch.float64)
+    with torch.inference_mode():
+        for start in range(0, len(h_all), rows_per_chunk):
+            stop = start + rows_per_chunk
+            logits = h_all[start:stop] @ w.T
+            if b is not None:
+                logits += b
+            probs = torch.exp(logits - lse[start:stop, None].float())
+            alpha += probs.sum(0, dtype=torch.float64)
+            reweighted += (probs.T @ factor[start:stop].float()).double()
+    n = len(h_all)
+    return _kl_over_non_targets((alpha / n).numpy(), (reweighted / n).numpy(),
+                                stats.tokens[columns])
+
+
 class SteeringEvaluator:
     """Evaluates edits of single output rows from cached final hidden states.
 
-    With the logits z = hEᵀ + b of a position, editing row w by −log(r)·v moves only
-    z_w, to z_w − log(r)·(h·v); the normalizer follows in closed form. One pass over the
-    positions evaluates any number of (token, r) pairs.
+    With the logits z = hEᵀ + b of a position, editing row w by δ moves only z_w, to
+    z_w + h·δ; the normalizer follows in closed form. One LM-head pass at construction
+    keeps, per position, the log-sum-exp and the targets' logits; any number of edits is
+    then evaluated at a cost independent of |V| (the KL over other tokens takes one more
+    pass for all of them together).
     """
 
     def __init__(self, hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                 rows_per_chunk: int = 1024) -> None:
-        self.hidden = read_only_tensor(hidden)
-        self.weight = read_only_tensor(weight)
-        self.bias = None if bias is None else read_only_tensor(bias)
+                 tokens: np.ndarray, rows_per_chunk: int = 1024) -> None:
+        self.hidden, self.weight, self.bias = hidden, weight, bias
         self.rows_per_chunk = rows_per_chunk
+        self.stats = target_logits(hidden, weight, bias, np.unique(tokens),
+                                   rows_per_chunk=rows_per_chunk)
+
+    def columns(self, tokens: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.stats.tokens, np.asarray(tokens, dtype=np.int64))
+
+    def effects(self, tokens: np.ndarray, shifts: np.ndarray,
+                with_kl: bool = True) -> SteeringEffects:
+        """Effects of moving logit tokens[k] by shifts[:, k] (positions × pairs), one edit
+        at a time. Without `with_kl`, kl_other is NaN and no LM-head pass is made."""
+        columns = self.columns(tokens)
+        kl = (kl_over_other_tokens(self.hidden, self.weight, self.bias, self.stats, columns,
+                                   shifts, self.rows_per_chunk)
+              if with_kl else np.full(len(columns), np.nan))
+        return SteeringEffects(alpha=self.stats.probabilities()[:, columns].mean(axis=0),
+                               steered_alpha=steered_alpha(self.stats, columns, shifts),
+                               kl_other=kl)
 
     def evaluate(self, tokens: np.ndarray, ratios: np.ndarray, directions: np.ndarray,
                  with_kl: bool = True) -> SteeringEffects:
-        """Effects of steering each tokens[k] by ratios[k] along directions[k] (or one
-        shared direction), one edit at a time. Without `with_kl`, kl_other is NaN and
-        the pass costs O(positions × pairs) instead of O(positions × vocab × pairs)."""
-        tokens = torch.as_tensor(np.array(tokens, dtype=np.int64))
-        pairs = len(tokens)
-        log_r = torch.as_tensor(np.log(np.asarray(ratios, dtype=np.float64)))
-        v = torch.as_tensor(np.broadcast_to(np.asarray(directions, dtype=np.float32),
-                                            (pairs, self.weight.shape[1])).copy())
-        vocab = self.weight.shape[0]
-        # Σ_x p_j(x)·(1 − p'_w(x))/(1 − p_w(x)): α' of every non-target token, per pair.
-        reweighted = torch.zeros(vocab, pairs if with_kl else 0, dtype=torch.float64)
-        alpha = torch.zeros(vocab, dtype=torch.float64)
-        target_before = torch.zeros(pairs, dtype=torch.float64)
-        target_after = torch.zeros(pairs, dtype=torch.float64)
-        n = self.hidden.shape[0]
-        with torch.inference_mode():
-            for start in range(0, n, self.rows_per_chunk):
-                h = self.hidden[start:start + self.rows_per_chunk]
-                logits = h @ self.weight.T
-                if self.bias is not None:
-                    logits = logits + self.bias
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-                z = logits.gather(1, tokens.expand(len(h), -1)).double()
-                shifted = z - log_r * (h @ v.T).double()
-                p_before = torch.exp(z - lse.double())
-                rest = torch.clamp(1.0 - p_before, min=0.0)
-                new_lse = torch.logaddexp(torch.log(rest) + lse.double(), shifted)
-                p_after = torch.exp(shifted - new_lse)
-                target_before += p_before.sum(0)
-                target_after += p_after.sum(0)
-                if with_kl:
-                    probs = torch.exp(logits - lse)  # float32: only summed, never divided
-                    alpha += probs.sum(0).double()
-                    factor = (1.0 - p_after) / rest.clamp_min(1e-300)
-                    reweighted += (probs.T @ factor.float()).double()
-        kl = (_kl_over_non_targets((alpha / n).numpy(), (reweighted / n).numpy(),
-                                   tokens.numpy()) if with_kl else np.full(pairs, np.nan))
-        return SteeringEffects(alpha=(target_before / n).numpy(),
-                               steered_alpha=(target_after / n).numpy(), kl_other=kl)
+        """The paper's edits: each tokens[k] moved by −log(ratios[k])·directions[k] (or
+        one shared direction)."""
+        log_r = np.log(np.asarray(ratios, dtype=np.float64))
+        projected = self.project(np.atleast_2d(np.asarray(directions, dtype=np.float64)))
+        if projected.shape[1] == 1:
+            projected = np.repeat(projected, len(log_r), axis=1)
+        return self.effects(tokens, -log_r * projected, with_kl)
+
+    def project(self, directions: np.ndarray) -> np.ndarray:
+        """(positions, k) h·u for each row u of `directions`, in float64."""
+        return self.hidden.astype(np.float64) @ np.atleast_2d(directions).T
 
 
 def _kl_over_non_targets(alpha: np.ndarray, steered: np.ndarray,
@@ -238,15 +391,22 @@ def _kl_over_non_targets(alpha: np.ndarray, steered: np.ndarray,
     return kl
 
 
-def steer_model(model, targets: dict[int, float], direction: np.ndarray) -> None:
+def closed_form_edits(targets: dict[int, float], direction: np.ndarray) -> dict[int, np.ndarray]:
+    """The paper's edit of each target row: δ_w = −log(r_w)·v."""
+    check_ratios(list(targets.values()))
+    return {token: -np.log(ratio) * np.asarray(direction, dtype=np.float64)
+            for token, ratio in targets.items()}
+
+
+def steer_model(model, edits: dict[int, np.ndarray]) -> None:
     """Edit a loaded model in place: untie its output embeddings, then move each target
-    row by −log(r)·v. The input embeddings and every other row stay as they were."""
+    row w by its δ_w. The input embeddings and every other row stay as they were."""
     from tokprob.models import output_head, untie_output_embeddings
 
     untie_output_embeddings(model)
     weight = output_head(model).weight
-    steered = steer_embeddings(weight.float().cpu().numpy(), targets, direction)
-    rows = torch.as_tensor(sorted(targets))
+    rows = torch.as_tensor(sorted(edits))
+    moved = np.stack([weight[token].double().cpu().numpy() + edits[token]
+                      for token in rows.tolist()])
     with torch.no_grad():
-        weight[rows] = torch.as_tensor(steered[rows.numpy()], dtype=weight.dtype,
-                                       device=weight.device)
+        weight[rows] = torch.as_tensor(moved, dtype=weight.dtype, device=weight.device)

@@ -6,6 +6,8 @@ from typing import Any
 
 import pandas as pd
 
+from tokprob.steering import CALIBRATED_GOAL
+
 
 def regression_markdown(statistics: dict[str, Any], table: pd.DataFrame, top: int = 10) -> str:
     """The fit's statistics and its most salient dimensions, as Markdown."""
@@ -75,33 +77,65 @@ def _at_k(values: dict[str, float]) -> str:
     return ", ".join(f"k={k}: {v:.3f}" for k, v in values.items())
 
 
+def _error_grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
+    """Methods, r values (in order) and (method, r) → row of the steering error rows."""
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    ratios = list(dict.fromkeys(row["r"] for row in rows))
+    return methods, ratios, {(row["method"], row["r"]): row for row in rows}
+
+
 def steering_text(result: dict[str, Any]) -> str:
     """The summary printed at the end of `tokprob run steering`."""
+    comparison = result["comparison"]
+    methods, ratios, grid = _error_grid(result["errors"])
     lines = [
         f"tokprob steering: {result['model']} on {result['dataset']}",
-        f"  {result['targets']} target tokens across the α range, Ω = {result['omega']} "
-        f"({result['omega_dims']} dimensions), evaluated on {result['heldout_positions']:,} "
-        "held-out positions",
-        "  requested r   achieved (median)   |log(α'/α) − log r| median   90th pct",
-        *(f"  {r:>11}   {e['median_achieved']:>17.3f}   {e['median']:>26.3f}   "
-          f"{e['p90']:>8.3f}" for r, e in result["errors"].items()),
-        f"  side effect on other tokens: median KL {result['median_kl_other']:.2e}",
-        "  few-shot (detecting windows → median error): "
-        + ", ".join(f"{n}: {e:.3f}" for n, e in result["fewshot_median_error"].items()),
+        f"  {result['targets']} target tokens across the α range, evaluated on "
+        f"{result['heldout_positions']:,} held-out positions; closed form with Ω = "
+        f"{result['omega']} ({result['omega_dims']} dimensions), calibrated edits solved on "
+        f"{result['detect_positions']:,} detecting positions",
+        "  |log(α'/α) − log r| over feasible pairs, median / 90th percentile:",
+        "  r      " + "".join(f"{method:>22}" for method in methods),
+        *(f"  {r:<5}  " + "".join(f"{_median_p90(grid[m, r]):>22}" for m in methods)
+          for r in ratios),
+        "  infeasible pairs: " + ", ".join(f"{m} {grid[m, 'all']['infeasible']}"
+                                           for m in methods),
+        f"  on the {comparison['pairs']} pairs the calibrated edit reaches: median error "
+        f"{comparison['closed_form_median']:.3f} (closed form) → "
+        f"{comparison['calibrated_median']:.4f} (calibrated), "
+        f"{comparison['improvement']:.0f}× lower",
+        "  spread std/|mean| of the logit shift h·direction on held-out text: " + ", ".join(
+            f"{method} {value:.3f}" for method, value in result["spread"].items()),
+        "  side effect on other tokens, median KL: " + ", ".join(
+            f"{method} {value:.2e}" for method, value in result["median_kl_other"].items()),
+        *(f"  few-shot {method} (detecting windows → median error): "
+          + ", ".join(f"{n}: {e:.3f}" for n, e in errors.items())
+          for method, errors in result["fewshot_median_error"].items()),
+        "  detecting windows the calibrated edit needs for a median error ≤ "
+        f"{CALIBRATED_GOAL:g}: {result['calibrated_windows_for_goal'] or 'more than stored'}",
         *_stages_and_plots(result),
         f"  sweep: {result['artifacts']['steering']}",
     ]
     return "\n".join(lines)
 
 
+def _median_p90(stats: dict[str, Any]) -> str:
+    return f"{stats['median']:.4f} / {stats['p90']:.4f}"
+
+
 def steering_markdown(result: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {r} | {e['median_achieved']:.3f} | {e['median']:.3f} | {e['p90']:.3f} |"
-                     for r, e in result["errors"].items())
+    methods, ratios, grid = _error_grid(result["errors"])
+    header = " | ".join(f"{method} median | 90th pct" for method in methods)
+    rows = "\n".join(f"| {r} | " + " | ".join(f"{grid[m, r]['median']:.4f} | "
+                                              f"{grid[m, r]['p90']:.4f}" for m in methods)
+                     + " |" for r in ratios)
+    comparison = result["comparison"]
     return (f"# Steering: {result['model']} on {result['dataset']}\n\n"
-            f"{result['targets']} targets, Ω = {result['omega']} ({result['omega_dims']} "
-            f"dimensions); median KL on other tokens {result['median_kl_other']:.2e}\n\n"
-            "| r | achieved (median) | median abs. log error | 90th pct |\n"
-            f"|---:|---:|---:|---:|\n{rows}\n")
+            f"{result['targets']} targets; closed form with Ω = {result['omega']} "
+            f"({result['omega_dims']} dimensions). On the {comparison['pairs']} pairs the "
+            f"calibrated edit reaches, median |log error| {comparison['closed_form_median']:.3f}"
+            f" (closed form) → {comparison['calibrated_median']:.4f} (calibrated).\n\n"
+            f"| r | {header} |\n|---:|" + "---:|" * (2 * len(methods)) + f"\n{rows}\n")
 
 
 def _pruning_rows(result: dict[str, Any]) -> list[tuple[str, str, float, dict[str, Any]]]:
