@@ -55,7 +55,7 @@ def steering(
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], STEERING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config)
+                   run_config, probability_config, regression_config, hidden_config.heldout_tokens)
     held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
     sweep = stage(steering_sweep, workspace=workspace, model=found.model,
                   regression=found.regression, embeddings=found.embeddings,
@@ -88,7 +88,7 @@ def steer(
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], STEERING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config)
+                   run_config, probability_config, regression_config, hidden_config.heldout_tokens)
     held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
     return save_steered_model(found.model, found.regression, found.embeddings,
                               found.probabilities, held, tokens, ratios, steering_config,
