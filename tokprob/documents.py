@@ -76,8 +76,9 @@ def _kind(path: Path) -> str:
 def index_documents(files: list[Path]) -> DocumentIndex:
     """Where every document of the files is, in file order. Lines are found by a byte
     scan for newlines (no JSON parsing); blank lines are not documents."""
-    parts = [_index_file(path) for path in files]
-    numbers = [np.full(len(p[0]), i, dtype=np.int32) for i, p in enumerate(parts)]
+    empty = np.zeros(0, dtype=np.int64)
+    parts = [(empty, empty), *(_index_file(path) for path in files)]
+    numbers = [np.full(len(p[0]), i - 1, dtype=np.int32) for i, p in enumerate(parts)]
     return DocumentIndex(file=np.concatenate(numbers),
                          start=np.concatenate([p[0] for p in parts]).astype(np.int64),
                          length=np.concatenate([p[1] for p in parts]).astype(np.int64))
@@ -154,19 +155,28 @@ def read_documents_at(files: list[Path], index: DocumentIndex, column: str,
 def _read_file(path: Path, kind: str, column: str, starts: np.ndarray,
                lengths: np.ndarray) -> list[object]:
     if kind == "text":
-        return [_decode(path, open_bytes(path).read(), 0)]
+        return [_decode(path, _whole(path), 0)] * len(starts)
     if kind == "parquet":
         return _parquet_rows(path, column, starts)
     if kind == "array":
         records = _json_array(path)
         return [_field(path, records[int(s)], column, None) for s in starts]
-    values = []
+    values: list[object] = []
     with open_bytes(path) as handle:
-        for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+        for number, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(),
+                                                     strict=True)):
+            if number and start == starts[number - 1]:  # asked twice: a stream cannot rewind
+                values.append(values[-1])
+                continue
             handle.seek(start)
             line = handle.read(length)
             values.append(_field(path, _json_line(path, line, start), column, start))
     return values
+
+
+def _whole(path: Path) -> bytes:
+    with open_bytes(path) as handle:
+        return handle.read()
 
 
 def _decode(path: Path, data: bytes, offset: int) -> str:
@@ -199,7 +209,7 @@ def _line_number(path: Path, offset: int) -> int:
 
 def _json_array(path: Path) -> list:
     try:
-        records = json.loads(_decode(path, open_bytes(path).read(), 0))
+        records = json.loads(_decode(path, _whole(path), 0))
     except ValueError as error:
         raise TokprobError(f"Cannot read the dataset {path}: it is not valid JSON ({error}). "
                            "A .json corpus holds a list of records or one record per "
