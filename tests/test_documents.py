@@ -153,3 +153,26 @@ def test_a_filled_split_takes_no_more_documents_and_splits_stay_disjoint():
     # The detecting budget filled first; later documents all went to the held-out split.
     assert max(seen[HELDOUT]) > max(seen[DETECT])
     assert max(seen[HELDOUT]) < 64  # about (16 + 80) / 6 documents were used, not 400
+
+
+def test_a_corpus_is_hashed_once_across_processes(tmp_path, workspace, monkeypatch):
+    """The content hash is stored in the data folder: a new process (an emptied memo)
+    does not read the file again while its size and mtime hold."""
+    from tokprob import hashing
+
+    folder = _write(tmp_path / "c", "jsonl")
+    first = resolve_corpus(DatasetSpec.parse(str(folder)), workspace).fingerprint
+    monkeypatch.setattr(hashing, "_file_memo", {})
+    opened = []
+    real_open = type(folder).open
+
+    def counting_open(self, *args, **kwargs):
+        opened.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(folder), "open", counting_open)
+    assert resolve_corpus(DatasetSpec.parse(str(folder)), workspace).fingerprint == first
+    assert "a.jsonl" not in opened
+    (folder / "a.jsonl").write_bytes(_jsonl(DOCS[:3]))  # a change is hashed again
+    assert resolve_corpus(DatasetSpec.parse(str(folder)), workspace).fingerprint != first
+    assert "a.jsonl" in opened

@@ -72,8 +72,14 @@ def resolve_corpus(spec: DatasetSpec, workspace: Workspace) -> CorpusSource:
     return CorpusSource(
         spec=str(spec), kind=spec.kind, location=str(root),
         files=tuple(str(f) for f in files), text_column=column,
-        fingerprint=f"files:{sha256_files([Path(f) for f in files], root=root)[:24]}:{column}",
+        fingerprint=f"files:{_content_hash(files, root, workspace)}:{column}",
     )
+
+
+def _content_hash(files: list[Path], root: Path, workspace: Workspace) -> str:
+    """The files' content hash, remembered in the data folder by path, size and mtime."""
+    return sha256_files([Path(f) for f in files], root=root,
+                        store=workspace.root / "file-hashes.json")[:24]
 
 
 def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
