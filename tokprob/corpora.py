@@ -1,7 +1,9 @@
-"""Read a corpus: built-in, local files or a hub dataset, as a list of documents.
+"""Read a corpus: built-in, local files or a hub dataset, all of it or lazily in a
+seeded document-level shuffle.
 
     source = resolve_corpus(DatasetSpec.parse("wiki-leads"), Workspace.from_env())
     documents = read_documents(source, workspace.hf_datasets_cache)
+    shuffled = shuffled_corpus(source, index_corpus(source), seed, workspace.hf_datasets_cache)
 """
 
 from __future__ import annotations
