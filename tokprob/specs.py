@@ -133,9 +133,8 @@ def local_files(spec: DatasetSpec) -> list[Path]:
     files = [p.resolve() for p in candidates if _text_suffix(p) in TEXT_SUFFIXES]
     if not files:
         raise TokprobError(
-            f"No .txt, .json, .jsonl or .parquet files (or .gz/.zst of them) at "
-            f"{spec.location}. Point --dataset at such a file, a folder holding them, or a "
-            "glob."
+            f"No .txt, .json, .jsonl or .parquet files at {spec.location} (plain, .gz or "
+            ".zst). Point --dataset at such a file, a folder holding them, or a glob."
         )
     formats = {file_format(p) for p in files}
     if len(formats) > 1:
