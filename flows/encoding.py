@@ -56,16 +56,25 @@ class Detection:
     regression: ArtifactRef
 
 
+def heldout_budget(tokens: int) -> int:
+    """Held-out tokens the windows hold: the `tokens` the readers take, and at least a
+    default run's `--heldout-tokens`, so that a flow reading less shares its windows, and
+    with them α, with a default run (the budget is part of the windows' key)."""
+    return max(HiddenConfig().heldout_tokens, tokens)
+
+
 def detect(stage: StageRunner, workspace: Workspace, model: str, dataset: str, split: str,
            text_column: str, window_config: WindowConfig, run_config: RunConfig,
            probability_config: ProbabilityConfig, regression_config: RegressionConfig,
            heldout_tokens: int) -> Detection:
     """Wire corpus → windows → probabilities and model → embeddings into the regression.
-    The windows hold α's `--max-tokens` of detecting text and `heldout_tokens` held out."""
+    The windows hold α's `--max-tokens` of detecting text and the held-out text the
+    flow's readers take (`heldout_tokens`)."""
     source = model_source(workspace, model)
     text = corpus_source(workspace, dataset, split, text_column)
     docs = stage(corpus, workspace=workspace, source=text)
-    budget = TokenBudget(detect=probability_config.max_tokens, heldout=heldout_tokens)
+    budget = TokenBudget(detect=probability_config.max_tokens,
+                         heldout=heldout_budget(heldout_tokens))
     packed = stage(windows, workspace=workspace, corpus=docs, model=source, config=window_config,
                    budget=budget)
     matrix = stage(embeddings, workspace=workspace, model=source)
