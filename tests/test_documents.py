@@ -57,10 +57,11 @@ def test_lazy_readers_read_every_document_and_any_subset(tmp_path, workspace, fm
 
 def test_the_index_is_a_byte_scan_that_skips_blank_lines(tmp_path):
     path = tmp_path / "c.jsonl"
-    path.write_bytes(b'{"text": "a"}\n\n{"text": "bc"}\n{"text": "d"}')  # no final newline
+    path.write_bytes(b'{"text": "a"}\n\n{"text": "bc"}\n \r\n{"text": "d"}')  # no final newline
     index = index_documents([path])
-    np.testing.assert_array_equal(index.start, [0, 15, 30])
-    np.testing.assert_array_equal(index.length, [13, 14, 13])
+    np.testing.assert_array_equal(index.start, [0, 15, 30, 33])
+    np.testing.assert_array_equal(index.length, [13, 14, 2, 13])
+    assert read_documents_at([path], index, "text", np.arange(4)) == ["a", "bc", None, "d"]
 
 
 def test_a_broken_line_of_a_compressed_file_is_named(tmp_path, workspace):

@@ -170,7 +170,8 @@ def _read_file(path: Path, kind: str, column: str, starts: np.ndarray,
                 continue
             handle.seek(start)
             line = handle.read(length)
-            values.append(_field(path, _json_line(path, line, start), column, start))
+            values.append(_field(path, _json_line(path, line, start), column, start)
+                          if line.strip() else None)  # a line of spaces is blank too
     return values
 
 
