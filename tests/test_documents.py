@@ -15,6 +15,7 @@ from conftest import build_tokenizer, tiny_corpus
 
 from tokprob.corpora import index_corpus, read_documents, resolve_corpus, shuffled_corpus
 from tokprob.documents import index_documents, read_documents_at, shuffled_documents
+from tokprob.errors import TokprobError
 from tokprob.specs import DatasetSpec
 from tokprob.windows import DETECT, HELDOUT, TokenBudget, build_windows
 
@@ -177,3 +178,10 @@ def test_a_corpus_is_hashed_once_across_processes(tmp_path, workspace, monkeypat
     (folder / "a.jsonl").write_bytes(_jsonl(DOCS[:3]))  # a change is hashed again
     assert resolve_corpus(DatasetSpec.parse(str(folder)), workspace).fingerprint != first
     assert "a.jsonl" in opened
+
+
+def test_a_shuffled_corpus_without_text_is_an_error(tmp_path, workspace):
+    folder = _write(tmp_path / "c", "txt", docs=["   \n", "\n\n"])
+    source = resolve_corpus(DatasetSpec.parse(str(folder)), workspace)
+    with pytest.raises(TokprobError, match=r"holds no text in column 'text'"):
+        list(shuffled_corpus(source, index_corpus(source), 0, tmp_path / "hf"))

@@ -94,10 +94,7 @@ def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
         texts = read_documents_at(files, index, source.text_column, np.arange(len(index)))
     documents = [t for t in texts if isinstance(t, str) and t.strip()]
     if not documents:
-        raise TokprobError(
-            f"The dataset {source.spec} holds no text in column {source.text_column!r} "
-            f"({len(texts)} rows, all empty). Point --dataset at a corpus with text."
-        )
+        raise _no_text(source, f"{len(texts)} rows, all empty")
     return documents
 
 
@@ -114,14 +111,24 @@ def shuffled_corpus(source: CorpusSource, index: DocumentIndex, seed: int,
     """The non-empty documents in a seeded document-level shuffle, read lazily. Local
     files are shuffled exactly (over the index); a hub dataset is streamed and shuffled
     in a buffer of `HUB_SHUFFLE_BUFFER` documents, the most a stream allows."""
-    if source.kind != "hub":
-        yield from shuffled_documents([Path(f) for f in source.files], index,
-                                      source.text_column, seed)
-        return
-    for row in _hub_rows(source, cache_dir, seed):
-        text = row.get(source.text_column)
-        if isinstance(text, str) and text.strip():
-            yield text
+    if source.kind == "hub":
+        texts = (row.get(source.text_column) for row in _hub_rows(source, cache_dir, seed))
+        texts = (t for t in texts if isinstance(t, str) and t.strip())
+    else:
+        texts = shuffled_documents([Path(f) for f in source.files], index, source.text_column,
+                                   seed)
+    empty = True
+    for text in texts:
+        empty = False
+        yield text
+    if empty:
+        raise _no_text(source, "all its records are empty")
+
+
+def _no_text(source: CorpusSource, why: str) -> TokprobError:
+    return TokprobError(f"The dataset {source.spec} holds no text in column "
+                        f"{source.text_column!r} ({why}). Point --dataset at a corpus with "
+                        "text.")
 
 
 HUB_SHUFFLE_BUFFER = 10_000
