@@ -15,6 +15,7 @@ measured in the same run.
 | steering_sweep | steering sweep by full forward passes ÷ from cached hidden states | ≥ 20× |
 | pruning_sweep | pruning sweep by full forward passes ÷ from cached hidden states | ≥ 20× |
 | dask_shards | α in one process ÷ on a 2-worker local Dask cluster; same numbers | report; ≤ 1e-9 |
+| corpus_scale | windows from a 1 GB .jsonl ÷ from a 10 MB one, same --max-tokens | ≤ 1.2 |
 | scale_memory | `run encoding` peak RSS ÷ float32 model (GPT-2 XL); embeddings ÷ E | ≤ 1.3; ≤ 1.5 |
 
 Benchmarks report; they never fail on a missed goal (the tests check correctness).

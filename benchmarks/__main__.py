@@ -13,6 +13,7 @@ from benchmarks import (
     alpha_memory,
     alpha_throughput,
     cached_rerun,
+    corpus_scale,
     dask_shards,
     pruning_sweep,
     regression_solver,
@@ -25,7 +26,7 @@ from benchmarks._common import Result, fixture, summary_table
 BENCHMARKS = {
     module.NAME: module
     for module in (alpha_throughput, regression_solver, alpha_memory, cached_rerun,
-                   steering_sweep, pruning_sweep, dask_shards, scale_memory)
+                   steering_sweep, pruning_sweep, dask_shards, corpus_scale, scale_memory)
 }
 
 

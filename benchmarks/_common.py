@@ -16,7 +16,7 @@ from functools import cache
 import numpy as np
 
 from tokprob.config import RunConfig, WindowConfig
-from tokprob.corpora import CorpusSource, read_documents, resolve_corpus
+from tokprob.corpora import CorpusSource, index_corpus, resolve_corpus, shuffled_corpus
 from tokprob.models import ModelSource, load_model, load_tokenizer, output_head, resolve_model
 from tokprob.probabilities import AlphaResult, averaged_probabilities
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL, DatasetSpec, ModelSpec
@@ -82,8 +82,9 @@ def fixture() -> Fixture:
     workspace = Workspace.from_env()
     model_source = resolve_model(ModelSpec.parse(DEFAULT_MODEL), workspace)
     corpus_source = resolve_corpus(DatasetSpec.parse(DEFAULT_DATASET), workspace)
-    documents = read_documents(corpus_source, workspace.hf_datasets_cache)
     config = WindowConfig()
+    documents = shuffled_corpus(corpus_source, index_corpus(corpus_source), config.seed,
+                                workspace.hf_datasets_cache)
     model = load_model(model_source.path)
     windows = build_windows(load_tokenizer(model_source.path), documents, config.window,
                             config.heldout_fraction, config.seed, output_head(model).vocab_size)

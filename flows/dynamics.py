@@ -31,6 +31,7 @@ from tasks.windows import windows
 from tokprob.config import PretrainConfig, ProbabilityConfig, RunConfig, WindowConfig
 from tokprob.dynamics import checkpoint_steps
 from tokprob.specs import DEFAULT_DATASET
+from tokprob.windows import TokenBudget
 from tokprob.workspace import Workspace
 
 
@@ -68,8 +69,10 @@ def dynamics(
     ordered = check_checkpoints(found)
     final = ordered[-1].source
     counts = stage(unigram, workspace=workspace, corpus=docs, model=final)
-    packed = stage(windows, workspace=workspace, corpus=docs, model=final,
-                   config=window_config) if alpha else None
+    # α only: the held-out split is not read.
+    packed = stage(windows, workspace=workspace, corpus=docs, model=final, config=window_config,
+                   budget=TokenBudget(detect=probability_config.max_tokens, heldout=0)
+                   ) if alpha else None
     rows = []
     for checkpoint in ordered:
         at = f"@step{checkpoint.step}"

@@ -40,7 +40,7 @@ from tokprob.corpora import CorpusSource
 from tokprob.models import ModelSource
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
 from tokprob.store import ArtifactRef
-from tokprob.windows import HELDOUT
+from tokprob.windows import HELDOUT, TokenBudget
 from tokprob.workspace import Workspace
 
 
@@ -56,15 +56,27 @@ class Detection:
     regression: ArtifactRef
 
 
+def heldout_budget(tokens: int) -> int:
+    """Held-out tokens the windows hold: the `tokens` the readers take, and at least a
+    default run's `--heldout-tokens`, so that a flow reading less shares its windows, and
+    with them α, with a default run (the budget is part of the windows' key)."""
+    return max(HiddenConfig().heldout_tokens, tokens)
+
+
 def detect(stage: StageRunner, workspace: Workspace, model: str, dataset: str, split: str,
            text_column: str, window_config: WindowConfig, run_config: RunConfig,
-           probability_config: ProbabilityConfig,
-           regression_config: RegressionConfig) -> Detection:
-    """Wire corpus → windows → probabilities and model → embeddings into the regression."""
+           probability_config: ProbabilityConfig, regression_config: RegressionConfig,
+           heldout_tokens: int) -> Detection:
+    """Wire corpus → windows → probabilities and model → embeddings into the regression.
+    The windows hold α's `--max-tokens` of detecting text and the held-out text the
+    flow's readers take (`heldout_tokens`)."""
     source = model_source(workspace, model)
     text = corpus_source(workspace, dataset, split, text_column)
     docs = stage(corpus, workspace=workspace, source=text)
-    packed = stage(windows, workspace=workspace, corpus=docs, model=source, config=window_config)
+    budget = TokenBudget(detect=probability_config.max_tokens,
+                         heldout=heldout_budget(heldout_tokens))
+    packed = stage(windows, workspace=workspace, corpus=docs, model=source, config=window_config,
+                   budget=budget)
     matrix = stage(embeddings, workspace=workspace, model=source)
     alphas = stage(probabilities, workspace=workspace, windows=packed, model=source,
                    run=run_config, config=probability_config)
@@ -104,7 +116,7 @@ def encoding(
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], ENCODING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config)
+                   run_config, probability_config, regression_config, hidden_config.heldout_tokens)
     if keep_hidden or "hidden" in stage.refresh:
         keep_hidden_states(stage, workspace, found, run_config, hidden_config)
     dims = stage(sparsity, workspace=workspace, regression=found.regression,

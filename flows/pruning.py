@@ -37,9 +37,17 @@ from tokprob.config import (
     WindowConfig,
 )
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
+from tokprob.windows import TokenBudget
 from tokprob.workspace import Workspace
 
 DEFAULT_OOD = "shakespeare"
+
+
+def heldout_readers(tokens: int, pruning_config: PruningConfig,
+                    window_config: WindowConfig) -> int:
+    """Held-out tokens pruning reads: the evaluated positions, and the generation prompts
+    (one window each)."""
+    return max(tokens, pruning_config.prompts * window_config.window)
 
 
 @flow(name="pruning", flow_run_name=run_name)
@@ -63,12 +71,16 @@ def pruning(
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], PRUNING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config)
+                   run_config, probability_config, regression_config,
+                   heldout_readers(hidden_config.heldout_tokens, pruning_config, window_config))
     held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
     ood_text = corpus_source(workspace, ood_dataset, "train", "text")
     ood_docs = stage(corpus, label="corpus-ood", workspace=workspace, source=ood_text)
+    # One detecting window (the stage needs one); the held-out split is what is evaluated.
+    ood_budget = TokenBudget(detect=window_config.window, heldout=heldout_readers(
+        pruning_config.eval_tokens, pruning_config, window_config))
     ood_windows = stage(windows, label="windows-ood", workspace=workspace, corpus=ood_docs,
-                        model=found.model, config=window_config)
+                        model=found.model, config=window_config, budget=ood_budget)
     # Out of distribution only the evaluated positions are needed, not a steering sample.
     ood_held = stage(hidden_states, label="hidden-ood", workspace=workspace,
                      windows=ood_windows, model=found.model, run=run_config,
@@ -102,6 +114,7 @@ def prune(
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], PRUNING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config)
+                   run_config, probability_config, regression_config,
+                   heldout_readers(HiddenConfig().heldout_tokens, pruning_config, window_config))
     return save_pruned_model(found.model, found.regression, found.embeddings, fraction,
                              pruning_config, out)

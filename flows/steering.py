@@ -56,7 +56,7 @@ def steering(
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], STEERING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config)
+                   run_config, probability_config, regression_config, hidden_config.heldout_tokens)
     held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
     calibration = keep_hidden_states(stage, workspace, found, run_config, hidden_config, DETECT)
     sweep = stage(steering_sweep, workspace=workspace, model=found.model,
@@ -93,7 +93,7 @@ def steer(
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], STEERING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config)
+                   run_config, probability_config, regression_config, hidden_config.heldout_tokens)
     held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
     calibration = (keep_hidden_states(stage, workspace, found, run_config, hidden_config, DETECT)
                    if method == "calibrated" else None)

@@ -1,30 +1,52 @@
-"""Stage `corpus`: the dataset's documents as Parquet (`doc`, `text`)."""
+"""Stage `corpus`: where the dataset's documents are (`documents.parquet`: `doc`, `file`,
+`start`, `length`) and the resolved source (`source.json`), not the text: later stages
+read the documents they need lazily from the files."""
 
 from __future__ import annotations
 
-import pyarrow as pa
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
 from prefect import task
 
 from tasks._stage import publish_table, register, run_stage
-from tokprob.corpora import CorpusSource, read_documents
+from tokprob.corpora import CorpusSource, index_corpus, read_documents, shuffled_corpus
+from tokprob.documents import DocumentIndex
 from tokprob.store import ArtifactRef
 from tokprob.workspace import Workspace
 
 STAGE = "corpus"
+INDEX_FILE = "documents.parquet"
+SOURCE_FILE = "source.json"
 
 
 @task(**register(STAGE, __name__, environment=("datasets",)))
 def corpus(workspace: Workspace, source: CorpusSource, force: bool = False) -> ArtifactRef:
-    """Read the documents of a corpus once."""
+    """Index the documents of a corpus once (one byte-level pass over local files)."""
 
     def compute(out):
-        documents = read_documents(source, workspace.hf_datasets_cache)
-        out.write_table("corpus.parquet", pa.table({"doc": range(len(documents)),
-                                                    "text": documents}))
-        out.summary.update(dataset=source.spec, documents=len(documents),
-                           characters=sum(len(d) for d in documents))
-        publish_table(STAGE, out, [{"dataset": source.spec, "documents": len(documents),
-                                    "characters": out.summary["characters"]}],
+        index = index_corpus(source)
+        out.write_table(INDEX_FILE, index.to_arrow())
+        out.path(SOURCE_FILE).write_text(source.model_dump_json())
+        out.summary.update(dataset=source.spec, records=len(index),
+                           streamed=source.kind == "hub")
+        publish_table(STAGE, out, [{"dataset": source.spec, "records": len(index)}],
                       f"Documents of {source.spec}")
 
     return run_stage(STAGE, workspace, {"source": source}, compute, force)
+
+
+def _read(ref: ArtifactRef) -> tuple[CorpusSource, DocumentIndex]:
+    source = CorpusSource.model_validate_json(ref.file(SOURCE_FILE).read_text())
+    return source, DocumentIndex.from_arrow(pq.read_table(ref.file(INDEX_FILE)))
+
+
+def all_documents(workspace: Workspace, ref: ArtifactRef) -> list[str]:
+    """Every non-empty document, in the corpus's order."""
+    return read_documents(_read(ref)[0], workspace.hf_datasets_cache)
+
+
+def shuffled_documents(workspace: Workspace, ref: ArtifactRef, seed: int) -> Iterator[str]:
+    """The non-empty documents in the seeded document-level shuffle, read lazily."""
+    source, index = _read(ref)
+    return shuffled_corpus(source, index, seed, workspace.hf_datasets_cache)

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks._io import read_embeddings, read_probabilities, read_table
 from tasks._stage import publish_table, register, run_stage, store_of
 from tasks.checkpoints import Checkpoint
+from tasks.corpus import all_documents
 from tokprob import plots
 from tokprob.dynamics import check_checkpoint_count, convergence, first_step
 from tokprob.errors import TokprobError
@@ -43,8 +43,7 @@ def unigram(workspace: Workspace, corpus: ArtifactRef, model: ModelSource,
     def compute(out):
         from transformers import AutoConfig
 
-        documents = pq.read_table(corpus.file("corpus.parquet"), columns=["text"]) \
-            .column("text").to_pylist()
+        documents = all_documents(workspace, corpus)
         tokenizer = load_tokenizer(model.path)
         rows = int(AutoConfig.from_pretrained(model.path).vocab_size)
         ids = np.concatenate([np.asarray(doc, dtype=np.int64)

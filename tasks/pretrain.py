@@ -11,10 +11,10 @@ import shutil
 from dataclasses import asdict
 
 import pandas as pd
-import pyarrow.parquet as pq
 from prefect import task
 
 from tasks._stage import identify, publish_table, register, run_stage
+from tasks.corpus import all_documents
 from tokprob.config import PretrainConfig
 from tokprob.pretrain import Pretraining, PretrainSettings, checkpoint_steps, train_tokenizer
 from tokprob.progress import Progress
@@ -39,8 +39,7 @@ def pretrain(workspace: Workspace, corpus: ArtifactRef, config: PretrainConfig,
         if force:
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
-        documents = pq.read_table(corpus.file("corpus.parquet"), columns=["text"]) \
-            .column("text").to_pylist()
+        documents = all_documents(workspace, corpus)
         tokenizer_dir = work / "tokenizer"
         if not (tokenizer_dir / "tokenizer.json").exists():
             train_tokenizer(documents, config.vocab_size).save_pretrained(tokenizer_dir)

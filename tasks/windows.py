@@ -6,10 +6,11 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from tasks._stage import publish_table, register, run_stage
+from tasks.corpus import shuffled_documents
 from tokprob.config import WindowConfig
 from tokprob.models import ModelSource, check_window_fits, load_tokenizer
 from tokprob.store import ArtifactRef
-from tokprob.windows import DETECT, HELDOUT, Windows, build_windows
+from tokprob.windows import DETECT, HELDOUT, TokenBudget, Windows, build_windows
 from tokprob.workspace import Workspace
 
 STAGE = "windows"
@@ -18,19 +19,20 @@ WINDOWS_FILE = "windows.parquet"
 
 @task(**register(STAGE, __name__, environment=("transformers", "tokenizers")))
 def windows(workspace: Workspace, corpus: ArtifactRef, model: ModelSource,
-            config: WindowConfig, force: bool = False) -> ArtifactRef:
-    """Tokenize with the model's tokenizer and cut fixed-length windows."""
+            config: WindowConfig, budget: TokenBudget, force: bool = False) -> ArtifactRef:
+    """Tokenize with the model's tokenizer, in a seeded document-level shuffle and only
+    until the splits hold their token budgets, and cut fixed-length windows."""
 
     def compute(out):
-        documents = pq.read_table(corpus.file("corpus.parquet"), columns=["text"])
+        documents = shuffled_documents(workspace, corpus, config.seed)
         tokenizer = load_tokenizer(model.path)
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(model.path)
         check_window_fits(model_config.to_dict(), config.window, model.display_name)
         vocab_size = _output_rows(model_config, tokenizer)
-        packed = build_windows(tokenizer, documents.column("text").to_pylist(), config.window,
-                               config.heldout_fraction, config.seed, vocab_size)
+        packed = build_windows(tokenizer, documents, config.window, config.heldout_fraction,
+                               config.seed, vocab_size, budget)
         out.write_table(WINDOWS_FILE, packed.to_arrow())
         counts = {s: int((packed.split == s).sum()) for s in (DETECT, HELDOUT)}
         out.summary.update(windows=len(packed.tokens), window=config.window,
@@ -39,8 +41,8 @@ def windows(workspace: Workspace, corpus: ArtifactRef, model: ModelSource,
         publish_table(STAGE, out, [out.summary | {"subject": model.display_name}],
                       "Packed windows and their split")
 
-    return run_stage(STAGE, workspace, {"corpus": corpus, "model": model, "config": config},
-                     compute, force)
+    return run_stage(STAGE, workspace, {"corpus": corpus, "model": model, "config": config,
+                                        "budget": budget}, compute, force)
 
 
 def read_windows(ref: ArtifactRef) -> Windows:

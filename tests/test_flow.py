@@ -224,10 +224,11 @@ def test_hidden_states_of_the_detecting_split_are_a_stage_of_their_own(
     def both_splits():
         workspace = Workspace.from_env(tmp_path / "data")
         stage = StageRunner(workspace, [], ["hidden"])
+        config = HiddenConfig(heldout_tokens=48)
         found = detect(stage, workspace, str(tiny_models["gpt_neox"]), str(tiny_text_dir),
                        "train", "text", WindowConfig(window=16, heldout_fraction=0.2),
-                       RunConfig(), ProbabilityConfig(max_tokens=160), RegressionConfig())
-        config = HiddenConfig(heldout_tokens=48)
+                       RunConfig(), ProbabilityConfig(max_tokens=160), RegressionConfig(),
+                       config.heldout_tokens)
         held = keep_hidden_states(stage, workspace, found, RunConfig(), config)
         calibrate = keep_hidden_states(stage, workspace, found, RunConfig(), config, DETECT)
         return found, held, calibrate, stage.states

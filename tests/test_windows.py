@@ -14,10 +14,10 @@ from tokprob.windows import (
     Windows,
     build_windows,
     document_separator,
-    heldout_documents,
     leading_bos,
     pack,
     split_windows,
+    takes_heldout,
 )
 
 
@@ -64,22 +64,29 @@ def test_pack_with_bos_starts_every_window_with_it():
                                   [[99, 1, 2, 3], [99, 0, 4, 5], [99, 0, 6, 7], [99, 8, 9, 0]])
 
 
+def _heldout(lengths, fraction):
+    """The greedy assignment of documents of these lengths, in this order."""
+    tokens = {False: 0, True: 0}
+    chosen = []
+    for length in lengths:
+        out = takes_heldout(tokens[False], tokens[True], length, fraction)
+        tokens[out] += length
+        chosen.append(out)
+    return np.array(chosen)
+
+
 @pytest.mark.parametrize(("lengths", "fraction", "expected"), [
-    ([10] * 40, 0.1, 40), ([10] * 40, 0.25, 100), ([10] * 7, 0.5, 30), ([10] * 9, 0.0, 0),
-    ([100] * 4, 0.3, 100), ([100] * 4, 0.1, 0),
+    ([10] * 40, 0.1, 40), ([10] * 40, 0.25, 100), ([10] * 9, 0.0, 0), ([100] * 4, 0.1, 0),
+    ([100] * 10, 0.3, 300),
 ])
 def test_heldout_documents_come_closest_to_the_fraction_of_tokens(lengths, fraction, expected):
-    heldout = heldout_documents(lengths, fraction, seed=0)
-    assert heldout.dtype == bool and heldout.shape == (len(lengths),)
+    """At every prefix of the shuffled documents the held-out share is within half a
+    document of the fraction."""
+    heldout = _heldout(lengths, fraction)
     assert int(np.asarray(lengths)[heldout].sum()) == expected
-
-
-def test_heldout_documents_are_deterministic_by_seed_and_seeds_differ():
-    lengths = list(range(5, 55))
-    a, b = heldout_documents(lengths, 0.2, 3), heldout_documents(lengths, 0.2, 3)
-    np.testing.assert_array_equal(a, b)
-    for seed in (4, 5):
-        assert not np.array_equal(a, heldout_documents(lengths, 0.2, seed))
+    for end in range(1, len(lengths) + 1):
+        reached = np.asarray(lengths[:end])
+        assert abs(reached[heldout[:end]].sum() - fraction * reached.sum()) <= max(reached) / 2
 
 
 def test_split_keeps_each_split_whole_and_is_deterministic_by_seed():
@@ -147,7 +154,7 @@ def test_build_windows_with_a_real_tokenizer(tokenizer):
     documents = tiny_corpus(12)
     windows = build_windows(tokenizer, documents, window=16, heldout_fraction=0.25, seed=1,
                             vocab_size=320)
-    heldout = heldout_documents([len(tokenizer.encode(d)) + 1 for d in documents], 0.25, 1)
+    heldout = _heldout([len(tokenizer.encode(d)) + 1 for d in documents], 0.25)
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     for name, chosen in ((DETECT, ~heldout), (HELDOUT, heldout)):
         stream = _stream(tokenizer, [documents[i] for i in np.flatnonzero(chosen)], eos)
@@ -180,7 +187,7 @@ def test_a_bos_adding_tokenizer_gets_bos_at_the_start_of_every_window(tokenizer)
     assert not (windows.tokens[:, 1:] == bos).any()  # never a target
     # The rest of each split is its documents' stream, 15 tokens per window.
     eos = bos_tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    heldout = heldout_documents([len(tokenizer.encode(d)) + 1 for d in documents], 0.2, 0)
+    heldout = _heldout([len(tokenizer.encode(d)) + 1 for d in documents], 0.2)
     stream = _stream(tokenizer, [documents[i] for i in np.flatnonzero(~heldout)], eos)
     n = len(stream) // 15
     np.testing.assert_array_equal(windows.tokens[windows.split == DETECT][:, 1:],

@@ -1,21 +1,30 @@
-"""Read a corpus: built-in, local files or a hub dataset, as a list of documents.
+"""Read a corpus: built-in, local files or a hub dataset, all of it or lazily in a
+seeded document-level shuffle.
 
     source = resolve_corpus(DatasetSpec.parse("wiki-leads"), Workspace.from_env())
     documents = read_documents(source, workspace.hf_datasets_cache)
+    shuffled = shuffled_corpus(source, index_corpus(source), seed, workspace.hf_datasets_cache)
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tokprob import assets
+from tokprob.documents import (
+    DocumentIndex,
+    index_documents,
+    read_documents_at,
+    shuffled_documents,
+)
 from tokprob.errors import TokprobError
 from tokprob.hashing import sha256_files
 from tokprob.models import hub_snapshot
-from tokprob.specs import DatasetSpec, file_format, local_files
+from tokprob.specs import DatasetSpec, local_files
 from tokprob.workspace import Workspace
 
 
@@ -65,88 +74,101 @@ def resolve_corpus(spec: DatasetSpec, workspace: Workspace) -> CorpusSource:
     return CorpusSource(
         spec=str(spec), kind=spec.kind, location=str(root),
         files=tuple(str(f) for f in files), text_column=column,
-        fingerprint=f"files:{sha256_files([Path(f) for f in files], root=root)[:24]}:{column}",
+        fingerprint=f"files:{_content_hash(files, root, workspace)}:{column}",
     )
 
 
-def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
-    """The non-empty documents of a corpus, in its order."""
-    import datasets
+def _content_hash(files: list[Path], root: Path, workspace: Workspace) -> str:
+    """The files' content hash, remembered in the data folder by path, size and mtime."""
+    return sha256_files([Path(f) for f in files], root=root,
+                        store=workspace.root / "file-hashes.json")[:24]
 
-    datasets.disable_progress_bars()
-    # Its own log line about a malformed file would precede the error tokprob raises.
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
-    if source.kind != "hub" and all(Path(f).stat().st_size == 0 for f in source.files):
-        # datasets fails on an empty file with a bare StopIteration.
-        raise TokprobError(f"The dataset {source.spec} is empty (its files have 0 bytes). "
-                           "Point --dataset at files with text.")
-    try:
-        if source.kind == "hub":
-            table = datasets.load_dataset(source.location, source.config, split=source.split,
-                                          cache_dir=str(cache_dir))
-        else:
-            files = [Path(f) for f in source.files]
-            loader = file_format(files[0])
-            options = {"sample_by": "document"} if loader == "text" else {}
-            table = datasets.load_dataset(loader, data_files=[str(f) for f in files],
-                                          split="train", cache_dir=str(cache_dir), **options)
-    except (ValueError, OSError, KeyError, TypeError) as error:
-        raise TokprobError(f"Cannot read the dataset {source.spec}: "
-                           f"{_why_unreadable(source, str(error))}") from None
-    except Exception as error:  # datasets raises its own types for malformed files
-        raise TokprobError(
-            f"Cannot read the dataset {source.spec}: "
-            f"{_why_unreadable(source, f'{type(error).__name__}: {error}')}"
-        ) from None
-    if source.text_column not in table.column_names:
-        raise TokprobError(
-            f"The dataset {source.spec} has no column {source.text_column!r}; its columns are "
-            f"{', '.join(table.column_names) or 'none'}. Name the text column with "
-            "--text-column."
-        )
-    documents = [t for t in table[source.text_column] if isinstance(t, str) and t.strip()]
+
+def read_documents(source: CorpusSource, cache_dir: Path) -> list[str]:
+    """The non-empty documents of a corpus, in its order (pre-training and unigram counts
+    read them all)."""
+    if source.kind == "hub":
+        texts = [row.get(source.text_column) for row in _hub_rows(source, cache_dir)]
+    else:
+        files, index = _local(source)
+        texts = read_documents_at(files, index, source.text_column, np.arange(len(index)))
+    documents = [t for t in texts if isinstance(t, str) and t.strip()]
     if not documents:
-        raise TokprobError(
-            f"The dataset {source.spec} holds no text in column {source.text_column!r} "
-            f"({len(table)} rows, all empty). Point --dataset at a corpus with text."
-        )
+        raise _no_text(source, f"{len(texts)} rows, all empty")
     return documents
 
 
-def _why_unreadable(source: CorpusSource, fallback: str) -> str:
-    """The file and line where a local corpus breaks its format, else datasets' words."""
-    found = _first_bad_line([Path(f) for f in source.files]) if source.kind != "hub" else None
-    return found or fallback
+def index_corpus(source: CorpusSource) -> DocumentIndex:
+    """Where the documents of local files are (one byte-level pass); a hub dataset is
+    streamed instead and has an empty index."""
+    if source.kind == "hub":
+        return index_documents([])
+    return _local(source)[1]
 
 
-def _first_bad_line(files: list[Path]) -> str | None:
-    """Where a local corpus first breaks its format, for the error message: the file and
-    line of text that is not UTF-8, or of a JSON-lines record that is not JSON."""
-    for path in files:
-        data = path.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            line = data[:error.start].count(b"\n") + 1
-            byte = error.object[error.start]
-            return (f"line {line} of {path} is not UTF-8 text (byte {byte:#04x}). Convert "
-                    "the file to UTF-8 (iconv -f latin1 -t utf-8, say).")
-        if file_format(path) != "json" or _is_json(text):
-            continue
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip() and not _is_json(line):
-                return (f"line {number} of {path} is not a JSON record ({line[:60]!r}); "
-                        "a JSON-lines file holds one JSON object per line. Fix or delete "
-                        "that line.")
-    return None
+def shuffled_corpus(source: CorpusSource, index: DocumentIndex, seed: int,
+                    cache_dir: Path) -> Iterator[str]:
+    """The non-empty documents in a seeded document-level shuffle, read lazily. Local
+    files are shuffled exactly (over the index); a hub dataset is streamed and shuffled
+    in a buffer of `HUB_SHUFFLE_BUFFER` documents, the most a stream allows."""
+    if source.kind == "hub":
+        texts = (row.get(source.text_column) for row in _hub_rows(source, cache_dir, seed))
+        texts = (t for t in texts if isinstance(t, str) and t.strip())
+    else:
+        texts = shuffled_documents([Path(f) for f in source.files], index, source.text_column,
+                                   seed)
+    empty = True
+    for text in texts:
+        empty = False
+        yield text
+    if empty:
+        raise _no_text(source, "all its records are empty")
 
 
-def _is_json(text: str) -> bool:
+def _no_text(source: CorpusSource, why: str) -> TokprobError:
+    return TokprobError(f"The dataset {source.spec} holds no text in column "
+                        f"{source.text_column!r} ({why}). Point --dataset at a corpus with "
+                        "text.")
+
+
+HUB_SHUFFLE_BUFFER = 10_000
+
+
+def _local(source: CorpusSource) -> tuple[list[Path], DocumentIndex]:
+    files = [Path(f) for f in source.files]
+    if all(f.stat().st_size == 0 for f in files):
+        raise TokprobError(f"The dataset {source.spec} is empty (its files have 0 bytes). "
+                           "Point --dataset at files with text.")
+    index = index_documents(files)
+    if not len(index):
+        raise TokprobError(f"The dataset {source.spec} holds no records. Point --dataset "
+                           "at files with text.")
+    return files, index
+
+
+def _hub_rows(source: CorpusSource, cache_dir: Path, seed: int | None = None) -> Iterator[dict]:
+    """The rows of a hub dataset, streamed (shuffled in a buffer when a seed is given)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
+        rows = datasets.load_dataset(source.location, source.config, split=source.split,
+                                     cache_dir=str(cache_dir), streaming=True)
+        if seed is not None:
+            rows = rows.shuffle(seed=seed, buffer_size=HUB_SHUFFLE_BUFFER)
+        for number, row in enumerate(rows):
+            if number == 0 and source.text_column not in row:
+                raise TokprobError(
+                    f"The dataset {source.spec} has no column {source.text_column!r}; its "
+                    f"columns are {', '.join(row) or 'none'}. Name the text column with "
+                    "--text-column.")
+            yield row
+    except TokprobError:
+        raise
+    except Exception as error:  # datasets raises its own types for missing splits
+        raise TokprobError(f"Cannot read the dataset {source.spec}: "
+                           f"{type(error).__name__}: {error}") from None
 
 
 def _common_folder(files: list[str | Path]) -> str:

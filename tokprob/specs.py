@@ -22,6 +22,7 @@ DEFAULT_DATASET = "wiki-leads"
 BUILTIN_MODEL_NAMES = (DEFAULT_MODEL,)
 BUILTIN_DATASET_NAMES = ("wiki-leads", "shakespeare")
 TEXT_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
+COMPRESSED_SUFFIXES = (".gz", ".zst")
 
 _HUB_ID = r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?"
 _MODEL_HUB = re.compile(rf"(?P<id>{_HUB_ID})(?:@(?P<rev>[\w./-]+))?")
@@ -129,11 +130,11 @@ def local_files(spec: DatasetSpec) -> list[Path]:
         candidates = sorted(p for p in path.rglob("*") if p.is_file())
     else:
         candidates = sorted(Path(p) for p in glob.glob(spec.location, recursive=True))
-    files = [p.resolve() for p in candidates if p.suffix.lower() in TEXT_SUFFIXES]
+    files = [p.resolve() for p in candidates if _text_suffix(p) in TEXT_SUFFIXES]
     if not files:
         raise TokprobError(
-            f"No .txt, .json, .jsonl or .parquet files at {spec.location}. Point --dataset "
-            "at such a file, a folder holding them, or a glob."
+            f"No .txt, .json, .jsonl or .parquet files at {spec.location} (plain, .gz or "
+            ".zst). Point --dataset at such a file, a folder holding them, or a glob."
         )
     formats = {file_format(p) for p in files}
     if len(formats) > 1:
@@ -145,18 +146,26 @@ def local_files(spec: DatasetSpec) -> list[Path]:
 
 
 def file_format(path: Path) -> Literal["text", "json", "parquet"]:
-    """The datasets loader that reads a file of this suffix."""
-    suffix = path.suffix.lower()
+    """How a file of this suffix holds documents (the name of the datasets loader)."""
+    suffix = _text_suffix(path)
     if suffix == ".txt":
         return "text"
     return "parquet" if suffix == ".parquet" else "json"
+
+
+def _text_suffix(path: Path) -> str:
+    """The suffix that says the format, under a .gz or .zst compression suffix."""
+    suffixes = [x.lower() for x in path.suffixes[-2:]]
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        return suffixes[0] if len(suffixes) == 2 else ""
+    return suffixes[-1] if suffixes else ""
 
 
 def _looks_like_path(text: str) -> bool:
     # A hub id holds one slash; its revision may hold more (refs/pr/3, refs/convert/parquet).
     return (
         text.startswith(("/", "./", "../", "~"))
-        or text.lower().endswith((".gguf", *TEXT_SUFFIXES))
+        or text.lower().endswith((".gguf", *TEXT_SUFFIXES, *COMPRESSED_SUFFIXES))
         or text.split("@", 1)[0].count("/") > 1
     )
 
@@ -168,7 +177,8 @@ _MODEL_FORMS = (
 )
 _DATASET_FORMS = (
     "A dataset is a built-in name (wiki-leads, shakespeare), local .txt/.json/.jsonl/"
-    ".parquet files (a file, a folder or a glob), or a hub dataset name[:config][@revision] "
+    ".parquet files, also compressed as .gz or .zst (a file, a folder or a glob), or a "
+    "hub dataset name[:config][@revision] "
     "with --split and --text-column."
 )
 

@@ -7,13 +7,18 @@ Gemma) gets BOS at the start of every window, followed by window − 1 text toke
 models behave badly without it.
 
 The detecting part (α, regression) and the held-out part (steering and pruning
-evaluations) share no document: whole documents are assigned to the splits by seed, each
-split is packed on its own, and the windows of each split are shuffled by seed.
+evaluations) share no document: documents come in a seeded document-level shuffle and
+each goes whole to the held-out split when that brings its tokens closer to the held-out
+fraction, until a split holds its token budget (then the other split takes the rest, and
+reading stops when both are filled); each split is packed on its own, and the windows of
+each split are shuffled by seed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import pyarrow as pa
@@ -129,16 +134,45 @@ def _cut(token_ids: list[list[int]], window: int, separator: int | None,
     return windows.astype(np.int32)
 
 
-def heldout_documents(lengths: list[int], heldout_fraction: float, seed: int) -> np.ndarray:
-    """(n_documents,) bool: the documents held out. Whole documents in a seeded order,
-    as many as bring their tokens closest to `heldout_fraction` of all tokens."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    permutation = np.random.default_rng(seed).permutation(len(lengths))
-    reached = np.concatenate([[0], np.cumsum(lengths[permutation])])
-    n_heldout = int(np.argmin(np.abs(reached - heldout_fraction * reached[-1])))
-    heldout = np.zeros(len(lengths), dtype=bool)
-    heldout[permutation[:n_heldout]] = True
-    return heldout
+@dataclass(frozen=True)
+class TokenBudget:
+    """Tokens each split must hold at least, in whole windows; None: the whole corpus.
+    Documents are tokenized only until both are filled."""
+
+    detect: int | None = None
+    heldout: int | None = None
+
+
+def takes_heldout(detect_tokens: int, heldout_tokens: int, length: int,
+                  heldout_fraction: float) -> bool:
+    """Whether a document of `length` tokens goes to the held-out split: when that brings
+    the held-out tokens closer to `heldout_fraction` of all tokens read so far."""
+    total = detect_tokens + heldout_tokens + length
+    return heldout_tokens + length / 2 < heldout_fraction * total
+
+
+class _Split:
+    """The token ids of one split's documents, until it holds `needed` stream tokens."""
+
+    def __init__(self, needed: int | None, separator: int | None) -> None:
+        self.needed, self.separator = needed, separator
+        self.documents: list[list[int]] = []
+        self.tokens = 0
+
+    @property
+    def full(self) -> bool:
+        return self.needed is not None and self.tokens >= self.needed
+
+    def add(self, ids: list[int]) -> None:
+        self.documents.append(ids)
+        self.tokens += len(ids) + (self.separator is not None)
+
+
+def _stream_tokens(budget: int | None, window: int, text: int) -> int | None:
+    """Stream tokens that fill ⌈budget / window⌉ windows of `text` stream tokens each."""
+    if budget is None:
+        return None
+    return -(-budget // window) * text
 
 
 def split_windows(detect: np.ndarray, heldout: np.ndarray, seed: int) -> Windows:
@@ -149,18 +183,28 @@ def split_windows(detect: np.ndarray, heldout: np.ndarray, seed: int) -> Windows
     return Windows(tokens=np.concatenate([detect, heldout]), split=split, order=order)
 
 
-def build_windows(tokenizer, documents: list[str], window: int, heldout_fraction: float,
-                  seed: int, vocab_size: int) -> Windows:
-    """Tokenize, split by document, pack and shuffle a corpus for a model with
-    `vocab_size` output rows."""
-    token_ids = tokenize(tokenizer, documents)
+def build_windows(tokenizer, documents: Iterable[str], window: int,
+                  heldout_fraction: float, seed: int, vocab_size: int,
+                  budget: TokenBudget = TokenBudget(), batch: int = 64) -> Windows:
+    """Tokenize documents in the order given (a seeded document-level shuffle), assign
+    each whole to a split, and pack and shuffle the splits, for a model with `vocab_size`
+    output rows. Documents are tokenized `batch` at a time and no further batch is read
+    once both splits hold their budget; a full split takes no more documents."""
     separator, bos = document_separator(tokenizer), leading_bos(tokenizer)
-    heldout = heldout_documents([len(ids) + 1 for ids in token_ids], heldout_fraction, seed)
-    detect = pack([ids for ids, out in zip(token_ids, heldout, strict=True) if not out],
-                  window, separator, bos)
-    held = _cut([ids for ids, out in zip(token_ids, heldout, strict=True) if out],
-                window, separator, bos)
-    windows = split_windows(detect, held, seed)
+    text = window - (bos is not None)
+    detect = _Split(_stream_tokens(budget.detect, window, text), separator)
+    held = _Split(0 if heldout_fraction == 0 else
+                  _stream_tokens(budget.heldout, window, text), separator)
+    pending = iter(documents)
+    while not (detect.full and held.full) and (chunk := list(islice(pending, batch))):
+        for ids in tokenize(tokenizer, chunk):
+            if detect.full and held.full:
+                break
+            goes_out = not held.full and (detect.full or takes_heldout(
+                detect.tokens, held.tokens, len(ids) + 1, heldout_fraction))
+            (held if goes_out else detect).add(ids)
+    windows = split_windows(pack(detect.documents, window, separator, bos),
+                            _cut(held.documents, window, separator, bos), seed)
     top = int(windows.tokens.max())
     if top >= vocab_size:
         raise TokprobError(
