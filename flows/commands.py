@@ -61,19 +61,19 @@ def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
     inputs |= {"dataset": args.dataset, "split": args.split, "text_column": args.text_column,
                "data_dir": workspace.data_dir}
     if hasattr(args, "model"):
-        check_local_model(ModelSpec.parse(args.model), args)
+        check_local_model(ModelSpec.parse(args.model), getattr(args, "window", None))
         inputs["model"] = args.model
     prepare_environment(workspace)
     return inputs
 
 
-def check_local_model(spec: ModelSpec, args: argparse.Namespace) -> None:
+def check_local_model(spec: ModelSpec, window: int | None) -> None:
     """A model folder's config.json, read in milliseconds: valid, of a known architecture,
-    and with room for the windows asked for."""
+    and with room for the windows asked for (none: the model reads no windows)."""
     if spec.kind == "local":
         config = model_config(spec.location)
-        if hasattr(args, "window"):
-            check_window_fits(config, args.window, spec.location)
+        if window is not None:
+            check_window_fits(config, window, spec.location)
 
 
 def run_flow(args: argparse.Namespace) -> int:
@@ -99,8 +99,12 @@ def run_flow(args: argparse.Namespace) -> int:
         from flows.paper import paper as chosen
         from tokprob.summary import paper_text as describe
 
-        for spec in args.models + args.checkpoints:
-            check_local_model(ModelSpec.parse(spec), args)
+        for spec in args.models:
+            check_local_model(ModelSpec.parse(spec), args.window)
+        for spec in args.checkpoints:  # α of the checkpoints with the dynamics
+            check_local_model(ModelSpec.parse(spec),
+                              args.window if args.with_dynamics and getattr(args, "alpha", True)
+                              else None)
         DatasetSpec.parse(args.ood_dataset)
         inputs |= {"models": args.models, "ood_dataset": args.ood_dataset,
                    "with_dynamics": args.with_dynamics, "checkpoints": args.checkpoints}
@@ -108,8 +112,8 @@ def run_flow(args: argparse.Namespace) -> int:
         from flows.dynamics import dynamics as chosen
         from tokprob.summary import dynamics_text as describe
 
-        for spec in args.checkpoints:
-            check_local_model(ModelSpec.parse(spec), args)
+        for spec in args.checkpoints:  # windows are read only for α
+            check_local_model(ModelSpec.parse(spec), args.window if args.alpha else None)
         inputs.pop("model", None)  # `rerun` offers --model for the other flows
         inputs |= {"checkpoints": args.checkpoints, "alpha": args.alpha,
                    "tokens_per_step": args.tokens_per_step}
