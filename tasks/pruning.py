@@ -138,7 +138,7 @@ def _generations(model: ModelSource, weight: np.ndarray, plans: list[DeletionPla
     lm = load_model(model.path, dtype="float32", device="cpu")
     untie_output_embeddings(lm)
     head = output_head(lm).weight
-    chosen = [p for p in plans if p.method != "random" or p.seed == plans[-1].seed]
+    chosen = [p for p in plans if p.method != "random" or p.seed in config.random_seeds[-1:]]
     reference = _greedy(lm, prompts, config.new_tokens)
     rows = []
     with Progress(len(chosen) * len(config.fractions), "greedy generations",
