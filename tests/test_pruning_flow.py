@@ -184,7 +184,7 @@ def test_pruned_model_loads_with_its_columns_deleted(prefect_api, tiny_models, t
         (["prune", "--fraction", "-0.1"], "[0, 1)"),
         (["run", "pruning", "--fractions", ""], "--fractions"),
         (["run", "pruning", "--fractions", "0,1.2"], "--fractions"),
-        (["prune", "--fraction", "0.5", "--greedy"], "give --compensate"),
+        (["prune", "--fraction", "0.5", "--greedy"], "--greedy chooses"),
     ],
 )
 def test_bad_pruning_input_exits_2(prefect_api, tiny_models, tiny_text_dir, tmp_path, capsys,
