@@ -175,9 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--fraction", type=float, required=True,
                        help="share of the dimensions to delete, in [0, 1)")
     prune.add_argument("--out", required=True, help="folder to write the pruned model to")
-    # Writing the pruned model needs the regression, not the held-out hidden states.
-    _add_flow_arguments(prune, {name: config for name, config in PRUNING_CONFIGS.items()
-                                if name != "hidden_config"})
+    prune.add_argument("--compensate", action="store_true",
+                       help="fold the least-squares prediction of the deleted hidden "
+                            "coordinates from the kept ones (detecting split) into the kept "
+                            "columns")
+    prune.add_argument("--greedy", action="store_true",
+                       help="with --compensate: delete the dimensions that add the least "
+                            "compensated logit error first, instead of the least salient")
+    _add_flow_arguments(prune, PRUNING_CONFIGS)
     prune.set_defaults(handler=handlers.prune)
 
     pretrain = commands.add_parser(

@@ -36,7 +36,7 @@ from flows.stages import (
 from tokprob.dynamics import check_checkpoint_count, checkpoint_steps
 from tokprob.errors import TokprobError
 from tokprob.models import check_window_fits, model_config, new_model_folder
-from tokprob.pruning import check_fractions
+from tokprob.pruning import check_fractions, check_regression_target
 from tokprob.specs import DatasetSpec, ModelSpec
 from tokprob.steering import check_edits
 from tokprob.store import ArtifactStore
@@ -94,6 +94,7 @@ def run_flow(args: argparse.Namespace) -> int:
         from tokprob.summary import pruning_text as describe
 
         DatasetSpec.parse(args.ood_dataset)
+        check_regression_target(args.target)
         inputs["ood_dataset"] = args.ood_dataset
     elif args.flow == "paper":
         from flows.paper import paper as chosen
@@ -153,18 +154,27 @@ def pretrain(args: argparse.Namespace) -> int:
 
 def prune(args: argparse.Namespace) -> int:
     check_fractions((args.fraction,))
+    if args.greedy and not args.compensate:
+        raise TokprobError("--greedy chooses the dimensions for compensated pruning; give "
+                           "--compensate with it.")
+    method = ("compensated-greedy" if args.greedy else "compensated") if args.compensate \
+        else "saliency"
+    check_regression_target(args.target)
     new_model_folder(args.out)
     inputs = _flow_inputs(args)
     from flows.pruning import prune
 
     configure_logging()
-    result = prune(fraction=args.fraction, out=args.out, **inputs)
+    result = prune(fraction=args.fraction, out=args.out, method=method, **inputs)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
+    chosen = {"saliency": f"by {result['saliency']}-saliency",
+              "compensated": f"by {result['saliency']}-saliency, compensated",
+              "compensated-greedy": "in the compensated greedy order, compensated"}[method]
     print(f"wrote the pruned model to {result['out']}: {len(result['deleted_dimensions'])} "
-          f"of {result['hidden_size']} output-embedding dimensions deleted by "
-          f"{result['saliency']}-saliency (listed in {result['out']}/tokprob-pruning.json)")
+          f"of {result['hidden_size']} output-embedding dimensions deleted {chosen} "
+          f"(listed in {result['out']}/tokprob-pruning.json)")
     return 0
 
 

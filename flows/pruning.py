@@ -1,12 +1,13 @@
 """The `pruning` flow and the `prune` flow (paper §4).
 
     detect (corpus, windows, embeddings, probabilities, regression)
-    windows ──► hidden (in distribution)            ──┐
-    ood corpus ──► windows ──► hidden (out of distribution) ──┴► pruning ──► figures
+    windows ──► hidden-detect (detecting split, fits the compensation) ──┐
+    windows ──► hidden (in distribution)                                ──┤
+    ood corpus ──► windows ──► hidden (out of distribution)             ──┴► pruning ──► figures
 
 `pruning` measures how far outputs move as 0–90% of E's dimensions are deleted by
-regression saliency, against random and low-norm baselines; `prune` writes a pruned
-copy of the model.
+regression saliency, against random and low-norm baselines and against compensated
+pruning; `prune` writes a pruned copy of the model.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from tokprob.config import (
     RunConfig,
     WindowConfig,
 )
+from tokprob.pruning import check_prune_method, check_regression_target
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
-from tokprob.windows import TokenBudget
+from tokprob.windows import DETECT, TokenBudget
 from tokprob.workspace import Workspace
 
 DEFAULT_OOD = "shakespeare"
@@ -74,6 +76,7 @@ def pruning(
                    run_config, probability_config, regression_config,
                    heldout_readers(hidden_config.heldout_tokens, pruning_config, window_config))
     held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
+    calibration = keep_hidden_states(stage, workspace, found, run_config, hidden_config, DETECT)
     ood_text = corpus_source(workspace, ood_dataset, "train", "text")
     ood_docs = stage(corpus, label="corpus-ood", workspace=workspace, source=ood_text)
     # One detecting window (the stage needs one); the held-out split is what is evaluated.
@@ -86,7 +89,8 @@ def pruning(
                      windows=ood_windows, model=found.model, run=run_config,
                      config=replace(hidden_config, heldout_tokens=pruning_config.eval_tokens))
     sweep = stage(pruning_sweep, workspace=workspace, model=found.model,
-                  regression=found.regression, embeddings=found.embeddings, hidden=held,
+                  regression=found.regression, embeddings=found.embeddings,
+                  probabilities=found.probabilities, hidden_detect=calibration, hidden=held,
                   hidden_ood=ood_held, windows=found.windows, windows_ood=ood_windows,
                   config=pruning_config)
     stage(pruning_figures, workspace=workspace, pruning=sweep)
@@ -106,15 +110,25 @@ def prune(
     run_config: RunConfig = RunConfig(),
     probability_config: ProbabilityConfig = ProbabilityConfig(),
     regression_config: RegressionConfig = RegressionConfig(),
+    hidden_config: HiddenConfig = HiddenConfig(),
     pruning_config: PruningConfig = PruningConfig(),
+    method: str = "saliency",
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Write a copy of the model with its least salient output dimensions deleted."""
+    """Write a copy of the model with output dimensions deleted by `method`: saliency
+    (the least salient), compensated (the same, compensated from the kept dimensions on
+    the detecting split's hidden states) or compensated-greedy."""
+    check_prune_method(method)
+    check_regression_target(regression_config.target)
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], PRUNING_STAGES)
     found = detect(stage, workspace, model, dataset, split, text_column, window_config,
                    run_config, probability_config, regression_config,
-                   heldout_readers(HiddenConfig().heldout_tokens, pruning_config, window_config))
+                   heldout_readers(hidden_config.heldout_tokens, pruning_config, window_config))
+    calibration = None
+    if method != "saliency":
+        calibration = keep_hidden_states(stage, workspace, found, run_config, hidden_config,
+                                         DETECT)
     return save_pruned_model(found.model, found.regression, found.embeddings, fraction,
-                             pruning_config, out)
+                             pruning_config, out, method, found.probabilities, calibration)

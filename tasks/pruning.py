@@ -1,6 +1,7 @@
 """Stages `pruning` and `pruning-figures`: how far the outputs move as output-embedding
 dimensions are deleted by regression saliency, against random and low-norm baselines,
-in and out of distribution (paper §4, SPEC §1.5)."""
+and with the deleted coordinates compensated from the kept ones, in and out of
+distribution (paper §4)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 import torch
 from prefect import task
 
-from tasks._io import read_bias, read_embeddings, read_table
+from tasks._io import read_bias, read_embeddings, read_probabilities, read_table
 from tasks._stage import publish_markdown, publish_table, register, run_stage, store_of
 from tasks.hidden import HIDDEN_FILE
 from tasks.regression import REGRESSION_FILE, read_gram
@@ -20,12 +21,15 @@ from tokprob.hidden import read_hidden_states
 from tokprob.models import ModelSource, load_model, output_head, untie_output_embeddings
 from tokprob.progress import Progress
 from tokprob.pruning import (
+    METHODS,
     DeletionPlan,
+    check_regression_target,
     deletion_plans,
+    embedding_metric,
     greedy_agreement,
     headline_fraction,
-    prune_columns,
     saliency_scores,
+    second_moment,
     sweep,
 )
 from tokprob.store import ArtifactRef
@@ -39,21 +43,38 @@ FIGURES = {"metrics": "pruning_metrics.png", "alpha_js": "pruning_alpha_js.png"}
 SPLITS = ("id", "ood")
 
 
+def plan_deletions(regression: ArtifactRef, embeddings: ArtifactRef,
+                   probabilities: ArtifactRef | None, hidden_detect: ArtifactRef | None,
+                   config: PruningConfig,
+                   seeds: tuple[int, ...]) -> tuple[np.ndarray, list[DeletionPlan]]:
+    """E and the deletion orders: by saliency, the baselines and, given the detecting
+    split's hidden states, the compensated methods (greedy: given α too)."""
+    check_regression_target(store_of(regression).manifest(regression).summary["target"])
+    weight = read_embeddings(embeddings)
+    gram = read_gram(regression)
+    scores = saliency_scores(read_table(regression, REGRESSION_FILE),
+                             np.sqrt(np.diag(gram.gram) / (gram.n - 1)), config.saliency)
+    moment = metric = None
+    if hidden_detect is not None:
+        moment = second_moment(read_hidden_states(hidden_detect.file(HIDDEN_FILE)).hidden)
+    if probabilities is not None:
+        metric = embedding_metric(weight, read_probabilities(probabilities)["alpha"].to_numpy())
+    return weight, deletion_plans(scores, np.linalg.norm(weight, axis=0), seeds, moment, metric)
+
+
 @task(**register(STAGE, __name__, environment=("torch", "transformers"),
                      loads_model=True))
 def pruning(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
-            embeddings: ArtifactRef, hidden: ArtifactRef, hidden_ood: ArtifactRef,
-            windows: ArtifactRef, windows_ood: ArtifactRef, config: PruningConfig,
+            embeddings: ArtifactRef, probabilities: ArtifactRef, hidden_detect: ArtifactRef,
+            hidden: ArtifactRef, hidden_ood: ArtifactRef, windows: ArtifactRef,
+            windows_ood: ArtifactRef, config: PruningConfig,
             force: bool = False) -> ArtifactRef:
     """Delete 0–90% of the dimensions of E by each method and compare the outputs."""
 
     def compute(out):
-        weight = read_embeddings(embeddings)
+        weight, plans = plan_deletions(regression, embeddings, probabilities, hidden_detect,
+                                       config, config.random_seeds)
         bias = read_bias(embeddings)
-        gram = read_gram(regression)
-        scores = saliency_scores(read_table(regression, REGRESSION_FILE),
-                                 np.sqrt(np.diag(gram.gram) / (gram.n - 1)), config.saliency)
-        plans = deletion_plans(scores, np.linalg.norm(weight, axis=0), config.random_seeds)
         frames = []
         for split, states, texts in (("id", hidden, windows), ("ood", hidden_ood, windows_ood)):
             stored = read_hidden_states(states.file(HIDDEN_FILE))
@@ -71,9 +92,9 @@ def pruning(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
         out.write_table(METRICS_FILE, table[leading + [c for c in table if c not in leading]])
         headline = {f"{method}/{split}": headline_fraction(table, method, split,
                                                            config.js_threshold)
-                    for method in ("saliency", "norm", "random") for split in SPLITS}
+                    for method in METHODS for split in SPLITS}
         out.summary.update(headline=headline, js_threshold=config.js_threshold,
-                           dimensions=len(scores), saliency=config.saliency,
+                           dimensions=weight.shape[1], saliency=config.saliency,
                            table=_main_metrics(table))
         publish_table(STAGE, out, _main_metrics(table),
                       f"Pruning E by {config.saliency}-saliency against baselines; fraction "
@@ -81,6 +102,7 @@ def pruning(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
                           f"{k} {v:.0%}" for k, v in headline.items()))
 
     arguments = {"model": model, "regression": regression, "embeddings": embeddings,
+                 "probabilities": probabilities, "hidden_detect": hidden_detect,
                  "hidden": hidden, "hidden_ood": hidden_ood, "windows": windows,
                  "windows_ood": windows_ood, "config": config}
     return run_stage(STAGE, workspace, arguments, compute, force)
@@ -117,7 +139,7 @@ def _generations(model: ModelSource, weight: np.ndarray, plans: list[DeletionPla
     lm = load_model(model.path, dtype="float32", device="cpu")
     untie_output_embeddings(lm)
     head = output_head(lm).weight
-    chosen = [p for p in plans if p.method != "random" or p.seed == plans[-1].seed]
+    chosen = [p for p in plans if p.method != "random" or p.seed in config.random_seeds[-1:]]
     reference = _greedy(lm, prompts, config.new_tokens)
     rows = []
     with Progress(len(chosen) * len(config.fractions), "greedy generations",
@@ -125,7 +147,7 @@ def _generations(model: ModelSource, weight: np.ndarray, plans: list[DeletionPla
         for plan in chosen:
             for fraction in config.fractions:
                 with torch.no_grad():
-                    head.copy_(torch.from_numpy(prune_columns(weight, plan.deleted(fraction))))
+                    head.copy_(torch.from_numpy(plan.pruned_weight(weight, fraction)))
                 match, first = greedy_agreement(reference, _greedy(lm, prompts,
                                                                    config.new_tokens))
                 rows.append({"method": plan.method, "seed": plan.seed, "fraction": fraction,

@@ -12,12 +12,16 @@ from tokprob.errors import TokprobError
 from tokprob.models import final_hidden_states, load_model, output_head, untie_output_embeddings
 from tokprob.pruning import (
     check_fractions,
+    compensated_greedy_order,
+    compensated_weight,
+    compensation,
     deleted_count,
     deletion_plans,
+    embedding_metric,
     greedy_agreement,
     headline_fraction,
-    prune_columns,
     saliency_scores,
+    second_moment,
     sweep,
 )
 
@@ -63,7 +67,12 @@ def test_metrics_from_hidden_states_equal_the_pruned_models_forward(tiny_models,
         original = torch.log_softmax(model(input_ids=windows).logits.double(), -1)
     targets = torch.cat([windows[:, 1:], torch.full((3, 1), -1)], dim=1).reshape(-1)
     rng = np.random.default_rng(0)
-    plans = deletion_plans(rng.random(32), np.linalg.norm(weight, axis=0), seeds=(4,))
+    calibration = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        detect = final_hidden_states(model, calibration).reshape(-1, 32).numpy()
+    plans = deletion_plans(rng.random(32), np.linalg.norm(weight, axis=0), seeds=(4,),
+                           moment=second_moment(detect), metric=embedding_metric(weight))
+    assert [p.method for p in plans][-2:] == ["compensated", "compensated-greedy"]
     fractions = (0.0, 0.25, 0.5, 0.9)
     table = sweep(hidden, targets.numpy(), weight, bias, plans, fractions, rows_per_chunk=10)
     assert len(table) == len(plans) * len(fractions)
@@ -74,7 +83,7 @@ def test_metrics_from_hidden_states_equal_the_pruned_models_forward(tiny_models,
     for plan in plans:
         for fraction in fractions:
             with torch.no_grad():
-                head.weight.copy_(torch.from_numpy(prune_columns(weight, plan.deleted(fraction))))
+                head.weight.copy_(torch.from_numpy(plan.pruned_weight(weight, fraction)))
                 log_q = torch.log_softmax(model(input_ids=windows).logits.double(), -1)
             log_q = log_q.reshape(-1, log_q.shape[-1])
             q = log_q.exp()
@@ -120,3 +129,92 @@ def test_greedy_agreement():
     match, first = greedy_agreement(original, pruned)
     assert match == pytest.approx(7 / 8)
     assert first == pytest.approx((2 + 4) / 2)
+
+
+def _correlated_hidden(n: int, d: int, seed: int) -> np.ndarray:
+    """Hidden states with correlated coordinates and a non-zero mean, like a model's."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(d, d)) + np.eye(d) * 2
+    return rng.normal(size=(n, d)) @ mixing + rng.normal(size=d)
+
+
+def test_compensation_is_the_least_squares_fit_of_deleted_on_kept_coordinates():
+    hidden = _correlated_hidden(300, 8, seed=1)
+    moment = second_moment(hidden.astype(np.float32), rows_per_chunk=64)
+    h32 = hidden.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(moment, h32.T @ h32, rtol=1e-12)
+    deleted = np.array([6, 1, 4])
+    kept = np.array([0, 2, 3, 5, 7])
+    expected, *_ = np.linalg.lstsq(h32[:, kept], h32[:, deleted], rcond=None)
+    # The relative ridge (1e-6 of the mean diagonal) moves M by about that much here.
+    np.testing.assert_allclose(compensation(moment, deleted), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_compensated_head_has_only_zero_columns_new_and_folds_the_prediction():
+    rng = np.random.default_rng(2)
+    hidden = _correlated_hidden(400, 10, seed=3)
+    weight = rng.normal(size=(50, 10)).astype(np.float32)
+    deleted = np.array([2, 7, 9, 0])
+    kept = np.setdiff1d(np.arange(10), deleted)
+    moment = second_moment(hidden)
+    pruned = compensated_weight(weight, deleted, moment)
+    assert pruned.dtype == np.float32
+    assert (pruned[:, deleted] == 0).all() and (pruned[:, kept] != 0).all()
+    m, *_ = np.linalg.lstsq(hidden[:, kept], hidden[:, deleted], rcond=None)
+    e = weight.astype(np.float64)
+    np.testing.assert_allclose(pruned[:, kept], e[:, kept] + e[:, deleted] @ m.T,
+                               rtol=1e-4, atol=1e-5)
+    # Logits: H_K E'_Kᵀ = H Eᵀ − (H_D − H_K M) E_Dᵀ, and (least squares, M = 0 being one
+    # choice) no farther from H Eᵀ than plain zeroing.
+    logits = hidden @ pruned.astype(np.float64).T
+    np.testing.assert_allclose(logits, hidden[:, kept] @ pruned[:, kept].astype(np.float64).T,
+                               rtol=1e-12)
+    residual = hidden[:, deleted] - hidden[:, kept] @ m
+    np.testing.assert_allclose(logits, hidden @ e.T - residual @ e[:, deleted].T,
+                               rtol=1e-4, atol=1e-3)
+    zeroed = hidden[:, kept] @ e[:, kept].T
+    assert np.linalg.norm(logits - hidden @ e.T) < np.linalg.norm(zeroed - hidden @ e.T)
+    np.testing.assert_array_equal(compensated_weight(weight, np.array([], dtype=int), moment),
+                                  weight)
+
+
+def test_embedding_metric_is_the_logit_error_variance():
+    rng = np.random.default_rng(4)
+    weight = rng.normal(size=(30, 5))
+    alpha = rng.dirichlet(np.ones(30))
+    error = rng.normal(size=5)  # a hidden-space error δ: logit error e = E δ
+    e = weight @ error
+    uniform = np.mean(e ** 2) - np.mean(e) ** 2
+    assert error @ embedding_metric(weight) @ error == pytest.approx(uniform, rel=1e-10)
+    weighted = alpha @ e ** 2 - (alpha @ e) ** 2
+    assert error @ embedding_metric(weight, alpha) @ error == pytest.approx(weighted, rel=1e-10)
+
+
+def _compensated_error(hidden, weight_metric, deleted):
+    """Σ_x ‖(h_D − h_K M) E_Dᵀ‖²_W by a direct least-squares fit (float64)."""
+    d = hidden.shape[1]
+    kept = np.setdiff1d(np.arange(d), deleted)
+    if len(kept):
+        m, *_ = np.linalg.lstsq(hidden[:, kept], hidden[:, deleted], rcond=None)
+        residual = hidden[:, deleted] - hidden[:, kept] @ m
+    else:
+        residual = hidden[:, deleted]
+    weight, metric = weight_metric
+    errors = residual @ weight[:, deleted].T
+    return float(np.einsum("xv,vw,xw->", errors, metric, errors))
+
+
+def test_compensated_greedy_deletes_what_adds_least_logit_error():
+    rng = np.random.default_rng(5)
+    d = 7
+    hidden = _correlated_hidden(500, d, seed=6)
+    weight = rng.normal(size=(40, d)) * rng.uniform(0.2, 3.0, size=d)
+    vocabulary_metric = np.eye(40) / 40 - 1 / 40 ** 2
+    order = compensated_greedy_order(second_moment(hidden),
+                                     weight.T @ vocabulary_metric @ weight)
+    assert sorted(order) == list(range(d))
+    for step in range(d - 1):
+        errors = {j: _compensated_error(hidden, (weight, vocabulary_metric),
+                                        np.array([*order[:step], j]))
+                  for j in set(range(d)) - set(order[:step])}
+        assert order[step] == min(errors, key=errors.get), step

@@ -13,6 +13,7 @@ import torch
 from conftest import assert_saved_in_bfloat16, save_bfloat16_model
 
 from flows.cli import main
+from tokprob.pruning import METHODS
 
 pytestmark = pytest.mark.prefect
 
@@ -49,20 +50,20 @@ def test_pruning_flow_reports_every_method_in_and_out_of_distribution(
                    "generation_match", "first_divergence"):
         assert column in metrics.columns
     assert set(metrics["split"]) == {"id", "ood"}
-    assert set(metrics["method"]) == {"saliency", "norm", "random"}
+    assert set(metrics["method"]) == set(METHODS)
     assert sorted(metrics["fraction"].unique()) == [0.0, 0.25, 0.5, 0.75]
-    assert len(metrics) == 2 * 4 * (2 + 2)  # splits × fractions × (2 methods + 2 seeds)
+    assert len(metrics) == 2 * 4 * (4 + 2)  # splits × fractions × (4 methods + 2 seeds)
     unpruned = metrics[metrics["fraction"] == 0.0]
     assert (unpruned["top1_agreement"] == 1.0).all() and (unpruned["kl"] < 1e-9).all()
     assert (unpruned["generation_match"].dropna() == 1.0).all()
     generated = metrics.dropna(subset=["generation_match"])
     assert set(generated[generated["method"] == "random"]["seed"]) == {1}
-    assert set(result["headline"]) == {f"{m}/{s}" for m in ("saliency", "norm", "random")
-                                       for s in ("id", "ood")}
+    assert set(result["headline"]) == {f"{m}/{s}" for m in METHODS for s in ("id", "ood")}
     assert result["stages"]["windows-ood"] == "computed"
+    assert result["stages"]["hidden-detect"] == "computed"
     # --json: per method, split and fraction the main metrics, seeds averaged.
     summary = {(row["method"], row["split"], row["fraction"]): row for row in result["metrics"]}
-    assert len(summary) == 3 * 2 * 4
+    assert len(summary) == 5 * 2 * 4
     row = summary["random", "ood", 0.5]
     chosen = metrics[(metrics["method"] == "random") & (metrics["split"] == "ood")
                      & (metrics["fraction"] == 0.5)]
@@ -73,6 +74,76 @@ def test_pruning_flow_reports_every_method_in_and_out_of_distribution(
     assert set(json.loads(out)["stages"].values()) == {"cached"}
     code, out, _ = _cli(capsys, "run", "pruning", *common)
     assert "deletable with JS" in out and "pruning_metrics.png" in out
+    assert "compensated-greedy" in out
+
+
+@pytest.mark.parametrize(("flags", "method", "fraction"),
+                         [(["--compensate"], "compensated", 0.25),
+                          (["--compensate", "--greedy"], "compensated-greedy", 0.5)])
+def test_compensated_model_reproduces_the_sweep_in_a_real_forward_pass(
+        prefect_api, tiny_models, tiny_text_dir, ood_corpus, tmp_path, capsys, flags, method,
+        fraction):
+    """The written model, reloaded, moves the held-out distributions exactly as the sweep
+    (computed from cached hidden states) says, with |D| zero columns and nothing else new."""
+    from transformers import AutoModelForCausalLM
+
+    source = tiny_models["llama"]
+    common = ["--model", str(source), "--dataset", str(tiny_text_dir), "--data-dir",
+              str(tmp_path / "data"), *TINY]
+    code, out, err = _cli(capsys, "run", "pruning", "--ood-dataset", str(ood_corpus), *common,
+                          "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    code, out, err = _cli(capsys, "prune", *common, *flags, "--fraction", str(fraction),
+                          "--out", str(tmp_path / "pruned"), "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["method"] == method
+    original = AutoModelForCausalLM.from_pretrained(source)
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    weight = pruned.get_output_embeddings().weight
+    zero = (weight == 0).all(dim=0)
+    assert sorted(torch.nonzero(zero).flatten().tolist()) == record["deleted_dimensions"]
+    assert len(record["deleted_dimensions"]) == int(32 * fraction)
+    assert not torch.equal(weight[:, ~zero],
+                           original.get_output_embeddings().weight[:, ~zero])  # compensated
+    for name, tensor in original.state_dict().items():
+        if name != "lm_head.weight":
+            torch.testing.assert_close(pruned.state_dict()[name], tensor, rtol=0, atol=0)
+    assert pruned.get_output_embeddings().bias is None
+
+    held = pq.read_table(Path(result["artifact_dirs"]["hidden"]) / "hidden.parquet",
+                         columns=["input_id"]).column("input_id").to_numpy()[:48]
+    windows = torch.as_tensor(held.reshape(-1, 16), dtype=torch.long)
+    with torch.no_grad():
+        log_p = torch.log_softmax(original(input_ids=windows).logits.double(), -1).flatten(0, 1)
+        log_q = torch.log_softmax(pruned(input_ids=windows).logits.double(), -1).flatten(0, 1)
+    p, q = log_p.exp(), log_q.exp()
+    alpha, alpha_pruned = p.mean(0), q.mean(0)
+    mid = (alpha + alpha_pruned) / 2
+    metrics = pq.read_table(result["artifacts"]["pruning"]).to_pandas()
+    row = metrics[(metrics["method"] == method) & (metrics["split"] == "id")
+                  & (metrics["fraction"] == fraction)].iloc[0]
+    assert row["kl"] > 1e-6  # something moved, and by the amount the sweep says
+    assert row["kl"] == pytest.approx(float((p * (log_p - log_q)).sum(-1).mean()), rel=1e-4)
+    assert row["top1_agreement"] == pytest.approx(
+        float((p.argmax(-1) == q.argmax(-1)).double().mean()))
+    assert row["alpha_js"] == pytest.approx(
+        float(0.5 * (alpha * (alpha / mid).log()).sum()
+              + 0.5 * (alpha_pruned * (alpha_pruned / mid).log()).sum()), rel=1e-3, abs=1e-9)
+
+
+@pytest.mark.parametrize("command", [["run", "pruning"], ["prune", "--fraction", "0.5"]])
+def test_pruning_refuses_the_frequency_regression_before_any_stage(
+        prefect_api, tiny_models, tiny_text_dir, tmp_path, capsys, command):
+    extra = ["--out", str(tmp_path / "out")] if command[0] == "prune" else []
+    code, out, err = _cli(capsys, *command, "--target", "frequency", "--model",
+                          str(tiny_models["llama"]), "--dataset", str(tiny_text_dir),
+                          "--data-dir", str(tmp_path / "data"), "--window", "16",
+                          "--max-tokens", "160", *extra)
+    assert code == 2 and out == ""
+    assert "−log α" in err and "--target alpha" in err
+    assert not (tmp_path / "data" / "artifacts").exists()
 
 
 def test_pruned_model_loads_with_its_columns_deleted(prefect_api, tiny_models, tiny_text_dir,
@@ -126,6 +197,7 @@ def test_pruned_bfloat16_model_is_saved_in_bfloat16(prefect_api, tiny_text_dir, 
         (["prune", "--fraction", "-0.1"], "[0, 1)"),
         (["run", "pruning", "--fractions", ""], "--fractions"),
         (["run", "pruning", "--fractions", "0,1.2"], "--fractions"),
+        (["prune", "--fraction", "0.5", "--greedy"], "--greedy chooses"),
     ],
 )
 def test_bad_pruning_input_exits_2(prefect_api, tiny_models, tiny_text_dir, tmp_path, capsys,

@@ -175,7 +175,8 @@ PRUNING_PANELS = {
     "perplexity": "perplexity",
     "generation_match": "greedy generation match rate",
 }
-METHOD_COLOURS = {"saliency": "tab:blue", "norm": "tab:orange", "random": "tab:grey"}
+METHOD_COLOURS = {"saliency": "tab:blue", "norm": "tab:orange", "random": "tab:grey",
+                  "compensated": "tab:green", "compensated-greedy": "tab:purple"}
 
 
 def pruning_metrics(table: pd.DataFrame, title: str, path: Path) -> None:

@@ -150,16 +150,17 @@ def pruning_text(result: dict[str, Any]) -> str:
         f"dimensions; in distribution {result['dataset']}, out of distribution "
         f"{result['ood_dataset']}",
         f"  deletable with JS(α, α') < {result['js_threshold']:g}:",
-        *(f"    {method:<9} in distribution {headline[f'{method}/id']:>4.0%}   "
+        *(f"    {method:<18} in distribution {headline[f'{method}/id']:>4.0%}   "
           f"out of distribution {headline[f'{method}/ood']:>4.0%}"
-          for method in ("saliency", "norm", "random")),
-        "  method    split  fraction   mean KL   JS(α,α')   top-1   perplexity   gen. match",
+          for method in dict.fromkeys(key.split("/")[0] for key in headline)),
+        "  method             split  fraction   mean KL   JS(α,α')   top-1   perplexity   "
+        "gen. match",
     ]
     for method, split, fraction, row in _pruning_rows(result):
         if round(fraction * 10, 6) % 3 != 0:  # 0, 30, 60, 90%: enough for a terminal
             continue
         lines.append(
-            f"  {method:<9} {split:<5}  {fraction:>7.0%}   {row['kl']:.2e}   "
+            f"  {method:<18} {split:<5}  {fraction:>7.0%}   {row['kl']:.2e}   "
             f"{row['alpha_js']:.2e}   {row['top1_agreement']:.3f}   "
             f"{row['perplexity']:>10.2f}   {row.get('generation_match', float('nan')):.3f}")
     lines += [
@@ -172,13 +173,15 @@ def pruning_text(result: dict[str, Any]) -> str:
 def pruning_markdown(result: dict[str, Any]) -> str:
     headline = "\n".join(f"| {key} | {value:.0%} |" for key, value in result["headline"].items())
     rows = "\n".join(
-        f"| {method} | {split} | {fraction:.0%} | {row['kl']:.2e} | {row['alpha_js']:.2e} | "
-        f"{row['top1_agreement']:.3f} | {row['perplexity']:.2f} |"
+        f"| {method} | {split} | {fraction:.0%} | {row['kl']:.2e} | {row['js']:.2e} | "
+        f"{row['alpha_js']:.2e} | {row['top1_agreement']:.3f} | {row['perplexity']:.2f} | "
+        f"{row.get('generation_match', float('nan')):.3f} |"
         for method, split, fraction, row in _pruning_rows(result))
     return (f"# Pruning: {result['model']}\n\nDeletable with JS(α, α') < "
             f"{result['js_threshold']:g}:\n\n| method/split | fraction |\n|---|---:|\n"
-            f"{headline}\n\n| method | split | fraction | KL | JS(α,α') | top-1 | perplexity |\n"
-            f"|---|---|---:|---:|---:|---:|---:|\n{rows}\n")
+            f"{headline}\n\n| method | split | fraction | KL | JS | JS(α,α') | top-1 | "
+            f"perplexity | gen. match |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+            f"{rows}\n")
 
 
 def frequency_note(dataset: str, training_data: bool) -> str:
