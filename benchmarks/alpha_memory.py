@@ -1,4 +1,4 @@
-"""Peak memory of streaming α at N and 4N tokens: it must not grow with |X| (SPEC §1.1).
+"""Peak memory of streaming α at N and 4N tokens: it must not grow with |X| (paper §2.1).
 
 Each size runs in a fresh child process (this module with --child) that loads the default
 model in float32, reads the first N detecting windows of the default corpus (packed by

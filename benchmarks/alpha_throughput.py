@@ -1,4 +1,4 @@
-"""Throughput of streaming α against a bare forward pass of the same model (SPEC §1.1).
+"""Throughput of streaming α against a bare forward pass of the same model (paper §2.1).
 
 `tokprob.probabilities.averaged_probabilities` (final hidden states, chunked softmax,
 float64 accumulation, next-token NLL) against `model(input_ids=ids).logits`, the least

@@ -1,4 +1,4 @@
-"""A cached re-run of the `encoding` flow against its cold run (SPEC §2).
+"""A cached re-run of the `encoding` flow against its cold run (README: Caching).
 
 The flow (flows/encoding.py, default model and corpus, the default 32,768 tokens of α;
 2,048 with --quick) runs in a fresh temporary data folder whose `downloads/` and

@@ -1,4 +1,4 @@
-"""α sharded over a 2-worker local Dask cluster against one process (SPEC §2 scale-out).
+"""α sharded over a 2-worker local Dask cluster against one process (README: Dask).
 
 The same detecting windows of the default model and corpus, once through
 `averaged_probabilities` in this process and once through the `probabilities-sharded`

@@ -1,4 +1,4 @@
-"""The closed-form OLS solver against statsmodels on the real regression (SPEC §1.2).
+"""The closed-form OLS solver against statsmodels on the real regression (paper §2.1).
 
 `tokprob.regression.fit_ols` (chunked float64 normal equations with refinement) against
 `tokprob.regression.fit_ols_statsmodels` (statsmodels OLS, the reference), on the real

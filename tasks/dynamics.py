@@ -1,5 +1,5 @@
 """Stages `unigram`, `checkpoint` and `dynamics`: frequency encoding and parameter
-convergence across training checkpoints (paper §5, SPEC §1.6)."""
+convergence across training checkpoints (paper §5)."""
 
 from __future__ import annotations
 

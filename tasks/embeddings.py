@@ -1,4 +1,4 @@
-"""Stage `embeddings`: the output embedding matrix E, its bias and tying (SPEC §1)."""
+"""Stage `embeddings`: the output embedding matrix E, its bias and tying (paper §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage `pca`: principal components of E against −log α (paper §2.2, SPEC §1.3)."""
+"""Stage `pca`: principal components of E against −log α (paper §2.2)."""
 
 from __future__ import annotations
 

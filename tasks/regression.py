@@ -1,4 +1,4 @@
-"""Stage `regression`: OLS of −log α on the output embeddings (paper §2.1, SPEC §1.2)."""
+"""Stage `regression`: OLS of −log α on the output embeddings (paper §2.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage `sparsity`: how few dimensions carry the encoding (paper §2.2, SPEC §1.3)."""
+"""Stage `sparsity`: how few dimensions carry the encoding (paper §2.2)."""
 
 from __future__ import annotations
 

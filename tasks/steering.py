@@ -1,5 +1,5 @@
 """Stages `steering` and `steering-figures`: how precisely editing output embeddings
-multiplies α by a chosen factor (paper §3, SPEC §1.4), evaluated on the held-out
+multiplies α by a chosen factor (paper §3), evaluated on the held-out
 split from cached final hidden states, never by re-running the model."""
 
 from __future__ import annotations

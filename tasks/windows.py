@@ -1,4 +1,4 @@
-"""Stage `windows`: the corpus tokenized, packed into windows and split (SPEC §1.1)."""
+"""Stage `windows`: the corpus tokenized, packed into windows and split (paper §2.1)."""
 
 from __future__ import annotations
 

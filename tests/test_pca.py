@@ -1,4 +1,4 @@
-"""PCA of E from the centred Gram matrix (SPEC §1.3) against scikit-learn and numpy."""
+"""PCA of E from the centred Gram matrix (paper §2.2) against scikit-learn and numpy."""
 
 from __future__ import annotations
 

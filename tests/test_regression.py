@@ -1,4 +1,4 @@
-"""The closed-form OLS solver (SPEC §1.2) against statsmodels OLS, fitted here directly."""
+"""The closed-form OLS solver (paper §2.1) against statsmodels OLS, fitted here directly."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sparsity over dimensions (SPEC §1.3) against direct statsmodels and scipy computations."""
+"""Sparsity over dimensions (paper §2.2) against direct statsmodels and scipy computations."""
 
 from __future__ import annotations
 

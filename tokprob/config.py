@@ -29,7 +29,7 @@ def _execution(default: Any) -> Any:
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """How the corpus is cut into windows and split (SPEC §1.1)."""
+    """How the corpus is cut into windows and split (paper §2.1)."""
 
     window: int = 256
     """Tokens per window. Documents are packed back to back with an end-of-text token
@@ -110,7 +110,7 @@ class HiddenConfig:
 
 @dataclass(frozen=True)
 class RegressionConfig:
-    """The multiple linear regression of the encoding (paper §2.1, SPEC §1.2)."""
+    """The multiple linear regression of the encoding (paper §2.1)."""
 
     target: Literal["alpha", "frequency"] = "alpha"
     """What is regressed on the output embeddings: −log α (alpha) or −log of the
@@ -129,7 +129,7 @@ class RegressionConfig:
 
 @dataclass(frozen=True)
 class SparsityConfig:
-    """How sparsity of the encoding is measured (paper §2.2, SPEC §1.3)."""
+    """How sparsity of the encoding is measured (paper §2.2)."""
 
     significance: float = 0.05
     """Family-wise significance level; a dimension counts as significant when its p-value
@@ -142,7 +142,7 @@ class SparsityConfig:
 
 @dataclass(frozen=True)
 class SteeringConfig:
-    """Steering α by editing output embeddings (paper §3, SPEC §1.4)."""
+    """Steering α by editing output embeddings (paper §3)."""
 
     omega: Literal["bonferroni", "all", "top-k"] = "bonferroni"
     """Dimensions the edit may move: the Bonferroni-significant ones (at --significance),
@@ -183,7 +183,7 @@ class SteeringConfig:
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """Pruning output-embedding dimensions by regression saliency (paper §4, SPEC §1.5)."""
+    """Pruning output-embedding dimensions by regression saliency (paper §4)."""
 
     fractions: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     """Shares of dimensions to delete, each in [0, 1) (comma-separated)."""

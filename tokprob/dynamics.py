@@ -1,4 +1,4 @@
-"""Frequency encoding through training (paper §5, SPEC §1.6).
+"""Frequency encoding through training (paper §5).
 
 For a series of checkpoints: the regression of −log f_w (add-one smoothed unigram
 frequency of the training corpus) on each checkpoint's output embeddings, and how far

@@ -52,13 +52,6 @@ def _store_hash(store: Path, memo_key: str, digest: str) -> None:
     os.replace(scratch, store)
 
 
-def forget_file(path: Path) -> None:
-    """Drop a file from the memo (after it was rewritten in place)."""
-    resolved = str(path.resolve())
-    for memo_key in [k for k in _file_memo if k[0] == resolved]:
-        del _file_memo[memo_key]
-
-
 def sha256_json(value: Any) -> str:
     """sha256 of a JSON-able value in canonical form (sorted keys, no whitespace)."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,4 +1,4 @@
-"""Principal components of the output embeddings against −log α (paper §2.2, SPEC §1.3).
+"""Principal components of the output embeddings against −log α (paper §2.2).
 
 PCA of E (centred), from the same centred Gram matrix as the regression: component i
 has variance λ_i and scores s_i = (E − Ē) v_i. Their Pearson r with y = −log α is

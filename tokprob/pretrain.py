@@ -1,4 +1,4 @@
-"""A small GPT-2-style pre-training run with log-spaced checkpoints (paper §5, SPEC §1.6).
+"""A small GPT-2-style pre-training run with log-spaced checkpoints (paper §5).
 
 The training dynamics analysis needs checkpoints; with no hub, tokprob makes its own:
 a byte-level BPE tokenizer trained on the corpus, a GPT-2 architecture (untied output

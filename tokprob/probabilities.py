@@ -1,4 +1,4 @@
-"""Averaged output token probabilities α over a detecting dataset (paper §2.1, SPEC §1.1).
+"""Averaged output token probabilities α over a detecting dataset (paper §2.1).
 
     α_w = (1/|X|) Σ_{x∈X} P_θ(w | x)        for every token w
 

@@ -1,4 +1,4 @@
-"""The log-linear encoding: OLS of −log α on the output embeddings (paper §2.1, SPEC §1.2).
+"""The log-linear encoding: OLS of −log α on the output embeddings (paper §2.1).
 
     −log α_w ≈ A · E_w + B      one sample per token, the d columns of E as regressors
 

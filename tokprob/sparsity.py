@@ -1,4 +1,4 @@
-"""Sparsity of the encoding over the original dimensions (paper §2.2, SPEC §1.3).
+"""Sparsity of the encoding over the original dimensions (paper §2.2).
 
 Few dimensions carry the encoding: the distribution of |t_j| is heavy-headed, few
 dimensions survive a Bonferroni correction, and the adjusted R² of the regression

@@ -1,4 +1,4 @@
-"""Steering output probabilities by editing output embeddings (paper §3, SPEC §1.4).
+"""Steering output probabilities by editing output embeddings (paper §3).
 
 To multiply the averaged probability α_w of token w by r, move its output embedding
 along the encoding direction found by the regression:

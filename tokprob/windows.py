@@ -1,4 +1,4 @@
-"""Tokenize documents and pack them into fixed-length windows (SPEC §1.1).
+"""Tokenize documents and pack them into fixed-length windows (paper §2.1).
 
 Packing, not padding: documents are concatenated with the plain end-of-text token after
 each and cut into windows of exactly `window` tokens, so every position sees real context
