@@ -33,6 +33,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.locking.filesystem import FileSystemLockManager
+from prefect.logging.handlers import APILogHandler
 
 from tokprob.codeversion import code_version
 from tokprob.config import key_params
@@ -51,8 +52,15 @@ def _forward_library_logs() -> None:
     """tokprob's own lines (progress, reuse, warnings) go to the Prefect run log however
     the flow was started: the command line, a worker, a deployment or a notebook. The
     command line also names the logger in PREFECT_LOGGING_EXTRA_LOGGERS; a handler is
-    added once either way."""
-    for handler in logging.getLogger("prefect.extra").handlers:
+    added once either way. Called again by each stage, since Prefect may set its logging
+    up anew (new handlers) after this module was imported."""
+    # Only the API handler: the console is reached through the root logger already.
+    current = [handler for handler in logging.getLogger("prefect.extra").handlers
+               if isinstance(handler, APILogHandler)]
+    for handler in list(log.handlers):
+        if isinstance(handler, APILogHandler) and handler not in current:
+            log.removeHandler(handler)
+    for handler in current:
         if handler not in log.handlers:
             log.addHandler(handler)
     if log.level == logging.NOTSET:
@@ -176,6 +184,7 @@ def run_stage(
     force: bool = False,
 ) -> ArtifactRef:
     """Reuse the stage's stored artifact, or compute and store it atomically."""
+    _forward_library_logs()
     identity = identify(stage, arguments)
     store = ArtifactStore(workspace.artifacts)
     if not force and store.verify(stage, identity.key) is not None:

@@ -4,6 +4,7 @@ artifacts, interrupted runs, and the artifacts shown in the UI."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -285,11 +286,16 @@ def test_stage_logs_reach_the_run_log_when_the_flow_is_called_from_python(run, t
 
     run(model="phi")  # a function call, as from a notebook: no command line set-up
     run_id = last_flow_run_id(tmp_path / "data")
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
-            any_=[run_id])))
-    lines = [entry.message for entry in logs if entry.name == "tokprob"]
-    assert any(line.startswith("α over 160 tokens") for line in lines), lines
+    deadline = time.monotonic() + 30  # log lines reach the server in batches
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+                any_=[run_id])))
+        lines = [entry.message for entry in logs if entry.name == "tokprob"]
+        if any(line.startswith("α over 160 tokens") for line in lines):
+            break
+        assert time.monotonic() < deadline, lines
+        time.sleep(1)
 
 
 def test_flow_runs_are_named_and_tagged_by_model_and_dataset(run, tmp_path, tiny_text_dir,
