@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from flows.environment import (
     running_server,
     stop_group,
     stop_leftover_servers,
+    wait_until_up,
 )
 from flows.stages import (
     DYNAMICS_CONFIGS,
@@ -268,20 +268,11 @@ def server(args: argparse.Namespace) -> int:
 def _limit_model_loading(api_url: str, process: subprocess.Popen) -> None:
     """Once the server answers, a concurrency limit of 1 on the stages that load a model,
     so that two scheduled runs never hold two models in this machine's memory at once."""
-    import urllib.request
-
     from prefect.client.orchestration import SyncPrefectClient
 
     from tasks._stage import MODEL_TAG
 
-    deadline = time.monotonic() + 300
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    if not wait_until_up(process, api_url, timeout=300):
         return
     with SyncPrefectClient(api_url) as client:
         client.create_concurrency_limit(tag=MODEL_TAG, concurrency_limit=1)

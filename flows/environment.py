@@ -181,7 +181,7 @@ def start_temporary_server(prefect_home: Path) -> str:
                        "started": start_time(process.pid)}}))
         _started.update(process=process, record=record, log=log_path)
         atexit.register(stop_temporary_server)
-        if _wait_until_up(process, url, timeout):
+        if wait_until_up(process, url, timeout):
             return url
         said = log_path.read_text(errors="replace").strip().splitlines()
         stop_temporary_server()
@@ -193,7 +193,8 @@ def start_temporary_server(prefect_home: Path) -> str:
         "or start `tokprob server` in another terminal and run again.")
 
 
-def _wait_until_up(process: subprocess.Popen, url: str, timeout: float) -> bool:
+def wait_until_up(process: subprocess.Popen, url: str, timeout: float) -> bool:
+    """Whether the server `process` answers at `url` within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if _answers(url):

@@ -219,6 +219,8 @@ class ProgressArtifact:
                 progress.percent, key=self.key, description=description)
         else:
             update_progress_artifact(artifact, progress.percent, description=description)
+
+
 _reused: set[tuple[str, str]] = set()
 """Artifacts a stage task of this process found in the store instead of computing."""
 
