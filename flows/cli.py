@@ -11,12 +11,14 @@ what the user asked for print one paragraph and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
 import signal
 import sys
 import textwrap
+import threading
 import typing
 from typing import Any
 
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM (kill, a service manager) stops a command the way Ctrl-C does.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {number: signal.signal(number, _interrupt)
+                for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.handler(args)
     except BrokenPipeError:  # `tokprob artifacts | head`
@@ -70,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         print(paragraph(f"tokprob: error: {error}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tokprob: interrupted; finished stages are kept and reused next time.",
-              file=sys.stderr)
+        _say_interrupted()
         return INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         stop_temporary_server()
 
 
@@ -82,8 +85,39 @@ INTERRUPTED = 130
 """The exit status of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT)."""
 
 
+EXIT_GRACE_SECONDS = 5.0
+"""How long an interrupted command may take to unwind before it exits regardless."""
+
+INTERRUPTED_MESSAGE = "tokprob: interrupted; finished stages are kept and reused next time."
+
+
 def _interrupt(signum: int, frame: Any) -> None:
+    # Library code between here and `main` may catch the KeyboardInterrupt (Prefect
+    # turns BaseExceptions in its engines into crashes, and background threads can hold
+    # the process at exit): a timer makes sure the command ends within seconds anyway.
+    # Finished artifacts are already in place; unfinished ones are temporary folders.
+    if not _exit_timer.is_alive():
+        _exit_timer.start()
     raise KeyboardInterrupt
+
+
+def _say_interrupted() -> None:
+    if not _said.is_set():
+        _said.set()
+        print(INTERRUPTED_MESSAGE, file=sys.stderr, flush=True)
+
+
+def _exit_regardless() -> None:
+    _say_interrupted()
+    with contextlib.suppress(Exception):  # the main thread may be stopping it too
+        stop_temporary_server()
+    sys.stdout.flush()
+    os._exit(INTERRUPTED)
+
+
+_exit_timer = threading.Timer(EXIT_GRACE_SECONDS, _exit_regardless)
+_exit_timer.daemon = True
+_said = threading.Event()
 
 
 def run() -> typing.NoReturn:

@@ -110,3 +110,35 @@ def test_a_run_stops_the_server_a_killed_run_of_its_data_folder_left(tmp_path, m
     finally:
         leftover.kill()
         stop_temporary_server()
+
+
+SWALLOWS_INTERRUPTS = """
+import argparse, sys, time
+import flows.cli as cli
+
+def swallow(args):  # as library code that turns KeyboardInterrupt into something else
+    print("ready", flush=True)
+    while True:
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            pass
+
+parser = argparse.ArgumentParser()
+parser.set_defaults(handler=swallow)
+cli.build_parser = lambda: parser
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_command_whose_interrupt_is_swallowed_still_exits_within_seconds(signal_number):
+    process = subprocess.Popen([sys.executable, "-c", SWALLOWS_INTERRUPTS],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "ready\n"
+    sent = time.monotonic()
+    process.send_signal(signal_number)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert time.monotonic() - sent < 10
+    assert err.count("interrupted; finished stages are kept") == 1
