@@ -17,7 +17,9 @@ import numpy as np
 
 from tokprob.config import RunConfig, WindowConfig
 from tokprob.corpora import CorpusSource, index_corpus, resolve_corpus, shuffled_corpus
-from tokprob.models import ModelSource, load_model, load_tokenizer, output_head, resolve_model
+from tokprob.head import output_head
+from tokprob.model_sources import ModelSource, resolve_model
+from tokprob.models import load_model, load_tokenizer
 from tokprob.probabilities import AlphaResult, averaged_probabilities
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL, DatasetSpec, ModelSpec
 from tokprob.windows import DETECT, Windows, build_windows

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from benchmarks._common import BATCH_SIZE, Fixture
-from tokprob.models import final_hidden_states, load_model, untie_output_embeddings
+from tokprob.head import final_hidden_states, untie_output_embeddings
+from tokprob.models import load_model
 from tokprob.probabilities import batches
 from tokprob.windows import HELDOUT
 

@@ -89,7 +89,8 @@ def child(model_path: str, windows_file: str, n_tokens: int, what: str) -> None:
     """Load the model, run α (or the bare forward) over the first n_tokens windows, print
     the peak RSS."""
     from benchmarks.alpha_throughput import bare_forward
-    from tokprob.models import load_model, output_head
+    from tokprob.head import output_head
+    from tokprob.models import load_model
     from tokprob.probabilities import averaged_probabilities
 
     model = load_model(model_path)

@@ -28,7 +28,7 @@ from benchmarks._common import (
     median,
     verdict,
 )
-from tokprob.models import output_head
+from tokprob.head import output_head
 from tokprob.probabilities import averaged_probabilities, batches
 
 NAME = "alpha_throughput"

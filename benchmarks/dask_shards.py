@@ -32,7 +32,7 @@ def run(fixture: Fixture, quick: bool) -> list[Result]:
     n_tokens = 4096 if quick else 16384
     windows = fixture.detect(n_tokens)
     model = fixture.model("float32")
-    from tokprob.models import output_head
+    from tokprob.head import output_head
 
     started = time.perf_counter()
     single = averaged_probabilities(model, output_head(model), windows, BATCH_SIZE,

@@ -27,7 +27,7 @@ import torch
 from benchmarks._common import BATCH_SIZE, Fixture, Result, header, verdict
 from benchmarks._lm_head import editable_model, heldout
 from tokprob.config import PruningConfig
-from tokprob.models import output_head
+from tokprob.head import output_head
 from tokprob.probabilities import batches
 from tokprob.pruning import Totals, accumulate, deletion_plans, prune_columns, sweep
 from tokprob.regression import fit_ols

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from benchmarks._common import BATCH_SIZE, Fixture, Result, header, interleaved, median, verdict
-from tokprob.models import output_head
+from tokprob.head import output_head
 from tokprob.regression import (
     CenteredGram,
     OLSResult,

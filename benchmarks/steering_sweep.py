@@ -27,7 +27,7 @@ from benchmarks._lm_head import editable_model, forward_probabilities, heldout
 from tokprob import steering
 from tokprob.calibration import calibrated_fits, closed_form_fit, evaluate_fits
 from tokprob.config import SteeringConfig
-from tokprob.models import output_head
+from tokprob.head import output_head
 from tokprob.regression import fit_ols
 from tokprob.steering import (
     SteeringEvaluator,

@@ -35,7 +35,8 @@ from flows.stages import (
 )
 from tokprob.dynamics import check_checkpoint_count, checkpoint_steps
 from tokprob.errors import TokprobError
-from tokprob.models import check_window_fits, model_config, new_model_folder
+from tokprob.model_export import new_model_folder
+from tokprob.models import check_window_fits, model_config
 from tokprob.pruning import check_fractions, check_regression_target
 from tokprob.specs import DatasetSpec, ModelSpec
 from tokprob.steering import check_edits
@@ -204,7 +205,8 @@ def steer(args: argparse.Namespace) -> int:
 def _check_tokens(tokens: list[str], spec: ModelSpec, workspace: Workspace) -> None:
     """Each token to steer is one token of the model's tokenizer: found out now, not
     after the stages that steering needs."""
-    from tokprob.models import load_tokenizer, resolve_model
+    from tokprob.model_sources import resolve_model
+    from tokprob.models import load_tokenizer
     from tokprob.steering import resolve_targets
 
     source = resolve_model(spec, workspace)

@@ -37,7 +37,7 @@ from tokprob.config import (
     WindowConfig,
 )
 from tokprob.corpora import CorpusSource
-from tokprob.models import ModelSource
+from tokprob.model_sources import ModelSource
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
 from tokprob.store import ArtifactRef
 from tokprob.windows import HELDOUT, TokenBudget

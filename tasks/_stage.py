@@ -39,7 +39,7 @@ from tokprob.codeversion import code_version
 from tokprob.config import key_params
 from tokprob.corpora import CorpusSource
 from tokprob.hashing import sha256_json
-from tokprob.models import ModelSource
+from tokprob.model_sources import ModelSource
 from tokprob.processes import is_running, this_process
 from tokprob.progress import Progress, observed
 from tokprob.store import ArtifactRef, ArtifactStore, ArtifactWriter

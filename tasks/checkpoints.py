@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks._stage import store_of
 from tasks.pretrain import LOSS_FILE
-from tokprob.models import ModelSource, resolve_model
+from tokprob.model_sources import ModelSource, resolve_model
 from tokprob.specs import ModelSpec
 from tokprob.store import ArtifactRef
 from tokprob.workspace import Workspace

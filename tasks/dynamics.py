@@ -20,7 +20,8 @@ from tasks.corpus import all_documents
 from tokprob import plots
 from tokprob.dynamics import check_checkpoint_count, convergence, first_step
 from tokprob.errors import TokprobError
-from tokprob.models import ModelSource, load_tokenizer
+from tokprob.model_sources import ModelSource
+from tokprob.models import load_tokenizer
 from tokprob.regression import encoding_target, fit_ols
 from tokprob.store import ArtifactRef
 from tokprob.windows import tokenize

@@ -7,7 +7,9 @@ from prefect import task
 
 from tasks._io import BIAS_FILE, EMBEDDINGS_FILE, write_embeddings
 from tasks._stage import publish_table, register, run_stage
-from tokprob.models import ModelSource, OutputHead, check_head, load_model, output_head
+from tokprob.head import OutputHead, check_head, output_head
+from tokprob.model_sources import ModelSource
+from tokprob.models import load_model
 from tokprob.store import ArtifactRef
 from tokprob.weights import read_output_head
 from tokprob.workspace import Workspace

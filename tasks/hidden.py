@@ -12,7 +12,8 @@ from tasks.windows import read_windows
 from tokprob.config import HiddenConfig, RunConfig
 from tokprob.errors import TokprobError
 from tokprob.hidden import write_hidden_states
-from tokprob.models import ModelSource, load_model
+from tokprob.model_sources import ModelSource
+from tokprob.models import load_model
 from tokprob.progress import Progress
 from tokprob.store import ArtifactRef
 from tokprob.windows import DETECT, HELDOUT

@@ -14,14 +14,9 @@ from tasks._stage import publish_table, register, run_stage
 from tasks.windows import read_windows
 from tokprob.config import ProbabilityConfig, RunConfig
 from tokprob.errors import TokprobError
-from tokprob.models import (
-    ModelSource,
-    check_head,
-    load_model,
-    load_tokenizer,
-    output_head,
-    resolve_dtype,
-)
+from tokprob.head import check_head, output_head
+from tokprob.model_sources import ModelSource
+from tokprob.models import load_model, load_tokenizer, resolve_dtype
 from tokprob.probabilities import (
     Checkpoints,
     averaged_probabilities,

@@ -13,15 +13,10 @@ from prefect.cache_policies import NO_CACHE
 from tasks._stage import MODEL_TAG
 from tasks.pruning import plan_deletions
 from tokprob.config import PruningConfig
-from tokprob.models import (
-    ModelSource,
-    load_model,
-    load_tokenizer,
-    new_model_folder,
-    output_head,
-    save_model_folder,
-    untie_output_embeddings,
-)
+from tokprob.head import output_head, untie_output_embeddings
+from tokprob.model_export import new_model_folder, save_model_folder
+from tokprob.model_sources import ModelSource
+from tokprob.models import load_model, load_tokenizer
 from tokprob.pruning import check_fractions
 from tokprob.store import ArtifactRef
 

@@ -17,8 +17,10 @@ from tasks.regression import REGRESSION_FILE, read_gram
 from tasks.windows import read_windows
 from tokprob import plots
 from tokprob.config import PruningConfig
+from tokprob.head import output_head, untie_output_embeddings
 from tokprob.hidden import read_hidden_states
-from tokprob.models import ModelSource, load_model, output_head, untie_output_embeddings
+from tokprob.model_sources import ModelSource
+from tokprob.models import load_model
 from tokprob.progress import Progress
 from tokprob.pruning import (
     METHODS,

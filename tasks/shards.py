@@ -17,7 +17,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.windows import read_windows
 from tokprob.config import RunConfig
-from tokprob.models import ModelSource, check_head, load_model, output_head
+from tokprob.head import check_head, output_head
+from tokprob.model_sources import ModelSource
+from tokprob.models import load_model
 from tokprob.probabilities import AlphaResult, PartialSums, alpha_sums, combine, shard_cuts
 from tokprob.store import ArtifactRef
 from tokprob.windows import DETECT

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tokprob.corpora import CorpusSource, resolve_corpus
-from tokprob.models import ModelSource, resolve_model
+from tokprob.model_sources import ModelSource, resolve_model
 from tokprob.specs import DatasetSpec, ModelSpec
 from tokprob.workspace import Workspace
 

@@ -15,17 +15,11 @@ from tasks.regression import REGRESSION_FILE
 from tokprob.calibration import jointly_calibrated_edits
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
+from tokprob.head import OutputHead, float32_head, output_head
 from tokprob.hidden import read_hidden_states
-from tokprob.models import (
-    ModelSource,
-    OutputHead,
-    float32_head,
-    load_model,
-    load_tokenizer,
-    new_model_folder,
-    output_head,
-    save_model_folder,
-)
+from tokprob.model_export import new_model_folder, save_model_folder
+from tokprob.model_sources import ModelSource
+from tokprob.models import load_model, load_tokenizer
 from tokprob.probabilities import alpha_from_hidden
 from tokprob.steering import (
     check_edits,

@@ -31,7 +31,8 @@ from tokprob.calibration import (
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
 from tokprob.hidden import read_hidden_states
-from tokprob.models import ModelSource, load_tokenizer
+from tokprob.model_sources import ModelSource
+from tokprob.models import load_tokenizer
 from tokprob.probabilities import alpha_percentile
 from tokprob.progress import Progress
 from tokprob.regression import slopes_from_gram

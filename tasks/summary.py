@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks._stage import artifact_key, store_of
 from tasks.runs import publish_run
 from tokprob.corpora import CorpusSource
-from tokprob.models import ModelSource
+from tokprob.model_sources import ModelSource
 from tokprob.store import ArtifactRef
 from tokprob.summary import (
     dynamics_markdown,

@@ -8,7 +8,8 @@ from prefect import task
 from tasks._stage import publish_table, register, run_stage
 from tasks.corpus import shuffled_documents
 from tokprob.config import WindowConfig
-from tokprob.models import ModelSource, check_window_fits, load_tokenizer
+from tokprob.model_sources import ModelSource
+from tokprob.models import check_window_fits, load_tokenizer
 from tokprob.store import ArtifactRef
 from tokprob.windows import DETECT, HELDOUT, TokenBudget, Windows, build_windows
 from tokprob.workspace import Workspace

@@ -321,7 +321,8 @@ def test_run_killed_during_alpha_resumes_from_its_checkpoint(tmp_path, prefect_a
 
     from tasks.probabilities import CHECKPOINT_FILE
     from tasks.windows import read_windows
-    from tokprob.models import load_model, output_head
+    from tokprob.head import output_head
+    from tokprob.models import load_model
     from tokprob.probabilities import averaged_probabilities, prefix_grid
     from tokprob.store import ArtifactRef, ArtifactStore
     from tokprob.windows import DETECT

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tokprob import models
-from tokprob.models import load_model, output_head
+from tokprob.head import output_head
+from tokprob.models import load_model
 from tokprob.probabilities import averaged_probabilities
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

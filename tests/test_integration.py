@@ -18,15 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tokprob.models import (
-    check_head,
-    final_hidden_states,
-    head_logits,
-    load_model,
-    load_tokenizer,
-    output_head,
-    resolve_model,
-)
+from tokprob.head import check_head, final_hidden_states, head_logits, output_head
+from tokprob.model_sources import resolve_model
+from tokprob.models import load_model, load_tokenizer
 from tokprob.regression import fit_ols, fit_ols_statsmodels
 from tokprob.specs import ModelSpec
 from tokprob.steering import method_errors

@@ -15,17 +15,14 @@ from conftest import (
 )
 
 from tokprob.errors import TokprobError
+from tokprob.head import check_head, final_hidden_states, head_logits, output_head
+from tokprob.model_sources import resolve_model
 from tokprob.models import (
-    check_head,
-    final_hidden_states,
-    head_logits,
     load_model,
     load_tokenizer,
     model_dtype,
     needs_device_map,
-    output_head,
     resolve_device,
-    resolve_model,
     weights_bytes,
 )
 from tokprob.specs import ModelSpec

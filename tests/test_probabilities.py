@@ -9,8 +9,9 @@ from conftest import ARCHITECTURES, VOCAB_ROWS
 
 from tokprob import probabilities as probabilities_module
 from tokprob.errors import TokprobError
+from tokprob.head import OutputHead, head_logits, output_head
 from tokprob.hidden import read_hidden_states, write_hidden_states
-from tokprob.models import OutputHead, head_logits, load_model, output_head
+from tokprob.models import load_model
 from tokprob.probabilities import averaged_probabilities
 from tokprob.progress import Progress
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tokprob.errors import TokprobError
-from tokprob.models import final_hidden_states, load_model, output_head, untie_output_embeddings
+from tokprob.head import final_hidden_states, output_head, untie_output_embeddings
+from tokprob.models import load_model
 from tokprob.steering import (
     SteeringEvaluator,
     omega_mask,

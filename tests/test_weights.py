@@ -10,7 +10,8 @@ import torch
 from conftest import ARCHITECTURES, build_tokenizer, tiny_config
 
 from tasks._io import read_embeddings, write_embeddings
-from tokprob.models import load_model, output_head
+from tokprob.head import output_head
+from tokprob.models import load_model
 from tokprob.store import ArtifactRef
 from tokprob.weights import SAFETENSORS_INDEX, files_to_load, read_output_head
 
@@ -94,7 +95,7 @@ def test_embeddings_stage_loads_a_bin_only_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from tasks.embeddings import head_of
-    from tokprob.models import ModelSource
+    from tokprob.model_sources import ModelSource
 
     model = AutoModelForCausalLM.from_config(tiny_config("phi"))
     model.config.save_pretrained(tmp_path)
@@ -142,7 +143,7 @@ def test_hub_model_download_asks_for_those_files_at_the_revision(tmp_path, monke
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from tokprob.models import resolve_model
+    from tokprob.model_sources import resolve_model
     from tokprob.specs import ModelSpec
 
     calls = []
@@ -175,7 +176,7 @@ def test_a_snapshot_of_the_loading_files_counts_as_cached(tmp_path, monkeypatch,
     from huggingface_hub.errors import IncompleteSnapshotError
     from transformers import AutoModelForCausalLM
 
-    from tokprob.models import resolve_model
+    from tokprob.model_sources import resolve_model
     from tokprob.specs import ModelSpec
     from tokprob.weights import has_files_to_load
 

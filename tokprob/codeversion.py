@@ -1,4 +1,5 @@
-"""The version of a stage's code: a hash of its sources and of the project modules they use.
+"""Infrastructure, not analysis: the version of a stage's code: a hash of its sources
+and of the project modules they use.
 
 Hashing only the task function would miss edits to the library code it calls, so the
 version follows imports through the project's own packages, except through the modules

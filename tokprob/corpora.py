@@ -23,7 +23,7 @@ from tokprob.documents import (
 )
 from tokprob.errors import TokprobError
 from tokprob.hashing import sha256_files
-from tokprob.models import hub_snapshot
+from tokprob.model_sources import hub_snapshot
 from tokprob.specs import DatasetSpec, local_files
 from tokprob.workspace import Workspace
 

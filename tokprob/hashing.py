@@ -1,4 +1,4 @@
-"""Content hashes for files, folders and JSON-able values."""
+"""Infrastructure, not analysis: content hashes for files, folders and JSON-able values."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tokprob.models import final_hidden_states
+from tokprob.head import final_hidden_states
 from tokprob.probabilities import batches
 from tokprob.progress import Progress
 

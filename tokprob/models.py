@@ -1,223 +1,29 @@
-"""Resolve, load and take apart a causal LM: its output embeddings E, bias and tying.
+"""Loading a causal LM and its tokenizer: dtype, device (and device_map for a model larger
+than one device), and checks of config.json and the context length before anything loads.
+Where a model comes from is tokprob.model_sources; its output head, tokprob.head.
 
-A model spec (tokprob.specs.ModelSpec) resolves to a local folder that transformers can
-load: a hub snapshot (pinned to the commit the revision points at), a local folder, or a
-GGUF file dequantized once and cached as safetensors. The output head is then read off
-the loaded model: E = `get_output_embeddings().weight` (raw weights, never centred or
-folded), the bias if any, and whether E is the input embedding matrix (tied).
-
-    source = resolve_model(ModelSpec.parse("smollm2-135m-instruct"), Workspace.from_env())
-    model = load_model(source.path)
-    head = output_head(model)
-    logits = head_logits(final_hidden_states(model, input_ids), head)
+    model = load_model(source.path, dtype="auto", device="auto")
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from tokprob import assets
 from tokprob.errors import TokprobError
-from tokprob.hashing import sha256_file, sha256_files
-from tokprob.retry import network_error, with_retries
-from tokprob.specs import BUILTIN_DATASET_NAMES, BUILTIN_MODEL_NAMES, ModelSpec
-from tokprob.workspace import Workspace
 
 log = logging.getLogger("tokprob")
 
-SOURCE_MARKER = "tokprob-source.json"
+log = logging.getLogger("tokprob")
+
+
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """The dtypes tokprob runs a model in (`auto`: the one it was saved in)."""
-
-
-class ModelSource(BaseModel):
-    """A resolved model: where to load it from and what it is, for cache keys."""
-
-    model_config = ConfigDict(frozen=True)
-
-    spec: str
-    """What the user asked for."""
-    path: str
-    """Local folder with config.json, weights and tokenizer."""
-    fingerprint: str
-    """Identity of the weights: hub id and commit, or a content hash."""
-    display_name: str
-
-
-@dataclass(frozen=True)
-class OutputHead:
-    """The LM head: logits = hidden @ weight.T + bias."""
-
-    weight: torch.Tensor
-    """E: (vocab, d)."""
-    bias: torch.Tensor | None
-    """b: (vocab,), or None."""
-    tied: bool
-    """Whether E is the input embedding matrix itself."""
-
-    @property
-    def vocab_size(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def hidden_size(self) -> int:
-        return self.weight.shape[1]
-
-
-def resolve_model(spec: ModelSpec, workspace: Workspace) -> ModelSource:
-    """Make the model loadable from a local folder and fingerprint it."""
-    if spec.kind == "builtin":
-        gguf = assets.builtin_model_file(spec.location, workspace.downloads)
-        folder, fingerprint = materialize_gguf(gguf, workspace.models)
-        display = assets.BUILTIN_MODELS[spec.location].display_name
-        return ModelSource(spec=str(spec), path=str(folder), fingerprint=fingerprint,
-                           display_name=display)
-    if spec.kind == "gguf":
-        folder, fingerprint = materialize_gguf(Path(spec.location), workspace.models)
-        return ModelSource(spec=str(spec), path=str(folder), fingerprint=fingerprint,
-                           display_name=Path(spec.location).stem)
-    if spec.kind == "local":
-        folder = Path(spec.location)
-        return ModelSource(spec=str(spec), path=str(folder),
-                           fingerprint="local:" + folder_fingerprint(folder),
-                           display_name=folder.name)
-    folder, commit = hub_snapshot(spec.location, spec.revision, repo_type="model")
-    return ModelSource(spec=str(spec), path=str(folder),
-                       fingerprint=f"hub:{spec.location}@{commit}",
-                       display_name=spec.location.split("/")[-1]
-                       + (f"@{spec.revision}" if spec.revision else ""))
-
-
-def hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> tuple[Path, str]:
-    """A local snapshot of a hub repository and the commit it is at.
-
-    The local cache is tried first, so a revision fetched earlier works offline.
-    """
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    kind = "dataset" if repo_type == "dataset" else "model"
-    try:
-        folder = _cached_snapshot(repo_id, revision, repo_type)
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        try:
-            folder = with_retries(lambda: _download(repo_id, revision, repo_type),
-                                  network_error, f"downloading {repo_id}")
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-            builtin = BUILTIN_MODEL_NAMES if kind == "model" else BUILTIN_DATASET_NAMES
-            raise TokprobError(
-                f"Cannot get the {kind} {repo_id!r}"
-                + (f" at revision {revision!r}" if revision else "")
-                + f": it is not in the local Hugging Face cache, and {_hub_failure(error)}. "
-                f"The built-in {kind}s are {', '.join(builtin)}. If it is a local {kind}, "
-                "pass its path (it does not exist here); if it is on the hub, check the name "
-                "and revision, or download it where the hub is reachable and pass the folder."
-            ) from None
-    folder_path = Path(folder)
-    return folder_path, folder_path.name
-
-
-def _cached_snapshot(repo_id: str, revision: str | None, repo_type: str) -> str:
-    """The cached snapshot of the revision. A model fetched by `_download` holds only the
-    files loading reads, which the cache calls incomplete: it is complete for tokprob."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import IncompleteSnapshotError
-
-    from tokprob.weights import has_files_to_load
-
-    try:
-        return snapshot_download(repo_id, revision=revision, repo_type=repo_type,
-                                 local_files_only=True)
-    except IncompleteSnapshotError as error:
-        if repo_type == "model" and has_files_to_load(Path(error.snapshot_path)):
-            return error.snapshot_path
-        raise
-
-
-def _download(repo_id: str, revision: str | None, repo_type: str) -> str:
-    """Fetch a repository at the revision: for a model only the files loading reads
-    (tokprob.weights.files_to_load), for a dataset all of it."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    from tokprob.weights import files_to_load
-
-    try:
-        info = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type)
-    except HfHubHTTPError:
-        raise
-    except Exception as error:  # the transport's own errors (no connection, offline mode)
-        raise LocalEntryNotFoundError(str(error)) from error
-    wanted = None
-    if repo_type == "model":
-        wanted = files_to_load([file.rfilename for file in info.siblings or []])
-    # By the revision's name, not its commit: the cache then records which commit the
-    # name points at, and finds it offline next time.
-    return snapshot_download(repo_id, revision=revision, repo_type=repo_type,
-                             allow_patterns=wanted)
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """Content hash of a model folder (every file but hidden ones)."""
-    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
-    return sha256_files(files, root=folder)[:24]
-
-
-def materialize_gguf(gguf: Path, models_dir: Path) -> tuple[Path, str]:
-    """Dequantize a GGUF model once and cache it as a safetensors folder.
-
-    Returns the folder and the fingerprint (the GGUF file's hash). Later loads take a
-    fraction of a second instead of dequantizing again.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, __version__
-
-    digest = sha256_file(gguf)
-    # transformers does the dequantization, so its version is part of what the weights are.
-    fingerprint = f"gguf:{digest[:24]}:transformers-{__version__}"
-    folder = models_dir / f"{gguf.stem}-{digest[:12]}-transformers-{__version__}"
-    marker = folder / SOURCE_MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("sha256") == digest:
-        return folder, fingerprint
-
-    log.info("dequantizing %s once (cached as safetensors in %s)", gguf.name, folder)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=models_dir, prefix=".gguf-"))
-    try:
-        with quiet_transformers():
-            try:
-                model = AutoModelForCausalLM.from_pretrained(
-                    gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            except (ValueError, OSError, KeyError) as error:
-                raise TokprobError(
-                    f"transformers cannot read {gguf} as a GGUF causal LM ({error}). "
-                    "Check that the file is complete and its architecture is one transformers "
-                    "supports for GGUF."
-                ) from None
-            # Saving as plain safetensors needs the GGUF quantizer gone: the weights are
-            # already dequantized in memory.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.save_pretrained(scratch)
-            tokenizer.save_pretrained(scratch)
-        (scratch / SOURCE_MARKER).write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
-        readable_by_others(scratch)
-        shutil.rmtree(folder, ignore_errors=True)
-        scratch.rename(folder)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return folder, fingerprint
 
 
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
@@ -340,60 +146,6 @@ def load_tokenizer(path: str | Path):
         return AutoTokenizer.from_pretrained(path)
 
 
-def _hub_failure(error: Exception) -> str:
-    """Why the hub did not provide a repository, in a few words."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    root: BaseException = error
-    while root.__cause__ is not None:
-        root = root.__cause__
-    if isinstance(error, LocalEntryNotFoundError):
-        return f"the hub cannot be reached from here ({root})"
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-    return f"the hub answered: {first_line.rstrip('.')}"
-
-
-def new_model_folder(out: str | Path) -> Path:
-    """The absolute folder to write a derived model to; an error if it holds anything."""
-    target = Path(out).expanduser().resolve()
-    if target.exists() and not target.is_dir():
-        raise TokprobError(f"--out {target} is a file; give the path of a new or empty "
-                           "folder to write the model to.")
-    if target.exists() and any(target.iterdir()):
-        raise TokprobError(f"{target} exists and is not empty; choose another --out "
-                           "(tokprob never overwrites a folder).")
-    return target
-
-
-def save_model_folder(model, tokenizer, target: Path, record_name: str,
-                      record: dict) -> None:
-    """save_pretrained the model and tokenizer plus a JSON record, all or nothing: the
-    folder appears complete under its name, or not at all."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        with quiet_transformers():
-            model.save_pretrained(scratch)
-            tokenizer.save_pretrained(scratch)
-        (scratch / record_name).write_text(json.dumps(record, indent=2))
-        readable_by_others(scratch)
-        if target.exists():
-            target.rmdir()
-        scratch.rename(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def readable_by_others(folder: Path) -> None:
-    """Give a finished folder the permissions the user's umask asks for: mkdtemp makes it
-    private (0700), and transformers writes the weights through a private temporary file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
-
-
 def resolve_device(device: str) -> torch.device:
     """`auto` means CUDA when available, else Apple's MPS when available, else CPU; an
     unavailable CUDA or MPS is an error."""
@@ -412,81 +164,6 @@ def resolve_device(device: str) -> torch.device:
         raise TokprobError(f"--device {device} asks for CUDA, which this machine lacks; "
                            "use --device cpu.")
     return resolved
-
-
-def output_head(model) -> OutputHead:
-    """E, its bias and whether it is tied to the input embeddings."""
-    head = model.get_output_embeddings()
-    if head is None or not hasattr(head, "weight"):
-        raise TokprobError(
-            f"{type(model).__name__} has no linear output embedding (LM head); tokprob "
-            "analyses causal LMs whose logits are hidden @ E.T (+ b)."
-        )
-    inputs = model.get_input_embeddings()
-    tied = inputs is not None and inputs.weight.data_ptr() == head.weight.data_ptr()
-    bias = getattr(head, "bias", None)
-    return OutputHead(weight=head.weight.detach(),
-                      bias=None if bias is None else bias.detach(), tied=tied)
-
-
-def float32_head(head: OutputHead) -> OutputHead:
-    """The head upcast to float32, for float32 hidden states (a bfloat16 model's edits
-    evaluated as the saved weights compute them)."""
-    return OutputHead(weight=head.weight.float(),
-                      bias=None if head.bias is None else head.bias.float(), tied=head.tied)
-
-
-def untie_output_embeddings(model) -> None:
-    """Give the LM head its own copy of E, so that editing it leaves the input embeddings
-    alone (steering and pruning change only the output side, paper §3 and §4)."""
-    if not output_head(model).tied:
-        return
-    head = model.get_output_embeddings()
-    head.weight = torch.nn.Parameter(head.weight.detach().clone())
-    model.config.tie_word_embeddings = False
-    text_config = model.config.get_text_config()
-    if text_config is not model.config:
-        text_config.tie_word_embeddings = False
-
-
-def final_hidden_states(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """The last layer's hidden states after the final norm: (batch, positions, d)."""
-    return model.base_model(input_ids=input_ids).last_hidden_state
-
-
-def head_logits(hidden: torch.Tensor, head: OutputHead) -> torch.Tensor:
-    """float32 logits hidden @ E.T + b, in the model's dtype until the upcast."""
-    # A model spread over devices (device_map) may end its last layer on another one.
-    logits = hidden.to(head.weight.device) @ head.weight.T
-    if head.bias is not None:
-        logits = logits + head.bias
-    return logits.float()
-
-
-def check_head(model, head: OutputHead, vocab_size: int) -> None:
-    """Fail unless logits rebuilt from final hidden states and E equal the model's.
-
-    tokprob's stages rely on logits = h @ E.T + b; a model that scales or caps its logits
-    after the head would make every stage silently wrong.
-    """
-    device = head.weight.device
-    probe = torch.arange(min(8, vocab_size), device=device).unsqueeze(0)
-    with torch.inference_mode():
-        expected = model(input_ids=probe).logits.float()
-        rebuilt = head_logits(final_hidden_states(model, probe), head)
-    if not torch.isfinite(expected).all():
-        raise TokprobError(
-            "The model's logits contain NaN or infinity on a short probe input. The weights "
-            "are likely damaged, or the dtype overflows (try --dtype float32)."
-        )
-    tolerance = 1e-3 if head.weight.dtype == torch.float32 else 5e-2
-    scale = expected.abs().max().clamp_min(1.0)
-    if (expected - rebuilt).abs().max() > tolerance * scale:
-        raise TokprobError(
-            f"{type(model).__name__} does not compute its logits as final hidden states @ "
-            "E.T (+ bias): it transforms them after the head (scaling or soft-capping). "
-            "tokprob's analysis assumes a plain linear LM head."
-        )
 
 
 class quiet_transformers:

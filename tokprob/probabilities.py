@@ -27,13 +27,15 @@ import numpy as np
 import torch
 
 from tokprob.errors import TokprobError
-from tokprob.models import OutputHead, final_hidden_states, head_logits
+from tokprob.head import OutputHead, final_hidden_states, head_logits
 from tokprob.progress import Progress
 
 log = logging.getLogger("tokprob")
 
-MAX_LOGIT_ELEMENTS = 1 << 26
-"""Logits computed at once (256 MB in float32): bounds memory for any vocabulary."""
+MAX_LOGIT_ELEMENTS = 1 << 24
+"""Logits computed at once (64 MB in float32): bounds memory for any vocabulary. A chunk
+of a few hundred rows already keeps the head's matrix product efficient; a larger one
+only adds to the peak memory of a large model's run."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Whether a process named in a file (a lock, a server record) is still the one that
-wrote it: its host, its id, and its start time, so that a reused process id is not
-mistaken for the writer."""
+"""Infrastructure, not analysis: whether a process named in a file (a lock, a server
+record) is still the one that wrote it: its host, its id, and its start time, so that
+a reused process id is not mistaken for the writer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Downloads that retry on network errors, and never on a clear answer.
+"""Infrastructure, not analysis: downloads that retry on network errors, and never on a
+clear answer.
 
 A dropped connection, a timeout or a server error (HTTP 5xx, 429) may pass; a missing
 package, repository or revision, a refused token or a checksum mismatch will not, so those

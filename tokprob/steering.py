@@ -401,7 +401,7 @@ def closed_form_edits(targets: dict[int, float], direction: np.ndarray) -> dict[
 def steer_model(model, edits: dict[int, np.ndarray]) -> None:
     """Edit a loaded model in place: untie its output embeddings, then move each target
     row w by its δ_w. The input embeddings and every other row stay as they were."""
-    from tokprob.models import output_head, untie_output_embeddings
+    from tokprob.head import output_head, untie_output_embeddings
 
     untie_output_embeddings(model)
     weight = output_head(model).weight

@@ -1,4 +1,5 @@
-"""A content-addressed artifact store with atomic writes and verified reads.
+"""Infrastructure, not analysis: a content-addressed artifact store with atomic writes
+and verified reads.
 
 Each stage output lives in `artifacts/<stage>/<key>/`, where the key hashes the stage's
 parameters, the content of its inputs and the version of its code. The folder holds

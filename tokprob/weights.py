@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from tokprob.models import OutputHead, quiet_transformers
+from tokprob.head import OutputHead
+from tokprob.models import quiet_transformers
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -1,4 +1,5 @@
-"""Where tokprob keeps its artifacts, model caches and downloads."""
+"""Infrastructure, not analysis: where tokprob keeps its artifacts, model caches and
+downloads."""
 
 from __future__ import annotations
 
