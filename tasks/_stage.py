@@ -13,6 +13,8 @@ artifact makes the stage run again instead of being used.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect import Task, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -185,7 +188,7 @@ def run_stage(
 ) -> ArtifactRef:
     """Reuse the stage's stored artifact, or compute and store it atomically."""
     _forward_library_logs()
-    identity = identify(stage, arguments)
+    identity = _identified_by_policy(stage) or identify(stage, arguments)
     store = ArtifactStore(workspace.artifacts)
     if not force and store.verify(stage, identity.key) is not None:
         log.info("%s: reusing stored artifact %s", stage, identity.key)
@@ -201,6 +204,61 @@ def run_stage(
                                                     identity.dataset))):
             compute(writer)
     return store.ref(stage, identity.key)
+
+
+def stage(name: str, environment: tuple[str, ...] = (), loads_model: bool = False,
+          ) -> Callable[[Callable[..., None]], Task[..., ArtifactRef]]:
+    """A stage written as one function; the Prefect task that runs it, cached by content.
+
+        @stage("pca")
+        def pca(out: ArtifactWriter, regression: ArtifactRef, embeddings: ArtifactRef):
+            out.write_table("components.parquet", ...)
+
+    The task takes the body's parameters after `out`, plus `workspace` (the store's
+    folder; the body may name it too) and `force`. Its key hashes exactly those
+    parameters but these two (`identify`), so the Prefect cache key and the artifact
+    key come from the one signature and cannot drift apart. The body runs only when the
+    store holds no intact artifact for that key, and gets the writer of a new one.
+    `environment` names packages whose versions change the numbers; `loads_model` tags
+    the task for the model-loading concurrency limit.
+    """
+
+    def decorate(body: Callable[..., None]) -> Task[..., ArtifactRef]:
+        signature = _task_signature(body)
+        body_parameters = list(inspect.signature(body).parameters)[1:]
+
+        def run(*args: Any, **kwargs: Any) -> ArtifactRef:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            own = {parameter: arguments[parameter] for parameter in body_parameters}
+            return run_stage(name, arguments["workspace"], arguments,
+                             lambda out: body(out, **own), arguments["force"])
+
+        run.__signature__ = signature  # type: ignore[attr-defined]
+        functools.update_wrapper(run, body, updated=())
+        del run.__wrapped__  # type: ignore[attr-defined] # Prefect reads __signature__
+        made = task(**register(name, body.__module__, environment, loads_model))(run)
+        made.body = body  # type: ignore[attr-defined] # the computation, for direct tests
+        return made
+
+    return decorate
+
+
+def _task_signature(body: Callable[..., None]) -> inspect.Signature:
+    """`(workspace, <the body's parameters after out>, force=False)`."""
+    parameters = list(inspect.signature(body).parameters.values())
+    if not parameters or parameters[0].name != "out":
+        raise TypeError(f"the stage function {body.__qualname__} must take the artifact "
+                        "writer `out` as its first parameter")
+    own = parameters[1:]
+    if any(parameter.name == "force" for parameter in own):
+        raise TypeError(f"{body.__qualname__}: `force` is the stage task's own parameter")
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    workspace = [] if any(parameter.name == "workspace" for parameter in own) else [
+        inspect.Parameter("workspace", positional, annotation="Workspace")]
+    force = inspect.Parameter("force", positional, default=False, annotation="bool")
+    return inspect.Signature(workspace + own + [force], return_annotation="ArtifactRef")
 
 
 class ProgressArtifact:
@@ -247,7 +305,11 @@ class StagePolicy(CachePolicy):
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
         workspace: Workspace = inputs["workspace"]
-        identity = identify(self.stage, inputs)
+        # Prefect asks for the key several times per task run; the call is identified once.
+        identity = _identified.get((self.stage, task_ctx.task_run.id))
+        if identity is None:
+            identity = identify(self.stage, inputs)
+            _identified[(self.stage, task_ctx.task_run.id)] = identity
         prefect_key = f"{self.stage}-{identity.key}-{sha256_json(workspace.data_dir)[:8]}"
         intact = ArtifactStore(workspace.artifacts).verify(self.stage, identity.key)
         if intact is None and task_ctx.result_store.exists(prefect_key):
@@ -260,6 +322,19 @@ class StagePolicy(CachePolicy):
                             self.stage, identity.key)
             return None
         return prefect_key
+
+
+_identified: dict[tuple[str, Any], StageIdentity] = {}
+"""The identity the cache policy computed for a stage's task run, so that the run
+identifies its call once: the body reuses it (Prefect asks for the key before the
+run starts, from the same arguments)."""
+
+
+def _identified_by_policy(stage: str) -> StageIdentity | None:
+    context = TaskRunContext.get()
+    if context is None:  # called directly (`.fn`), outside a Prefect task run
+        return None
+    return _identified.get((stage, context.task_run.id))
 
 
 _damage_reported: set[tuple[Any, str]] = set()

@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pyarrow.parquet as pq
-from prefect import task
 
-from tasks._stage import publish_table, register, run_stage
+from tasks._stage import publish_table, stage
 from tokprob.corpora import CorpusSource, index_corpus, read_documents, shuffled_corpus
 from tokprob.documents import DocumentIndex
-from tokprob.store import ArtifactRef
+from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.workspace import Workspace
 
 STAGE = "corpus"
@@ -20,20 +19,16 @@ INDEX_FILE = "documents.parquet"
 SOURCE_FILE = "source.json"
 
 
-@task(**register(STAGE, __name__, environment=("datasets",)))
-def corpus(workspace: Workspace, source: CorpusSource, force: bool = False) -> ArtifactRef:
+@stage(STAGE, environment=("datasets",))
+def corpus(out: ArtifactWriter, source: CorpusSource) -> None:
     """Index the documents of a corpus once (one byte-level pass over local files)."""
-
-    def compute(out):
-        index = index_corpus(source)
-        out.write_table(INDEX_FILE, index.to_arrow())
-        out.path(SOURCE_FILE).write_text(source.model_dump_json())
-        out.summary.update(dataset=source.spec, records=len(index),
-                           streamed=source.kind == "hub")
-        publish_table(STAGE, out, [{"dataset": source.spec, "records": len(index)}],
-                      f"Documents of {source.spec}")
-
-    return run_stage(STAGE, workspace, {"source": source}, compute, force)
+    index = index_corpus(source)
+    out.write_table(INDEX_FILE, index.to_arrow())
+    out.path(SOURCE_FILE).write_text(source.model_dump_json())
+    out.summary.update(dataset=source.spec, records=len(index),
+                       streamed=source.kind == "hub")
+    publish_table(STAGE, out, [{"dataset": source.spec, "records": len(index)}],
+                  f"Documents of {source.spec}")
 
 
 def _read(ref: ArtifactRef) -> tuple[CorpusSource, DocumentIndex]:

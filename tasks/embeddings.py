@@ -3,38 +3,31 @@
 from __future__ import annotations
 
 import pyarrow as pa
-from prefect import task
 
 from tasks._io import BIAS_FILE, EMBEDDINGS_FILE, write_embeddings
-from tasks._stage import publish_table, register, run_stage
+from tasks._stage import publish_table, stage
 from tokprob.head import OutputHead, check_head, output_head
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model
-from tokprob.store import ArtifactRef
+from tokprob.store import ArtifactWriter
 from tokprob.weights import read_output_head
-from tokprob.workspace import Workspace
 
 STAGE = "embeddings"
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers"),
-                     loads_model=True))
-def embeddings(workspace: Workspace, model: ModelSource, force: bool = False) -> ArtifactRef:
+@stage(STAGE, environment=("torch", "transformers"), loads_model=True)
+def embeddings(out: ArtifactWriter, model: ModelSource) -> None:
     """Extract E = get_output_embeddings().weight (raw, float32) and the bias if any."""
-
-    def compute(out):
-        head, architecture = head_of(model)
-        write_embeddings(out.path(EMBEDDINGS_FILE), head.weight.numpy())
-        if head.bias is not None:
-            out.write_table(BIAS_FILE, pa.table({"token_id": range(head.vocab_size),
-                                                 "bias": head.bias.numpy()}))
-        out.summary.update(
-            model=model.spec, architecture=architecture, vocab_size=head.vocab_size,
-            hidden_size=head.hidden_size, tied=head.tied, has_bias=head.bias is not None,
-        )
-        publish_table(STAGE, out, [out.summary], f"Output embeddings of {model.display_name}")
-
-    return run_stage(STAGE, workspace, {"model": model}, compute, force)
+    head, architecture = head_of(model)
+    write_embeddings(out.path(EMBEDDINGS_FILE), head.weight.numpy())
+    if head.bias is not None:
+        out.write_table(BIAS_FILE, pa.table({"token_id": range(head.vocab_size),
+                                             "bias": head.bias.numpy()}))
+    out.summary.update(
+        model=model.spec, architecture=architecture, vocab_size=head.vocab_size,
+        hidden_size=head.hidden_size, tied=head.tied, has_bias=head.bias is not None,
+    )
+    publish_table(STAGE, out, [out.summary], f"Output embeddings of {model.display_name}")
 
 
 def head_of(model: ModelSource) -> tuple[OutputHead, str]:

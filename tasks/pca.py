@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from prefect import task
 
 from tasks._io import read_embeddings, read_table
-from tasks._stage import publish_table, register, run_stage
+from tasks._stage import publish_table, stage
 from tasks.regression import FITTED_FILE, read_gram
 from tokprob.pca import pca_from_gram
 from tokprob.sparsity import adj_r2_at, smallest_k_reaching
-from tokprob.store import ArtifactRef
-from tokprob.workspace import Workspace
+from tokprob.store import ArtifactRef, ArtifactWriter
 
 STAGE = "pca"
 COMPONENTS_FILE = "components.parquet"
@@ -20,34 +18,28 @@ TOPK_FILE = "topk.parquet"
 SCORES_FILE = "scores.parquet"
 
 
-@task(**register(STAGE, __name__))
-def pca(workspace: Workspace, regression: ArtifactRef, embeddings: ArtifactRef,
-        force: bool = False) -> ArtifactRef:
+@stage(STAGE)
+def pca(out: ArtifactWriter, regression: ArtifactRef, embeddings: ArtifactRef) -> None:
     """Explained variance and correlation with −log α of every component."""
-
-    def compute(out):
-        result = pca_from_gram(read_gram(regression))
-        fitted = read_table(regression, FITTED_FILE)
-        usable = np.isfinite(fitted["y"].to_numpy())
-        scores = result.scores(read_embeddings(embeddings)[usable], 2)
-        components = result.table()
-        curve = result.topk_curve()
-        out.write_table(COMPONENTS_FILE, components)
-        out.write_table(TOPK_FILE, curve)
-        out.write_table(SCORES_FILE, pd.DataFrame({
-            "token_id": fitted["token_id"][usable].to_numpy(), "pc1": scores[:, 0],
-            "pc2": scores[:, 1], "alpha": fitted["alpha"][usable].to_numpy(),
-        }))
-        out.summary.update(
-            pc1_r=float(result.correlation[0]), pc2_r=float(result.correlation[1]),
-            pc1_variance_ratio=float(components["explained_variance_ratio"].iloc[0]),
-            max_r_component=int(np.argmax(result.correlation)),
-            max_r=float(result.correlation.max()),
-            k_for_90pct_adj_r2=smallest_k_reaching(curve, 0.9),
-            topk_adj_r2=adj_r2_at(curve),
-        )
-        publish_table(STAGE, out, components.head(16).to_dict("records"),
-                      "Leading principal components of E: variance and r with −log α")
-
-    return run_stage(STAGE, workspace, {"regression": regression, "embeddings": embeddings},
-                     compute, force)
+    result = pca_from_gram(read_gram(regression))
+    fitted = read_table(regression, FITTED_FILE)
+    usable = np.isfinite(fitted["y"].to_numpy())
+    scores = result.scores(read_embeddings(embeddings)[usable], 2)
+    components = result.table()
+    curve = result.topk_curve()
+    out.write_table(COMPONENTS_FILE, components)
+    out.write_table(TOPK_FILE, curve)
+    out.write_table(SCORES_FILE, pd.DataFrame({
+        "token_id": fitted["token_id"][usable].to_numpy(), "pc1": scores[:, 0],
+        "pc2": scores[:, 1], "alpha": fitted["alpha"][usable].to_numpy(),
+    }))
+    out.summary.update(
+        pc1_r=float(result.correlation[0]), pc2_r=float(result.correlation[1]),
+        pc1_variance_ratio=float(components["explained_variance_ratio"].iloc[0]),
+        max_r_component=int(np.argmax(result.correlation)),
+        max_r=float(result.correlation.max()),
+        k_for_90pct_adj_r2=smallest_k_reaching(curve, 0.9),
+        topk_adj_r2=adj_r2_at(curve),
+    )
+    publish_table(STAGE, out, components.head(16).to_dict("records"),
+                  "Leading principal components of E: variance and r with −log α")

@@ -11,14 +11,13 @@ import shutil
 from dataclasses import asdict
 
 import pandas as pd
-from prefect import task
 
-from tasks._stage import identify, publish_table, register, run_stage
+from tasks._stage import publish_table, stage
 from tasks.corpus import all_documents
 from tokprob.config import PretrainConfig
 from tokprob.pretrain import Pretraining, PretrainSettings, checkpoint_steps, train_tokenizer
 from tokprob.progress import Progress
-from tokprob.store import ArtifactRef
+from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.windows import pack, tokenize
 from tokprob.workspace import Workspace
 
@@ -26,50 +25,43 @@ STAGE = "pretrain"
 LOSS_FILE = "loss.parquet"
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers", "tokenizers"),
-                     loads_model=True))
-def pretrain(workspace: Workspace, corpus: ArtifactRef, config: PretrainConfig,
-             force: bool = False) -> ArtifactRef:
+@stage(STAGE, environment=("torch", "transformers", "tokenizers"), loads_model=True)
+def pretrain(out: ArtifactWriter, workspace: Workspace, corpus: ArtifactRef,
+             config: PretrainConfig) -> None:
     """Train a BPE tokenizer and a small GPT-2 on the corpus, keeping log-spaced
     checkpoints and the loss of every step."""
-    arguments = {"corpus": corpus, "config": config}
+    # Kept where an interrupted run leaves it (the trained tokenizer is reused), cleared
+    # by a forced run and once the artifact is published.
+    work = out.partial
+    work.mkdir(parents=True, exist_ok=True)
+    documents = all_documents(workspace, corpus)
+    tokenizer_dir = work / "tokenizer"
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        train_tokenizer(documents, config.vocab_size).save_pretrained(tokenizer_dir)
+    from transformers import AutoTokenizer
 
-    def compute(out):
-        work = workspace.root / "work" / f"{STAGE}-{identify(STAGE, arguments).key}"
-        if force:
-            shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
-        documents = all_documents(workspace, corpus)
-        tokenizer_dir = work / "tokenizer"
-        if not (tokenizer_dir / "tokenizer.json").exists():
-            train_tokenizer(documents, config.vocab_size).save_pretrained(tokenizer_dir)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        windows = pack(tokenize(tokenizer, documents), config.context, tokenizer.eos_token_id)
-        settings = PretrainSettings(
-            vocab_size=config.vocab_size, layers=config.layers,
-            hidden_size=config.hidden_size, heads=config.heads, context=config.context,
-            batch_size=config.train_batch, steps=config.steps,
-            learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
-            tie_embeddings=config.tie_embeddings, seed=config.train_seed)
-        run = Pretraining(settings, tokenizer, windows, work / "checkpoints")
-        with Progress(config.steps, "pre-training", unit="steps", log_every=20) as progress:
-            losses = run.train(progress)
-        for step in run.checkpoints:
-            target = out.path(f"checkpoints/step-{step:06d}")
-            shutil.move(str(run.checkpoint_dir(step)), str(target))
-        out.write_table(LOSS_FILE, pd.DataFrame(losses))
-        out.summary.update(
-            checkpoints=run.checkpoints, steps=config.steps,
-            tokens_per_step=config.train_batch * config.context,
-            corpus_windows=len(windows), vocab_size=len(tokenizer),
-            final_loss=losses[-1]["loss"], first_loss=losses[0]["loss"],
-            settings=asdict(settings),
-        )
-        publish_table(STAGE, out, [{"step": r["step"], "loss": r["loss"]} for r in losses
-                                   if r["step"] in checkpoint_steps(config.steps)],
-                      f"Pre-training loss at the checkpoints ({config.steps} steps)")
-        shutil.rmtree(work, ignore_errors=True)
-
-    return run_stage(STAGE, workspace, arguments, compute, force)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    windows = pack(tokenize(tokenizer, documents), config.context, tokenizer.eos_token_id)
+    settings = PretrainSettings(
+        vocab_size=config.vocab_size, layers=config.layers,
+        hidden_size=config.hidden_size, heads=config.heads, context=config.context,
+        batch_size=config.train_batch, steps=config.steps,
+        learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+        tie_embeddings=config.tie_embeddings, seed=config.train_seed)
+    run = Pretraining(settings, tokenizer, windows, work / "checkpoints")
+    with Progress(config.steps, "pre-training", unit="steps", log_every=20) as progress:
+        losses = run.train(progress)
+    for step in run.checkpoints:
+        target = out.path(f"checkpoints/step-{step:06d}")
+        shutil.move(str(run.checkpoint_dir(step)), str(target))
+    out.write_table(LOSS_FILE, pd.DataFrame(losses))
+    out.summary.update(
+        checkpoints=run.checkpoints, steps=config.steps,
+        tokens_per_step=config.train_batch * config.context,
+        corpus_windows=len(windows), vocab_size=len(tokenizer),
+        final_loss=losses[-1]["loss"], first_loss=losses[0]["loss"],
+        settings=asdict(settings),
+    )
+    publish_table(STAGE, out, [{"step": r["step"], "loss": r["loss"]} for r in losses
+                               if r["step"] in checkpoint_steps(config.steps)],
+                  f"Pre-training loss at the checkpoints ({config.steps} steps)")

@@ -7,10 +7,9 @@ import time
 
 import numpy as np
 import pyarrow as pa
-from prefect import task
 
 from tasks._io import PREFIXES_FILE, PROBABILITIES_FILE
-from tasks._stage import publish_table, register, run_stage
+from tasks._stage import publish_table, stage
 from tasks.windows import read_windows
 from tokprob.config import ProbabilityConfig, RunConfig
 from tokprob.errors import TokprobError
@@ -27,7 +26,6 @@ from tokprob.probabilities import (
 from tokprob.progress import Progress
 from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.windows import DETECT
-from tokprob.workspace import Workspace
 
 log = logging.getLogger("tokprob")
 
@@ -37,64 +35,58 @@ CHECKPOINT_FILE = "alpha-partial-sums.npz"
 log = logging.getLogger("tokprob")
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers"),
-                     loads_model=True))
-def probabilities(workspace: Workspace, windows: ArtifactRef, model: ModelSource,
-                  run: RunConfig, config: ProbabilityConfig, force: bool = False) -> ArtifactRef:
+@stage(STAGE, environment=("torch", "transformers"), loads_model=True)
+def probabilities(out: ArtifactWriter, windows: ArtifactRef, model: ModelSource, run: RunConfig,
+                  config: ProbabilityConfig) -> None:
     """Stream the model over the detecting windows and average its softmax."""
-
-    def compute(out):
-        detect = read_windows(windows).take(DETECT, config.max_tokens)
-        if len(detect) == 0:
-            raise TokprobError(
-                f"--max-tokens {config.max_tokens} is less than one window of "
-                f"{read_windows(windows).tokens.shape[1]} tokens; raise --max-tokens or lower "
-                "--window."
-            )
-        if len(detect) < config.max_tokens // detect.shape[1]:
-            log.warning("--max-tokens %d is more than the corpus holds: its detecting split "
-                        "has %s tokens (%d windows of %d); α averages over all of them",
-                        config.max_tokens, f"{detect.size:,}", len(detect), detect.shape[1])
-        if run.shards > 1:  # the workers load the model, this process does not
-            from tasks.shards import dask_runner, sharded_alpha
-
-            started = time.monotonic()
-            result = sharded_alpha.with_options(task_runner=dask_runner(run))(
-                model, windows, config.max_tokens, len(detect), run, prefix_grid(len(detect)))
-            rate = detect.size / (time.monotonic() - started)
-            vocab_size, dtype = len(result.alpha), resolve_dtype(model.path, run.dtype)
-        else:
-            lm = load_model(model.path, run.dtype, run.device)
-            head = output_head(lm)
-            check_head(lm, head, head.vocab_size)
-            vocab_size, dtype = head.vocab_size, str(head.weight.dtype).removeprefix("torch.")
-            checkpoints = alpha_checkpoints(out, detect, run, vocab_size)
-            done = checkpoints.resume.n_windows if checkpoints.resume else 0
-            with Progress(detect[done:].size, f"α over {detect.size:,} tokens") as progress:
-                result = averaged_probabilities(lm, head, detect, run.batch_size, progress,
-                                                prefixes=prefix_grid(len(detect)),
-                                                checkpoints=checkpoints)
-            rate = progress.rate
-        tokens = token_strings(load_tokenizer(model.path), vocab_size)
-        out.write_table(PROBABILITIES_FILE, pa.table({
-            "token_id": pa.array(range(vocab_size), pa.int32()),
-            "token": tokens, "alpha": result.alpha, "count": result.counts,
-        }))
-        out.write_table(PREFIXES_FILE, pa.table(
-            {"token_id": pa.array(range(vocab_size), pa.int32())}
-            | {f"windows_{n}": alpha for n, alpha in sorted(result.prefixes.items())}))
-        out.summary.update(
-            n_tokens=result.n_positions, n_windows=len(detect), window=detect.shape[1],
-            vocab_size=vocab_size, mean_nll=result.mean_nll,
-            perplexity=result.perplexity, tokens_per_second=rate, dtype=dtype,
+    detect = read_windows(windows).take(DETECT, config.max_tokens)
+    if len(detect) == 0:
+        raise TokprobError(
+            f"--max-tokens {config.max_tokens} is less than one window of "
+            f"{read_windows(windows).tokens.shape[1]} tokens; raise --max-tokens or lower "
+            "--window."
         )
-        top = sorted(zip(result.alpha, tokens, strict=True), reverse=True)[:10]
-        publish_table(STAGE, out, [{"token": t, "alpha": a} for a, t in top],
-                      f"Averaged output probabilities over {result.n_positions:,} tokens "
-                      f"(perplexity {result.perplexity:.2f}); the 10 most probable tokens")
+    if len(detect) < config.max_tokens // detect.shape[1]:
+        log.warning("--max-tokens %d is more than the corpus holds: its detecting split "
+                    "has %s tokens (%d windows of %d); α averages over all of them",
+                    config.max_tokens, f"{detect.size:,}", len(detect), detect.shape[1])
+    if run.shards > 1:  # the workers load the model, this process does not
+        from tasks.shards import dask_runner, sharded_alpha
 
-    arguments = {"windows": windows, "model": model, "run": run, "config": config}
-    return run_stage(STAGE, workspace, arguments, compute, force)
+        started = time.monotonic()
+        result = sharded_alpha.with_options(task_runner=dask_runner(run))(
+            model, windows, config.max_tokens, len(detect), run, prefix_grid(len(detect)))
+        rate = detect.size / (time.monotonic() - started)
+        vocab_size, dtype = len(result.alpha), resolve_dtype(model.path, run.dtype)
+    else:
+        lm = load_model(model.path, run.dtype, run.device)
+        head = output_head(lm)
+        check_head(lm, head, head.vocab_size)
+        vocab_size, dtype = head.vocab_size, str(head.weight.dtype).removeprefix("torch.")
+        checkpoints = alpha_checkpoints(out, detect, run, vocab_size)
+        done = checkpoints.resume.n_windows if checkpoints.resume else 0
+        with Progress(detect[done:].size, f"α over {detect.size:,} tokens") as progress:
+            result = averaged_probabilities(lm, head, detect, run.batch_size, progress,
+                                            prefixes=prefix_grid(len(detect)),
+                                            checkpoints=checkpoints)
+        rate = progress.rate
+    tokens = token_strings(load_tokenizer(model.path), vocab_size)
+    out.write_table(PROBABILITIES_FILE, pa.table({
+        "token_id": pa.array(range(vocab_size), pa.int32()),
+        "token": tokens, "alpha": result.alpha, "count": result.counts,
+    }))
+    out.write_table(PREFIXES_FILE, pa.table(
+        {"token_id": pa.array(range(vocab_size), pa.int32())}
+        | {f"windows_{n}": alpha for n, alpha in sorted(result.prefixes.items())}))
+    out.summary.update(
+        n_tokens=result.n_positions, n_windows=len(detect), window=detect.shape[1],
+        vocab_size=vocab_size, mean_nll=result.mean_nll,
+        perplexity=result.perplexity, tokens_per_second=rate, dtype=dtype,
+    )
+    top = sorted(zip(result.alpha, tokens, strict=True), reverse=True)[:10]
+    publish_table(STAGE, out, [{"token": t, "alpha": a} for a, t in top],
+                  f"Averaged output probabilities over {result.n_positions:,} tokens "
+                  f"(perplexity {result.perplexity:.2f}); the 10 most probable tokens")
 
 
 def alpha_checkpoints(out: ArtifactWriter, detect: np.ndarray, run: RunConfig,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from prefect import task
-
 from tasks._io import read_table
-from tasks._stage import publish_table, register, run_stage, store_of
+from tasks._stage import publish_table, stage, store_of
 from tasks.regression import REGRESSION_FILE, read_gram
 from tokprob.config import SparsityConfig
 from tokprob.sparsity import (
@@ -16,38 +14,31 @@ from tokprob.sparsity import (
     smallest_k_reaching,
     topk_curve,
 )
-from tokprob.store import ArtifactRef
-from tokprob.workspace import Workspace
+from tokprob.store import ArtifactRef, ArtifactWriter
 
 STAGE = "sparsity"
 DIMENSIONS_FILE = "dimensions.parquet"
 TOPK_FILE = "topk.parquet"
 
 
-@task(**register(STAGE, __name__))
-def sparsity(workspace: Workspace, regression: ArtifactRef, config: SparsityConfig,
-             force: bool = False) -> ArtifactRef:
+@stage(STAGE)
+def sparsity(out: ArtifactWriter, regression: ArtifactRef, config: SparsityConfig) -> None:
     """Per-dimension statistics, Bonferroni significance and the top-k dimension curve."""
-
-    def compute(out):
-        gram = read_gram(regression)
-        table = dimension_table(read_table(regression, REGRESSION_FILE), gram,
-                                config.significance)
-        curve = topk_curve(gram, salience_order(table["abs_t"].to_numpy()))
-        out.write_table(DIMENSIONS_FILE, table)
-        out.write_table(TOPK_FILE, curve)
-        d = len(table)
-        significant = int(table["significant"].sum())
-        df_resid = store_of(regression).manifest(regression).summary["df_resid"]
-        out.summary.update(
-            dimensions=d, significant=significant, share_significant=significant / d,
-            bonferroni_abs_t=bonferroni_threshold(config.significance, d, df_resid),
-            k_for_90pct_adj_r2=smallest_k_reaching(curve, 0.9),
-            topk_adj_r2=adj_r2_at(curve),
-        )
-        publish_table(STAGE, out, curve.to_dict("records"),
-                      f"Adjusted R² of the top-k dimensions by |t|; {significant} of {d} "
-                      f"dimensions are Bonferroni-significant")
-
-    return run_stage(STAGE, workspace, {"regression": regression, "config": config},
-                     compute, force)
+    gram = read_gram(regression)
+    table = dimension_table(read_table(regression, REGRESSION_FILE), gram,
+                            config.significance)
+    curve = topk_curve(gram, salience_order(table["abs_t"].to_numpy()))
+    out.write_table(DIMENSIONS_FILE, table)
+    out.write_table(TOPK_FILE, curve)
+    d = len(table)
+    significant = int(table["significant"].sum())
+    df_resid = store_of(regression).manifest(regression).summary["df_resid"]
+    out.summary.update(
+        dimensions=d, significant=significant, share_significant=significant / d,
+        bonferroni_abs_t=bonferroni_threshold(config.significance, d, df_resid),
+        k_for_90pct_adj_r2=smallest_k_reaching(curve, 0.9),
+        topk_adj_r2=adj_r2_at(curve),
+    )
+    publish_table(STAGE, out, curve.to_dict("records"),
+                  f"Adjusted R² of the top-k dimensions by |t|; {significant} of {d} "
+                  f"dimensions are Bonferroni-significant")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pyarrow.parquet as pq
-from prefect import task
 
-from tasks._stage import publish_table, register, run_stage
+from tasks._stage import publish_table, stage
 from tasks.corpus import shuffled_documents
 from tokprob.config import WindowConfig
 from tokprob.model_sources import ModelSource
 from tokprob.models import check_window_fits, load_tokenizer
-from tokprob.store import ArtifactRef
+from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.windows import DETECT, HELDOUT, TokenBudget, Windows, build_windows
 from tokprob.workspace import Workspace
 
@@ -18,32 +17,27 @@ STAGE = "windows"
 WINDOWS_FILE = "windows.parquet"
 
 
-@task(**register(STAGE, __name__, environment=("transformers", "tokenizers")))
-def windows(workspace: Workspace, corpus: ArtifactRef, model: ModelSource,
-            config: WindowConfig, budget: TokenBudget, force: bool = False) -> ArtifactRef:
+@stage(STAGE, environment=("transformers", "tokenizers"))
+def windows(out: ArtifactWriter, workspace: Workspace, corpus: ArtifactRef, model: ModelSource,
+            config: WindowConfig, budget: TokenBudget) -> None:
     """Tokenize with the model's tokenizer, in a seeded document-level shuffle and only
     until the splits hold their token budgets, and cut fixed-length windows."""
+    documents = shuffled_documents(workspace, corpus, config.seed)
+    tokenizer = load_tokenizer(model.path)
+    from transformers import AutoConfig
 
-    def compute(out):
-        documents = shuffled_documents(workspace, corpus, config.seed)
-        tokenizer = load_tokenizer(model.path)
-        from transformers import AutoConfig
-
-        model_config = AutoConfig.from_pretrained(model.path)
-        check_window_fits(model_config.to_dict(), config.window, model.display_name)
-        vocab_size = _output_rows(model_config, tokenizer)
-        packed = build_windows(tokenizer, documents, config.window, config.heldout_fraction,
-                               config.seed, vocab_size, budget)
-        out.write_table(WINDOWS_FILE, packed.to_arrow())
-        counts = {s: int((packed.split == s).sum()) for s in (DETECT, HELDOUT)}
-        out.summary.update(windows=len(packed.tokens), window=config.window,
-                           detect_windows=counts[DETECT], heldout_windows=counts[HELDOUT],
-                           tokens=int(packed.tokens.size))
-        publish_table(STAGE, out, [out.summary | {"subject": model.display_name}],
-                      "Packed windows and their split")
-
-    return run_stage(STAGE, workspace, {"corpus": corpus, "model": model, "config": config,
-                                        "budget": budget}, compute, force)
+    model_config = AutoConfig.from_pretrained(model.path)
+    check_window_fits(model_config.to_dict(), config.window, model.display_name)
+    vocab_size = _output_rows(model_config, tokenizer)
+    packed = build_windows(tokenizer, documents, config.window, config.heldout_fraction,
+                           config.seed, vocab_size, budget)
+    out.write_table(WINDOWS_FILE, packed.to_arrow())
+    counts = {s: int((packed.split == s).sum()) for s in (DETECT, HELDOUT)}
+    out.summary.update(windows=len(packed.tokens), window=config.window,
+                       detect_windows=counts[DETECT], heldout_windows=counts[HELDOUT],
+                       tokens=int(packed.tokens.size))
+    publish_table(STAGE, out, [out.summary | {"subject": model.display_name}],
+                  "Packed windows and their split")
 
 
 def read_windows(ref: ArtifactRef) -> Windows:

@@ -1,0 +1,309 @@
+"""What every stage writes: its files, their columns, a reader per table and a typed
+summary. A stage's computation is in its own module (found by the stage's name under
+tasks/); what it leaves on disk is here.
+
+    PCA.components.read(ref)             # a DataFrame, its columns checked
+    summary_of(ref, RegressionSummary)   # the manifest's summary, typed
+    CATALOG["pca"].main.file             # "components.parquet"
+
+Columns listed for a table are the ones every artifact of the stage has; a few tables
+add more (E's d0 … d{d-1}, a per-group distance for each parameter group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict, TypeVar, cast
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from tokprob.errors import TokprobError
+from tokprob.store import ArtifactRef, ArtifactStore
+
+
+@dataclass(frozen=True)
+class Table:
+    """One Parquet file of a stage's artifact."""
+
+    file: str
+    columns: tuple[str, ...]
+    description: str
+
+    def path(self, ref: ArtifactRef) -> Path:
+        return ref.file(self.file)
+
+    def read(self, ref: ArtifactRef, columns: list[str] | None = None) -> pd.DataFrame:
+        """The table as a DataFrame (only `columns` if given); an artifact whose table
+        lacks a listed column is an error naming it and how to rebuild it."""
+        path = self.path(ref)
+        present = pq.read_schema(path).names
+        missing = [name for name in (columns or self.columns) if name not in present]
+        if missing:
+            raise TokprobError(
+                f"{path} has no column {', '.join(missing)}: it was written by another "
+                f"version of tokprob. Re-run the stage with `--refresh {ref.stage}`."
+            )
+        return pq.read_table(path, columns=columns).to_pandas()
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """A stage's artifact: its main table (the one a user opens first) and the rest."""
+
+    stage: str
+    main: Table | None
+    others: tuple[Table, ...] = ()
+    summary: type = field(default=dict)
+    """The TypedDict of its manifest's summary."""
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        return ((self.main,) if self.main else ()) + self.others
+
+
+class StageSummary(TypedDict):
+    """What every stage's summary holds: who and what the artifact is about."""
+
+    subject: str
+    """The model (display name)."""
+    dataset_name: str
+    """The corpus (short name)."""
+
+
+class CorpusSummary(StageSummary):
+    dataset: str
+    records: int
+    streamed: bool
+
+
+class WindowsSummary(StageSummary):
+    windows: int
+    window: int
+    detect_windows: int
+    heldout_windows: int
+    tokens: int
+
+
+class EmbeddingsSummary(StageSummary):
+    model: str
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    tied: bool
+    has_bias: bool
+
+
+class ProbabilitiesSummary(StageSummary):
+    n_tokens: int
+    n_windows: int
+    window: int
+    vocab_size: int
+    mean_nll: float
+    perplexity: float
+    tokens_per_second: float
+    dtype: str
+
+
+class HiddenSummary(StageSummary):
+    positions: int
+    windows: int
+    dtype: str
+    split: str
+
+
+class RegressionSummary(StageSummary):
+    n: int
+    k: int
+    rank: int
+    r2: float
+    adj_r2: float
+    f_stat: float
+    f_pvalue: float
+    rss: float
+    df_resid: int
+    intercept: float
+    intercept_std_err: float
+    target: str
+    excluded_tokens: int
+
+
+class SparsitySummary(StageSummary):
+    dimensions: int
+    significant: int
+    share_significant: float
+    bonferroni_abs_t: float
+    k_for_90pct_adj_r2: int | None
+    topk_adj_r2: dict[str, float]
+
+
+class PCASummary(StageSummary):
+    pc1_r: float
+    pc2_r: float
+    pc1_variance_ratio: float
+    max_r_component: int
+    max_r: float
+    k_for_90pct_adj_r2: int | None
+    topk_adj_r2: dict[str, float]
+
+
+class FiguresSummary(StageSummary):
+    figures: dict[str, str]
+    """Plot name → PNG file in the artifact folder."""
+
+
+class SteeringSummary(StageSummary):
+    errors: list[dict[str, Any]]
+    comparison: dict[str, Any]
+    targets: int
+    omega: str
+    omega_dims: int
+    median_abs_log_error: float
+    median_kl_other: dict[str, float]
+    fewshot_median_error: dict[str, Any]
+
+
+class PruningSummary(StageSummary):
+    headline: dict[str, float]
+    js_threshold: float
+    dimensions: int
+    saliency: str
+    table: list[dict[str, Any]]
+
+
+class PretrainSummary(StageSummary):
+    checkpoints: list[int]
+    steps: int
+    tokens_per_step: int
+    corpus_windows: int
+    vocab_size: int
+    final_loss: float
+    first_loss: float
+    settings: dict[str, Any]
+
+
+class UnigramSummary(StageSummary):
+    tokens: int
+    vocab_size: int
+    unseen: int
+
+
+class CheckpointSummary(StageSummary):
+    step: int
+    tokens_seen: float
+    loss: float
+    r2_freq: float
+    adj_r2_freq: float
+    r2_alpha: float
+    adj_r2_alpha: float
+    eval_nll: float
+
+
+class DynamicsSummary(FiguresSummary):
+    checkpoints: int
+    freq_half_step: int | None
+    distance_half_step: int | None
+    final_adj_r2_freq: float
+
+
+TOPK_COLUMNS = ("basis", "k", "r2", "adj_r2")
+
+CORPUS = StageFiles("corpus", Table("documents.parquet", ("doc", "file", "start", "length"),
+                                    "where each document is in the corpus files"),
+                    summary=CorpusSummary)
+CORPUS_SOURCE_FILE = "source.json"
+"""The corpus source the index was built from (JSON), beside the index."""
+WINDOWS = StageFiles("windows", Table("windows.parquet",
+                                      ("window", "split", "order", "input_ids"),
+                                      "fixed-length token windows and their split"),
+                     summary=WindowsSummary)
+EMBEDDINGS = StageFiles("embeddings", Table("embeddings.parquet", ("token_id", "d0"),
+                                            "E: token_id and one column per dimension"),
+                        (Table("bias.parquet", ("token_id", "bias"),
+                               "the output bias, where the model has one"),),
+                        summary=EmbeddingsSummary)
+PROBABILITIES = StageFiles(
+    "probabilities",
+    Table("probabilities.parquet", ("token_id", "token", "alpha", "count"),
+          "α: the averaged output probability of every token, and its next-token count"),
+    (Table("alpha_prefixes.parquet", ("token_id",),
+           "α over the first n detecting windows, one column windows_<n> per n"),),
+    summary=ProbabilitiesSummary)
+HIDDEN = StageFiles("hidden", Table("hidden.parquet",
+                                    ("window", "position", "input_id", "target", "hidden"),
+                                    "final hidden states of a split's positions"),
+                    summary=HiddenSummary)
+REGRESSION = StageFiles(
+    "regression",
+    Table("regression.parquet", ("dim", "slope", "std_err", "t", "p"),
+          "the slope of every dimension of E in the regression of −log α"),
+    (Table("fitted.parquet", ("token_id", "token", "alpha", "y", "fitted"),
+           "the target and the fitted value of every token"),
+     Table("gram.parquet", ("mean_x", "cross"), "the centred Gram matrix of E and y")),
+    summary=RegressionSummary)
+SPARSITY = StageFiles(
+    "sparsity",
+    Table("dimensions.parquet", ("dim", "slope", "std_err", "t", "p", "abs_t", "std_slope",
+                                 "significant", "rank"),
+          "per-dimension statistics and Bonferroni significance"),
+    (Table("topk.parquet", TOPK_COLUMNS, "adjusted R² of the top-k dimensions by |t|"),),
+    summary=SparsitySummary)
+PCA = StageFiles(
+    "pca",
+    Table("components.parquet", ("component", "explained_variance",
+                                 "explained_variance_ratio", "r"),
+          "principal components of E: variance and correlation with −log α"),
+    (Table("topk.parquet", TOPK_COLUMNS, "adjusted R² of the top-k components"),
+     Table("scores.parquet", ("token_id", "pc1", "pc2", "alpha"),
+           "every token's first two principal-component scores")),
+    summary=PCASummary)
+STEERING = StageFiles(
+    "steering",
+    Table("steering.parquet", ("method", "token_id", "token", "alpha", "r", "achieved",
+                               "abs_log_error", "feasible", "reachable_ratio", "step",
+                               "kl_other", "n_fit", "omega", "percentile"),
+          "one row per method, target token, ratio r and fit size"),
+    summary=SteeringSummary)
+PRUNING = StageFiles(
+    "pruning",
+    Table("pruning.parquet", ("method", "seed", "fraction", "split", "dims_deleted", "kl",
+                              "js", "top1_agreement", "perplexity", "alpha_kl", "alpha_js"),
+          "one row per deletion order, fraction and split"),
+    summary=PruningSummary)
+PRETRAIN = StageFiles("pretrain", Table("loss.parquet", ("step", "loss"),
+                                        "the training loss of every step"),
+                      summary=PretrainSummary)
+UNIGRAM = StageFiles("unigram", Table("counts.parquet", ("token_id", "count"),
+                                      "how often every token occurs in the corpus"),
+                     summary=UnigramSummary)
+CHECKPOINT = StageFiles("checkpoint", Table("checkpoint.parquet",
+                                            ("step", "tokens_seen", "loss", "adj_r2_freq"),
+                                            "one checkpoint's encoding and distance"),
+                        summary=CheckpointSummary)
+DYNAMICS = StageFiles(
+    "dynamics",
+    Table("dynamics.parquet", ("step", "tokens_seen", "loss", "adj_r2_freq", "adj_r2_alpha",
+                               "rel_distance_mean", "cosine_mean"),
+          "every checkpoint: frequency encoding and distance to the final one"),
+    summary=DynamicsSummary)
+FIGURE_STAGES = tuple(StageFiles(name, None, summary=FiguresSummary)
+                      for name in ("figures", "steering-figures", "pruning-figures"))
+
+CATALOG: dict[str, StageFiles] = {files.stage: files for files in (
+    CORPUS, WINDOWS, EMBEDDINGS, PROBABILITIES, HIDDEN, REGRESSION, SPARSITY, PCA, STEERING,
+    PRUNING, PRETRAIN, UNIGRAM, CHECKPOINT, DYNAMICS, *FIGURE_STAGES)}
+"""Every stage's files, by stage name (`hidden-detect` shares `hidden`'s)."""
+
+S = TypeVar("S", bound=StageSummary)
+
+
+def summary_of(ref: ArtifactRef, kind: type[S]) -> S:
+    """The summary in an artifact's manifest, typed as its stage's summary."""
+    return cast(S, ArtifactStore(Path(ref.path).parent.parent).manifest(ref).summary)
+
+
+def main_file(ref: ArtifactRef) -> Path | None:
+    """The table a user opens first for an artifact, if its stage has one."""
+    files = CATALOG.get(ref.stage) or CATALOG.get(ref.stage.removesuffix("-detect"))
+    return ref.file(files.main.file) if files and files.main else None
