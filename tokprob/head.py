@@ -72,7 +72,9 @@ def untie_output_embeddings(model) -> None:
 
 def final_hidden_states(model, input_ids: torch.Tensor) -> torch.Tensor:
     """The last layer's hidden states after the final norm: (batch, positions, d)."""
-    return model.base_model(input_ids=input_ids).last_hidden_state
+    # No key/value cache: nothing generates from these states, and a model of GPT-2 XL's
+    # shape would keep 80 MB of it per 256-token window of the batch.
+    return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
 
 
 def head_logits(hidden: torch.Tensor, head: OutputHead) -> torch.Tensor:
