@@ -114,6 +114,19 @@ def test_project_stages_have_distinct_versions_covering_their_library_code():
                               "tokprob.hashing", "tokprob.config"}
 
 
+@pytest.mark.parametrize(("stage", "library"), [
+    ("tasks.pruning", "tokprob.pruning"), ("tasks.dynamics", "tokprob.dynamics"),
+    ("tasks.pruning_figures", "tokprob.plots"), ("tasks.dynamics_table", "tokprob.plots"),
+])
+def test_stage_modules_cover_the_library_code_they_run(stage, library):
+    assert library in _closure(stage)
+
+
+@pytest.mark.parametrize("stage", ["tasks.pruning", "tasks.dynamics", "tasks.regression"])
+def test_computing_stage_modules_leave_the_plots_out(stage):
+    assert "tokprob.plots" not in _closure(stage)
+
+
 def test_an_unknown_module_has_the_version_of_nothing():
     assert _closure("tokprob.no_such_module") == set()
     assert code_version("tokprob.no_such_module") == code_version("tasks.no_such_module")
