@@ -303,7 +303,7 @@ def doctor(args: argparse.Namespace) -> int:
     home = Path(os.environ.get("PREFECT_HOME") or workspace.prefect_home).expanduser()
     stopped = stop_leftover_servers(home)
     check_database(home)
-    from tasks._stage import LiveHolderLockManager
+    from tasks.locks import LiveHolderLockManager
 
     locks = LiveHolderLockManager(workspace.root / "locks").locks()
     for lock in locks:

@@ -20,7 +20,8 @@ from flows.labels import run_name, tag_run
 from flows.stages import DYNAMICS_STAGES
 from tasks.checkpoints import named_checkpoint, pretrained_checkpoints
 from tasks.corpus import corpus
-from tasks.dynamics import check_checkpoints, checkpoint_analysis, dynamics_table, unigram
+from tasks.dynamics import check_checkpoints, checkpoint_analysis, unigram
+from tasks.dynamics_table import dynamics_table
 from tasks.embeddings import embeddings
 from tasks.pretrain import pretrain
 from tasks.probabilities import probabilities

@@ -24,7 +24,7 @@ from tasks.corpus import corpus
 from tasks.hidden import hidden_states
 from tasks.prune_model import save_pruned_model
 from tasks.pruning import pruning as pruning_sweep
-from tasks.pruning import pruning_figures
+from tasks.pruning_figures import pruning_figures
 from tasks.runner import StageRunner
 from tasks.sources import corpus_source
 from tasks.summary import summarize_pruning

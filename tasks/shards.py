@@ -20,24 +20,16 @@ from tokprob.config import RunConfig
 from tokprob.head import check_head, output_head
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model
-from tokprob.probabilities import AlphaResult, PartialSums, alpha_sums, combine, shard_cuts
+from tokprob.probabilities import (
+    AlphaResult,
+    PartialSums,
+    alpha_sums,
+    combine,
+    shard_bounds,
+    shard_cuts,
+)
 from tokprob.store import ArtifactRef
 from tokprob.windows import DETECT
-
-
-def shard_bounds(n_windows: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
-    """Consecutive ranges of whole batches, as even as possible: a batch never straddles
-    two shards, so every float32 batch sum is the one a single process computes."""
-    batches = -(-n_windows // batch_size)
-    per_shard, extra = divmod(batches, shards)
-    bounds, start = [], 0
-    for shard in range(shards):
-        count = per_shard + (shard < extra)
-        if count:
-            stop = min(start + count * batch_size, n_windows)
-            bounds.append((start, stop))
-            start = stop
-    return bounds
 
 
 @task(name="alpha-shard", cache_policy=NO_CACHE, persist_result=False)

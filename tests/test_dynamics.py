@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -12,10 +13,14 @@ from conftest import save_tiny_model
 
 from tokprob.dynamics import (
     checkpoint_steps,
+    checkpoint_table,
     convergence,
+    encoding_fits,
     first_step,
     parameter_group,
     step_of,
+    training_milestones,
+    unigram_counts,
 )
 from tokprob.errors import TokprobError
 
@@ -151,3 +156,51 @@ def test_first_steps():
     assert first_step(table, "rel_distance_mean", above=False, share=0.5) == 4
     flat = table.assign(adj_r2_freq=np.zeros(5))
     assert math.isnan(first_step(flat, "adj_r2_freq", above=True, share=0.5))
+
+
+def test_unigram_counts_equal_a_counter():
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(0, 50, size=n).tolist() for n in (30, 0, 7, 120)]
+    counts, tokens = unigram_counts(iter(documents), 64)
+    counter = Counter(token for document in documents for token in document)
+    assert counts.dtype == np.int64 and len(counts) == 64
+    assert counts.tolist() == [counter[token] for token in range(64)]
+    assert tokens == sum(len(document) for document in documents)
+
+
+def test_encoding_fits_equal_statsmodels_ols():
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(size=(80, 5))
+    counts = rng.integers(0, 40, size=80)
+    alpha = rng.dirichlet(np.ones(80))
+    alpha[3] = 0.0  # underflow: left out of the α fit
+    fits = encoding_fits(matrix, counts, alpha)
+    frequency = -np.log((counts + 1.0) / (counts.sum() + 80))
+    by_frequency = sm.OLS(frequency, sm.add_constant(matrix)).fit()
+    kept = alpha > 0
+    by_alpha = sm.OLS(-np.log(alpha[kept]), sm.add_constant(matrix[kept])).fit()
+    expected = {"r2_freq": by_frequency.rsquared, "adj_r2_freq": by_frequency.rsquared_adj,
+                "r2_alpha": by_alpha.rsquared, "adj_r2_alpha": by_alpha.rsquared_adj}
+    assert list(fits) == list(expected)
+    for name, value in expected.items():
+        assert fits[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    without_alpha = encoding_fits(matrix, counts)
+    assert without_alpha["adj_r2_freq"] == pytest.approx(by_frequency.rsquared_adj, rel=1e-9)
+    assert math.isnan(without_alpha["r2_alpha"]) and math.isnan(without_alpha["adj_r2_alpha"])
+
+
+def test_checkpoint_table_orders_by_step_and_averages_the_groups():
+    rows = [pd.DataFrame([{"step": step, "adj_r2_freq": r2, "rel_distance_head": head,
+                           "rel_distance_layer_0": layer, "cosine_head": 1 - head,
+                           "cosine_layer_0": 1 - layer / 2}])
+            for step, r2, head, layer in ((4, 0.7, 0.2, 0.6), (0, 0.0, 1.0, 0.8),
+                                          (8, 0.8, 0.0, 0.0), (1, 0.5, 0.9, 0.9))]
+    table = checkpoint_table(rows)
+    assert table["step"].tolist() == [0, 1, 4, 8]
+    np.testing.assert_allclose(table["rel_distance_mean"], [0.9, 0.9, 0.4, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(table["cosine_mean"], [0.3, 0.325, 0.75, 1.0], rtol=1e-12)
+    assert training_milestones(table) == {"checkpoints": 4, "freq_half_step": 1.0,
+                                          "distance_half_step": 4.0,
+                                          "final_adj_r2_freq": 0.8}

@@ -1,5 +1,7 @@
 """Stage locks (SERIALIZABLE isolation): named after their process, released when it
-dies, and held while Prefect is still writing them."""
+dies, and held while Prefect is still writing them. Each member of Prefect's
+`FileSystemLockManager` that the lock manager overrides or relies on is checked against
+the installed Prefect, so that an upgrade that changes one fails here."""
 
 from __future__ import annotations
 
@@ -10,10 +12,60 @@ import socket
 import subprocess
 import sys
 import time
+from inspect import isfunction, signature
 from pathlib import Path
 
-from tasks._stage import LiveHolderLockManager
+import pytest
+from prefect.locking.filesystem import FileSystemLockManager
+
+from tasks.locks import LiveHolderLockManager
 from tokprob.processes import start_time
+
+OVERRIDDEN = ("acquire_lock", "_get_lock_info", "is_locked", "wait_for_lock")
+
+
+def _parameters(method) -> list[tuple[str, object, object]]:
+    """Names, kinds and defaults: what a caller relies on (annotations are spelled
+    differently across Python versions)."""
+    return [(p.name, p.kind, p.default) for p in signature(method).parameters.values()]
+
+
+def test_the_overridden_members_are_the_ones_checked_here():
+    overridden = {name for name, member in vars(LiveHolderLockManager).items()
+                  if isfunction(member) and not name.startswith("__")
+                  and hasattr(FileSystemLockManager, name)}
+    assert overridden == set(OVERRIDDEN)
+
+
+@pytest.mark.parametrize("member", OVERRIDDEN)
+def test_each_override_keeps_the_signature_prefect_calls_it_with(member):
+    assert callable(getattr(FileSystemLockManager, member, None)), (
+        f"Prefect's FileSystemLockManager no longer has {member}")
+    assert _parameters(getattr(LiveHolderLockManager, member)) == _parameters(
+        getattr(FileSystemLockManager, member))
+
+
+def test_the_private_members_relied_on_are_still_there(tmp_path):
+    """The lock file's path by key, and the cache of lock infos that a taken-over lock
+    is dropped from."""
+    assert [name for name, _, _ in _parameters(FileSystemLockManager._lock_path_for_key)
+            ] == ["self", "key"]
+    locks = FileSystemLockManager(tmp_path)
+    assert locks._lock_path_for_key("stage-key") == tmp_path / "stage-key.lock"
+    assert locks._locks == {}
+    assert locks.lock_files_directory == tmp_path
+    locks.acquire_lock("stage-key", holder="run-a")
+    assert locks._locks["stage-key"]["holder"] == "run-a"
+
+
+def test_prefect_reads_an_empty_lock_file_as_an_error_the_override_turns_into_held(tmp_path):
+    """Why `_get_lock_info` is overridden: Prefect creates a lock file, then writes it."""
+    Path(tmp_path / "stage-key.lock").touch()
+    with pytest.raises(ValueError):
+        FileSystemLockManager(tmp_path)._get_lock_info("stage-key", use_cache=False)
+    info = LiveHolderLockManager(tmp_path)._get_lock_info("stage-key", use_cache=False)
+    assert info["holder"] is None and info["abandoned"] is False
+    assert LiveHolderLockManager(tmp_path)._get_lock_info("other-key") is None
 
 
 def test_a_lock_names_its_host_and_process(tmp_path):

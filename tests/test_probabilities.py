@@ -12,7 +12,7 @@ from tokprob.errors import TokprobError
 from tokprob.head import OutputHead, head_logits, output_head
 from tokprob.hidden import read_hidden_states, write_hidden_states
 from tokprob.models import load_model
-from tokprob.probabilities import averaged_probabilities
+from tokprob.probabilities import averaged_probabilities, shard_bounds
 from tokprob.progress import Progress
 
 
@@ -209,3 +209,15 @@ def test_checkpoint_of_other_inputs_or_damaged_is_never_used(tiny_models, tmp_pa
     assert load_partial_sums(path, "key-a", windows, VOCAB_ROWS) is None
     path.write_bytes(bytes(data[: len(data) // 3]))
     assert load_partial_sums(path, "key-a", windows, VOCAB_ROWS) is None
+
+
+def test_shards_are_whole_batches_covering_every_window():
+    assert shard_bounds(23, 3, 4) == [(0, 8), (8, 16), (16, 23)]
+    assert shard_bounds(5, 4, 4) == [(0, 4), (4, 5)]  # fewer batches than shards
+    for n_windows, shards, batch_size in ((100, 7, 3), (1, 3, 8), (64, 4, 16), (65, 4, 16)):
+        bounds = shard_bounds(n_windows, shards, batch_size)
+        covered = [w for start, stop in bounds for w in range(start, stop)]
+        assert covered == list(range(n_windows))
+        assert all(start % batch_size == 0 for start, _ in bounds)
+        batches = [-(-(stop - start) // batch_size) for start, stop in bounds]
+        assert len(bounds) <= shards and max(batches) - min(batches) <= 1

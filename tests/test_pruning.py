@@ -7,24 +7,37 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.spatial.distance import jensenshannon
+from scipy.special import softmax
+from scipy.stats import entropy
 
 from tokprob.errors import TokprobError
 from tokprob.head import final_hidden_states, output_head, untie_output_embeddings
 from tokprob.models import load_model
 from tokprob.pruning import (
+    METHODS,
+    SPLITS,
     check_fractions,
+    column_std,
     compensated_greedy_order,
     compensated_weight,
     compensation,
     deleted_count,
     deletion_plans,
     embedding_metric,
+    generation_agreement,
     greedy_agreement,
+    greedy_continuations,
     headline_fraction,
+    headline_fractions,
+    main_metrics,
+    metrics_table,
+    one_random_seed,
     saliency_scores,
     second_moment,
     sweep,
 )
+from tokprob.regression import fit_ols
 
 
 def test_deletion_orders_are_least_salient_first_and_nested():
@@ -219,3 +232,130 @@ def test_compensated_greedy_deletes_what_adds_least_logit_error():
                                         np.array([*order[:step], j]))
                   for j in set(range(d)) - set(order[:step])}
         assert order[step] == min(errors, key=errors.get), step
+
+
+def test_column_std_from_the_gram_matrix_is_the_sample_std_of_each_column():
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(200, 6)) * np.arange(1, 7) + rng.normal(size=6)
+    gram = fit_ols(matrix, rng.normal(size=200)).gram
+    np.testing.assert_allclose(column_std(gram), matrix.std(axis=0, ddof=1), rtol=1e-10)
+
+
+def test_averaged_distribution_divergences_equal_scipy():
+    """α-KL and α-JS of the sweep against scipy's entropy and Jensen–Shannon distance
+    (squared, natural log), on float64 softmaxes of the pruned and original logits."""
+    rng = np.random.default_rng(8)
+    hidden = rng.normal(size=(40, 12)).astype(np.float32)
+    weight = rng.normal(size=(30, 12)).astype(np.float32)
+    bias = rng.normal(size=30).astype(np.float32)
+    plans = deletion_plans(rng.random(12), np.linalg.norm(weight, axis=0), seeds=(1,))
+    fractions = (0.0, 0.25, 0.5)
+    table = sweep(hidden, np.full(40, -1), weight, bias, plans, fractions, rows_per_chunk=7)
+    h = hidden.astype(np.float64)
+    p = softmax(h @ weight.T.astype(np.float64) + bias, axis=1)
+    for plan in plans:
+        for fraction in fractions:
+            pruned = plan.pruned_weight(weight, fraction).astype(np.float64)
+            q = softmax(h @ pruned.T + bias, axis=1)
+            row = table[(table["method"] == plan.method) & (table["seed"] == plan.seed)
+                        & (table["fraction"] == fraction)].iloc[0]
+            alpha, alpha_pruned = p.mean(0), q.mean(0)
+            assert row["alpha_kl"] == pytest.approx(entropy(alpha, alpha_pruned),
+                                                    rel=1e-5, abs=1e-8)
+            assert row["alpha_js"] == pytest.approx(
+                jensenshannon(alpha, alpha_pruned) ** 2, rel=1e-5, abs=1e-8)
+            assert row["kl"] == pytest.approx(np.mean(entropy(p, q, axis=1)),
+                                              rel=1e-5, abs=1e-8)
+            assert row["js"] == pytest.approx(
+                np.mean(jensenshannon(p, q, axis=1) ** 2), rel=1e-5, abs=1e-8)
+
+
+def _argmax_loop(model, prompts: torch.Tensor, new_tokens: int) -> np.ndarray:
+    """Greedy decoding written out: the full forward pass at every step, the most probable
+    token but end-of-sequence (continuations are kept to their full length)."""
+    ids = prompts
+    eos = model.generation_config.eos_token_id
+    with torch.inference_mode():
+        for _ in range(new_tokens):
+            logits = model(input_ids=ids).logits[:, -1].clone()
+            if eos is not None and eos < logits.shape[1]:
+                logits[:, eos] = -torch.inf
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    return ids[:, prompts.shape[1]:].numpy()
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_greedy_continuations_equal_a_step_by_step_argmax_loop(tiny_models, architecture):
+    model = load_model(tiny_models[architecture])
+    prompts = torch.randint(0, 300, (3, 6), generator=torch.Generator().manual_seed(2))
+    continued = greedy_continuations(model, prompts, 5)
+    assert continued.shape == (3, 5)
+    np.testing.assert_array_equal(continued, _argmax_loop(model, prompts, 5))
+
+
+def test_generation_agreement_compares_each_pruned_model_with_the_original(tiny_models):
+    model = load_model(tiny_models["llama"])
+    untie_output_embeddings(model)
+    head = output_head(model).weight
+    weight = head.numpy().copy()
+    prompts = torch.randint(0, 300, (2, 6), generator=torch.Generator().manual_seed(4))
+    original = _argmax_loop(model, prompts, 4)
+    plans = deletion_plans(np.arange(32.0), np.linalg.norm(weight, axis=0), seeds=(0,))
+    fractions = (0.0, 0.5, 0.9)
+    table = generation_agreement(model, head, weight, plans, fractions, prompts, 4)
+    assert len(table) == len(plans) * len(fractions)
+    for plan in plans:
+        for fraction in fractions:
+            with torch.no_grad():
+                head.copy_(torch.from_numpy(plan.pruned_weight(weight, fraction)))
+            expected = greedy_agreement(original, _argmax_loop(model, prompts, 4))
+            row = table[(table["method"] == plan.method)
+                        & (table["fraction"] == fraction)].iloc[0]
+            assert (row["generation_match"], row["first_divergence"]) == expected
+    assert (table[table["fraction"] == 0.0]["generation_match"] == 1.0).all()
+
+
+def test_generation_keeps_only_the_last_random_seed():
+    plans = deletion_plans(np.arange(4.0), np.arange(4.0), seeds=(3, 5, 7))
+    assert [(p.method, p.seed) for p in one_random_seed(plans)] == [
+        ("saliency", -1), ("norm", -1), ("random", 7)]
+    assert [p.method for p in one_random_seed(plans[:2])] == ["saliency", "norm"]
+
+
+def _metrics(rng: np.random.Generator) -> pd.DataFrame:
+    rows = [{"method": method, "seed": seed, "fraction": fraction, "split": split,
+             "kl": rng.random(), "alpha_js": rng.random() * 1e-3, "positions": 48,
+             "generation_match": rng.random()}
+            for method in METHODS for split in SPLITS for fraction in (0.0, 0.5)
+            for seed in ((0, 1) if method == "random" else (-1,))]
+    return pd.DataFrame(rows)
+
+
+def test_main_metrics_average_the_seeds_per_method_split_and_fraction():
+    metrics = _metrics(np.random.default_rng(1))
+    summary = main_metrics(metrics)
+    assert len(summary) == len(METHODS) * len(SPLITS) * 2
+    for row in summary:
+        chosen = metrics[(metrics["method"] == row["method"])
+                         & (metrics["split"] == row["split"])
+                         & (metrics["fraction"] == row["fraction"])]
+        assert set(row) == {"method", "split", "fraction", "kl", "alpha_js",
+                            "generation_match"}
+        for column in ("kl", "alpha_js", "generation_match"):
+            assert row[column] == pytest.approx(sum(chosen[column]) / len(chosen), rel=1e-12)
+
+
+def test_headline_fractions_name_every_method_on_every_split():
+    metrics = _metrics(np.random.default_rng(2))
+    headlines = headline_fractions(metrics, 5e-4)
+    assert headlines == {f"{m}/{s}": headline_fraction(metrics, m, s, 5e-4)
+                         for m in METHODS for s in SPLITS}
+    assert set(headlines.values()) <= {0.0, 0.5}
+
+
+def test_metrics_table_leads_with_the_identifying_columns():
+    metrics = _metrics(np.random.default_rng(3))
+    per_split = [metrics[metrics["split"] == s][metrics.columns[::-1]] for s in SPLITS]
+    table = metrics_table(per_split)
+    assert list(table.columns[:4]) == ["method", "seed", "fraction", "split"]
+    assert len(table) == len(metrics) and set(table.columns) == set(metrics.columns)

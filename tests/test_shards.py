@@ -7,16 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import last_flow_run_id
 
-from tasks.shards import shard_bounds
 from tokprob.config import ProbabilityConfig, RunConfig, WindowConfig
 
 pytestmark = pytest.mark.prefect
-
-
-def test_shards_are_whole_batches_covering_every_window():
-    bounds = shard_bounds(23, 3, 4)
-    assert bounds == [(0, 8), (8, 16), (16, 23)]
-    assert shard_bounds(5, 4, 4) == [(0, 4), (4, 5)]  # fewer batches than shards
 
 
 def test_sharded_alpha_equals_single_process_alpha(prefect_api, tiny_models, tiny_text_dir,

@@ -24,6 +24,7 @@ PROJECT_PACKAGES = ("tokprob", "tasks")
 
 NOT_COMPUTATION = frozenset({
     "tasks._stage",  # keys, the store and UI artifacts: orchestration
+    "tasks.locks",
     "tasks.runner",
     "tokprob.store",
     "tokprob.hashing",

@@ -11,13 +11,18 @@ stays at one tensor of each checkpoint, not two models. Only what the architectu
 as parameters counts: Pythia's files also hold buffers that never change (causal masks,
 −1e9 mask values, rotary frequencies), which would swamp ‖θ_f‖ and show every group as
 converged from the first step.
+
+    counts, tokens = unigram_counts(tokenized_documents, vocab_size)
+    row = encoding_fits(embeddings, counts, alpha)   # per checkpoint
+    table = checkpoint_table(rows)                   # every checkpoint, by step
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,6 +31,7 @@ import pandas as pd
 import torch
 
 from tokprob.errors import TokprobError
+from tokprob.regression import encoding_target, fit_ols
 from tokprob.weights import meta_skeleton, parameter_names
 
 _LAYER = re.compile(r"\.(?:h|layers|layer|blocks)\.(\d+)\.")
@@ -133,6 +139,52 @@ def convergence(checkpoint: Path, final: Path) -> dict[str, dict[str, float]]:
             if final_sq > 0 and current_sq > 0 else float("nan"),
         }
     return result
+
+
+def unigram_counts(documents: Iterable[list[int]], vocab_size: int) -> tuple[np.ndarray, int]:
+    """How often each of the `vocab_size` token ids occurs in the tokenized documents
+    (int64), and how many tokens they hold."""
+    ids = np.concatenate([np.asarray(doc, dtype=np.int64) for doc in documents if doc])
+    counts = np.bincount(ids, minlength=vocab_size)[:vocab_size]
+    return counts.astype(np.int64), int(ids.size)
+
+
+def encoding_fits(embeddings: np.ndarray, counts: np.ndarray,
+                  alpha: np.ndarray | None = None) -> dict[str, float]:
+    """R² and adjusted R² of one checkpoint's E for −log f (add-one smoothed unigram
+    frequency) and, given α, for −log α (tokens with α = 0 left out); NaN without α."""
+    frequency = fit_ols(embeddings, encoding_target(counts, counts, "frequency"))
+    fits = {"r2_freq": frequency.r2, "adj_r2_freq": frequency.adj_r2,
+            "r2_alpha": math.nan, "adj_r2_alpha": math.nan}
+    if alpha is not None:
+        y = encoding_target(alpha, alpha, "alpha")
+        usable = np.isfinite(y)
+        fit = fit_ols(embeddings[usable], y[usable])
+        fits |= {"r2_alpha": fit.r2, "adj_r2_alpha": fit.adj_r2}
+    return fits
+
+
+def checkpoint_table(rows: list[pd.DataFrame]) -> pd.DataFrame:
+    """Every checkpoint's row, by step, with the relative distance and the cosine to the
+    final checkpoint averaged over the parameter groups."""
+    table = pd.concat(rows, ignore_index=True).sort_values("step", ignore_index=True)
+    distances = [c for c in table if c.startswith("rel_distance_")]
+    table["rel_distance_mean"] = table[distances].mean(axis=1)
+    table["cosine_mean"] = table[[c.replace("rel_distance", "cosine")
+                                  for c in distances]].mean(axis=1)
+    return table
+
+
+def training_milestones(table: pd.DataFrame) -> dict[str, float]:
+    """How many checkpoints, the final adjusted R² of −log f, the first step at which it
+    passes half of that, and the first at which the mean relative distance to the final
+    checkpoint falls below half its initial value."""
+    return {
+        "checkpoints": len(table),
+        "freq_half_step": first_step(table, "adj_r2_freq", above=True, share=0.5),
+        "distance_half_step": first_step(table, "rel_distance_mean", above=False, share=0.5),
+        "final_adj_r2_freq": float(table["adj_r2_freq"].iloc[-1]),
+    }
 
 
 def first_step(table: pd.DataFrame, column: str, above: bool, share: float) -> float:

@@ -229,6 +229,21 @@ def combine(parts: list[PartialSums], prefixes: list[int] | None = None) -> Alph
         n_predictions=n_windows * (window - 1), prefixes=snapshots)
 
 
+def shard_bounds(n_windows: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of whole batches, as even as possible: a batch never straddles
+    two shards, so every float32 batch sum is the one a single process computes."""
+    batches = -(-n_windows // batch_size)
+    per_shard, extra = divmod(batches, shards)
+    bounds, start = [], 0
+    for shard in range(shards):
+        count = per_shard + (shard < extra)
+        if count:
+            stop = min(start + count * batch_size, n_windows)
+            bounds.append((start, stop))
+            start = stop
+    return bounds
+
+
 def shard_cuts(start: int, stop: int, prefixes: list[int]) -> list[int]:
     """The local cuts a part covering windows [start, stop) needs for global prefixes."""
     return [n - start for n in prefixes if start < n <= stop]

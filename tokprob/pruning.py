@@ -16,6 +16,7 @@ gains nothing else; its logits are z − (h_D − h_K M) E_Dᵀ. Only HᵀH is n
     plans = deletion_plans(saliency_scores, column_norms, seeds=(0, 1, 2),
                            moment=second_moment(detect_hidden), metric=embedding_metric(E))
     metrics = sweep(hidden, targets, weight, bias, plans, fractions=(0.0, 0.1, …, 0.9))
+    generations = generation_agreement(lm, head, weight, plans, fractions, prompts, 32)
 """
 
 from __future__ import annotations
@@ -28,9 +29,18 @@ import torch
 
 from tokprob.errors import TokprobError
 from tokprob.progress import Progress
+from tokprob.regression import CenteredGram
 from tokprob.tensors import read_only_tensor
 
 METHODS = ("saliency", "norm", "random", "compensated", "compensated-greedy")
+
+SPLITS = ("id", "ood")
+"""Where the pruned outputs are compared: held-out text of the detecting corpus (in
+distribution) and of another corpus (out of distribution)."""
+
+MAIN_METRICS = ("kl", "js", "alpha_kl", "alpha_js", "top1_agreement", "perplexity",
+                "generation_match", "first_divergence")
+"""The columns a reader compares across methods (the generation ones when measured)."""
 
 RIDGE = 1e-6
 """Relative ridge of the compensation's normal equations, times the mean diagonal of HᵀH.
@@ -103,6 +113,12 @@ def saliency_scores(regression: pd.DataFrame, column_std: np.ndarray, kind: str)
     else:
         raise TokprobError(f"Unknown --saliency {kind!r}; use t or slope-std.")
     return np.nan_to_num(scores, nan=0.0)
+
+
+def column_std(gram: CenteredGram) -> np.ndarray:
+    """std(E_·j) of every column over the fitted rows (n − 1 denominator), for the
+    slope-std saliency."""
+    return np.sqrt(np.diag(gram.gram) / (gram.n - 1))
 
 
 def deletion_plans(saliency: np.ndarray, column_norms: np.ndarray, seeds: tuple[int, ...],
@@ -360,3 +376,65 @@ def greedy_agreement(original: np.ndarray, pruned: np.ndarray) -> tuple[float, f
     length = original.shape[1]
     first = np.where(same.all(axis=1), length, np.argmin(same, axis=1))
     return float(same.mean()), float(first.mean())
+
+
+def headline_fractions(metrics: pd.DataFrame, threshold: float) -> dict[str, float]:
+    """`headline_fraction` of every method on every split, keyed `method/split`."""
+    return {f"{method}/{split}": headline_fraction(metrics, method, split, threshold)
+            for method in METHODS for split in SPLITS}
+
+
+def metrics_table(per_split: list[pd.DataFrame]) -> pd.DataFrame:
+    """The splits' metrics in one table, led by the columns that identify a row."""
+    table = pd.concat(per_split, ignore_index=True)
+    leading = ["method", "seed", "fraction", "split"]
+    return table[leading + [c for c in table if c not in leading]]
+
+
+def main_metrics(metrics: pd.DataFrame) -> list[dict]:
+    """Per method, split and fraction, seeds averaged: the numbers a reader compares."""
+    columns = [c for c in MAIN_METRICS if c in metrics]
+    grouped = metrics.groupby(["method", "split", "fraction"], sort=True)[columns].mean()
+    return [dict(zip(["method", "split", "fraction"], key, strict=True)) | row
+            for key, row in zip(grouped.index, grouped.to_dict("records"), strict=True)]
+
+
+def one_random_seed(plans: list[DeletionPlan]) -> list[DeletionPlan]:
+    """The plans without the random baseline's seeds but the last: generation runs the
+    whole model per plan and fraction, so it is the expensive part."""
+    seeds = [plan.seed for plan in plans if plan.method == "random"]
+    return [plan for plan in plans if plan.method != "random" or plan.seed == seeds[-1]]
+
+
+def greedy_continuations(lm, prompts: torch.Tensor, new_tokens: int) -> np.ndarray:
+    """The model's greedy continuation of every prompt, exactly `new_tokens` long (the end
+    of sequence is never chosen): prompts (n_prompts, prompt_tokens) → tokens
+    (n_prompts, new_tokens)."""
+    with torch.inference_mode():
+        generated = lm.generate(prompts, attention_mask=torch.ones_like(prompts),
+                                max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                do_sample=False, pad_token_id=0)
+    return generated[:, prompts.shape[1]:].numpy()
+
+
+def generation_agreement(lm, head: torch.Tensor, weight: np.ndarray,
+                         plans: list[DeletionPlan], fractions: tuple[float, ...],
+                         prompts: torch.Tensor, new_tokens: int,
+                         progress: Progress | None = None) -> pd.DataFrame:
+    """Greedy continuations of the prompts by each plan's pruned model against the
+    original model's (`greedy_agreement`), per plan and fraction. `head` is the model's
+    untied output weight: each pruned E is written into it, so the model is left pruned
+    by the last plan."""
+    reference = greedy_continuations(lm, prompts, new_tokens)
+    rows = []
+    for plan in plans:
+        for fraction in fractions:
+            with torch.no_grad():
+                head.copy_(torch.from_numpy(plan.pruned_weight(weight, fraction)))
+            match, first = greedy_agreement(reference,
+                                            greedy_continuations(lm, prompts, new_tokens))
+            rows.append({"method": plan.method, "seed": plan.seed, "fraction": fraction,
+                         "generation_match": match, "first_divergence": first})
+            if progress is not None:
+                progress.update(1)
+    return pd.DataFrame(rows)
