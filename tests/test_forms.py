@@ -229,3 +229,33 @@ def test_the_api_refuses_a_bad_value_before_a_run_starts(prefect_api):
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
             id=DeploymentFilterId(any_=[deployment_id])))
         assert [run.id for run in runs] == [accepted.id]
+
+
+def test_the_command_line_reads_the_same_declarations():
+    from flows.cli import build_parser
+    from flows.commands import config_from_arguments
+
+    args = build_parser().parse_args(["run", "encoding", "--batch-size", "4", "--device",
+                                      "cuda:1", "--dtype", "bfloat16"])
+    assert config_from_arguments(RunConfig, args) == RunConfig(dtype="bfloat16", batch_size=4,
+                                                               device="cuda:1")
+    for device in ("cuda:x", "tpu"):
+        args = build_parser().parse_args(["run", "encoding", "--device", device])
+        with pytest.raises(TokprobError, match="Invalid --device: expected cpu, cuda, cuda:N"):
+            config_from_arguments(RunConfig, args)
+
+
+def test_a_served_deployment_with_a_value_out_of_bounds_is_refused(monkeypatch):
+    from flows.serve import serve_deployments
+
+    def served(*_):
+        raise AssertionError("served a deployment whose runs would all fail")
+
+    monkeypatch.setattr("prefect.serve", served)
+    entry = {"name": "nightly", "flow": "encoding", "interval": 60,
+             "parameters": {"run_config": {"batch_size": 0}}}
+    with pytest.raises(TokprobError) as refused:
+        serve_deployments([entry], "/tmp/data")
+    assert "run_config.batch_size: Input should be greater than or equal to 1" in str(
+        refused.value)
+    assert "\n" not in str(refused.value)
