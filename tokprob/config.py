@@ -36,6 +36,7 @@ NamedDevice = Literal["auto", "cpu", "cuda", "mps"]
 Device = NamedDevice | Annotated[str, StringConstraints(pattern=f"^{CUDA_INDEX}$")]
 
 Seed = Annotated[int, Ge(0)]
+"""A random seed; numpy's generators take none below 0."""
 
 
 def _execution(default: Any) -> Any:
