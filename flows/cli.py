@@ -19,6 +19,7 @@ import signal
 import sys
 import textwrap
 import threading
+import types
 import typing
 from typing import Any
 
@@ -31,6 +32,7 @@ from flows.stages import (
     ENCODING_STAGES,
     PAPER_CONFIGS,
     PAPER_STAGES,
+    PARAMETER_DOCS,
     PRUNING_CONFIGS,
     PRUNING_STAGES,
     STEERING_CONFIGS,
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     encoding = flows.add_parser("encoding", help="α, E, the MLR of −log α on E, sparsity, PCA")
     _add_flow_arguments(encoding, ENCODING_CONFIGS)
     encoding.add_argument("--keep-hidden", action="store_true",
-                          help="also store final hidden states of the held-out split")
+                          help=PARAMETER_DOCS["keep_hidden"])
     encoding.set_defaults(handler=handlers.run_flow, refresh=[])
     steering = flows.add_parser("steering", help="steer α by editing output embeddings "
                                                  "(paper §3) and measure how precisely")
@@ -167,12 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            "dynamics) for one or several models, compared")
     paper.add_argument("--models", type=lambda text: [m for m in text.split(",") if m],
                        default=[DEFAULT_MODEL],
-                       help=f"comma-separated model specs (default: {DEFAULT_MODEL})")
+                       help=f"{PARAMETER_DOCS['models']} (default: {DEFAULT_MODEL})")
     _add_flow_arguments(paper, PAPER_CONFIGS, with_model=False)
     _add_ood_argument(paper)
     _add_dynamics_arguments(paper)
     paper.add_argument("--with-dynamics", action=argparse.BooleanOptionalAction, default=True,
-                       help="include the training dynamics (default: yes)")
+                       help=f"{PARAMETER_DOCS['with_dynamics']} (default: yes)")
     paper.set_defaults(handler=handlers.run_flow, refresh=[])
 
     rerun = commands.add_parser("rerun", help="recompute one stage and what depends on it")
@@ -264,26 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="artifact store (default: $TOKPROB_DATA, else "
-                                           "the checkout's data/ folder)")
+    parser.add_argument("--data-dir", help=PARAMETER_DOCS["data_dir"])
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def _add_ood_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ood-dataset", default="shakespeare",
-                        help="out-of-distribution corpus for pruning (default: shakespeare)")
+                        help=f"{PARAMETER_DOCS['ood_dataset']} (default: shakespeare)")
 
 
 def _add_dynamics_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", type=lambda text: [c for c in text.split(",") if c],
-                        default=[], help="comma-separated checkpoints (hub id@revision or "
-                        "folders), oldest first; none: pre-train the built-in model")
+                        default=[], help=PARAMETER_DOCS["checkpoints"])
     parser.add_argument("--alpha", action=argparse.BooleanOptionalAction, default=True,
-                        help="also regress −log α of each checkpoint (on --dataset's "
-                             "detecting split) (default: yes)")
+                        help=f"{PARAMETER_DOCS['alpha']} (default: yes)")
     parser.add_argument("--tokens-per-step", type=float, default=None,
-                        help="tokens per training step of the given checkpoints, for the "
-                             "tokens-seen axis (e.g. 2097152 for Pythia)")
+                        help=PARAMETER_DOCS["tokens_per_step"])
 
 
 SWEEP_ONLY = frozenset({"ratios", "percentiles", "tokens_per_percentile", "targets",
@@ -295,17 +293,13 @@ def _add_flow_arguments(parser: argparse.ArgumentParser, configs: dict[str, type
                         with_model: bool = True, hidden: frozenset[str] = frozenset()) -> None:
     if with_model:
         parser.add_argument("--model", default=DEFAULT_MODEL,
-                            help="built-in name, hub id[@revision], model folder or .gguf "
-                                 f"file (default: {DEFAULT_MODEL})")
+                            help=f"{PARAMETER_DOCS['model']} (default: {DEFAULT_MODEL})")
     parser.add_argument("--dataset", default=DEFAULT_DATASET,
-                        help="built-in name (wiki-leads, shakespeare), .txt/.json/.jsonl/"
-                             ".parquet files, or hub name[:config][@revision] "
-                             f"(default: {DEFAULT_DATASET})")
+                        help=f"{PARAMETER_DOCS['dataset']} (default: {DEFAULT_DATASET})")
     parser.add_argument("--split", default="train",
-                        help="split of a hub dataset (default: train)")
+                        help=f"{PARAMETER_DOCS['split']} (default: train)")
     parser.add_argument("--text-column", default="text",
-                        help="column holding the text in .json/.jsonl/.parquet files and "
-                             "hub datasets (default: text)")
+                        help=f"{PARAMETER_DOCS['text_column']} (default: text)")
     for config in configs.values():
         add_config_arguments(parser, config, hidden)
     parser.set_defaults(configs=configs)
@@ -333,6 +327,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type,
             options.update(action="append", default=None)  # repeat the option
         elif origin is tuple:
             options["type"] = _comma_separated(members[0])
+        elif origin in (typing.Union, types.UnionType):  # choices or a pattern (the config checks)
+            options["type"] = type(field.default)
         else:
             options["type"] = hint
         if field.default not in ((), None):

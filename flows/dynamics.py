@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow
 
 from flows.labels import run_name, tag_run
-from flows.stages import DYNAMICS_STAGES
+from flows.stages import DYNAMICS_STAGES, DynamicsStage, documented
 from tasks.checkpoints import named_checkpoint, pretrained_checkpoints
 from tasks.corpus import corpus
 from tasks.dynamics import check_checkpoints, checkpoint_analysis, unigram
@@ -37,6 +37,7 @@ from tokprob.workspace import Workspace
 
 
 @flow(name="dynamics", flow_run_name=run_name)
+@documented
 def dynamics(
     dataset: str = DEFAULT_DATASET,
     checkpoints: list[str] | None = None,
@@ -49,7 +50,7 @@ def dynamics(
     alpha: bool = True,
     tokens_per_step: float | None = None,
     data_dir: str | None = None,
-    refresh: list[str] | None = None,
+    refresh: list[DynamicsStage] | None = None,
 ) -> dict[str, Any]:
     """When do output embeddings start to encode token frequency, against how far the
     parameters still are from convergence?"""
@@ -91,13 +92,14 @@ def dynamics(
 
 
 @flow(name="pretraining", flow_run_name=run_name)
+@documented
 def pretraining(
     dataset: str = DEFAULT_DATASET,
     split: str = "train",
     text_column: str = "text",
     pretrain_config: PretrainConfig = PretrainConfig(),
     data_dir: str | None = None,
-    refresh: list[str] | None = None,
+    refresh: list[DynamicsStage] | None = None,
 ) -> dict[str, Any]:
     """Pre-train the built-in small GPT-2 on a corpus, keeping log-spaced checkpoints."""
     tag_run()

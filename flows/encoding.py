@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow
 
 from flows.labels import run_name, tag_run
-from flows.stages import ENCODING_STAGES
+from flows.stages import ENCODING_STAGES, EncodingStage, documented
 from tasks.corpus import corpus
 from tasks.embeddings import embeddings
 from tasks.figures import figures
@@ -96,6 +96,7 @@ def keep_hidden_states(stage: StageRunner, workspace: Workspace, found: Detectio
 
 
 @flow(name="encoding", flow_run_name=run_name)
+@documented
 def encoding(
     model: str = DEFAULT_MODEL,
     dataset: str = DEFAULT_DATASET,
@@ -109,7 +110,7 @@ def encoding(
     keep_hidden: bool = False,
     hidden_config: HiddenConfig = HiddenConfig(),
     data_dir: str | None = None,
-    refresh: list[str] | None = None,
+    refresh: list[EncodingStage] | None = None,
 ) -> dict[str, Any]:
     """How the model encodes output probabilities in its output embeddings."""
     tag_run()

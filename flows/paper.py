@@ -18,7 +18,14 @@ from flows.dynamics import dynamics as dynamics_flow
 from flows.encoding import encoding
 from flows.labels import run_name, tag_run
 from flows.pruning import DEFAULT_OOD, pruning
-from flows.stages import DYNAMICS_STAGES, ENCODING_STAGES, PRUNING_STAGES, STEERING_STAGES
+from flows.stages import (
+    DYNAMICS_STAGES,
+    ENCODING_STAGES,
+    PRUNING_STAGES,
+    STEERING_STAGES,
+    PaperStage,
+    documented,
+)
 from flows.steering import steering
 from tasks.paper import compare_models
 from tokprob.config import (
@@ -37,6 +44,7 @@ from tokprob.workspace import Workspace
 
 
 @flow(name="paper", flow_run_name=run_name)
+@documented
 def paper(
     models: list[str] | None = None,
     dataset: str = DEFAULT_DATASET,
@@ -55,7 +63,7 @@ def paper(
     with_dynamics: bool = True,
     checkpoints: list[str] | None = None,
     data_dir: str | None = None,
-    refresh: list[str] | None = None,
+    refresh: list[PaperStage] | None = None,
 ) -> dict[str, Any]:
     """Encoding, steering, pruning and training dynamics, compared across models."""
     tag_run()

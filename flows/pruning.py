@@ -13,13 +13,14 @@ pruning; `prune` writes a pruned copy of the model.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Lt
 from prefect import flow
 
 from flows.encoding import detect, keep_hidden_states
 from flows.labels import run_name, tag_run
-from flows.stages import PRUNING_STAGES
+from flows.stages import PRUNING_STAGES, PruningStage, documented
 from tasks.corpus import corpus
 from tasks.hidden import hidden_states
 from tasks.prune_model import save_pruned_model
@@ -37,12 +38,14 @@ from tokprob.config import (
     RunConfig,
     WindowConfig,
 )
-from tokprob.pruning import check_prune_method, check_regression_target
+from tokprob.pruning import PRUNE_METHODS, check_prune_method, check_regression_target
 from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
 from tokprob.windows import DETECT, TokenBudget
 from tokprob.workspace import Workspace
 
 DEFAULT_OOD = "shakespeare"
+
+PruneMethod = Literal[PRUNE_METHODS]  # type: ignore[valid-type]
 
 
 def heldout_readers(tokens: int, pruning_config: PruningConfig,
@@ -53,6 +56,7 @@ def heldout_readers(tokens: int, pruning_config: PruningConfig,
 
 
 @flow(name="pruning", flow_run_name=run_name)
+@documented
 def pruning(
     model: str = DEFAULT_MODEL,
     dataset: str = DEFAULT_DATASET,
@@ -66,7 +70,7 @@ def pruning(
     hidden_config: HiddenConfig = HiddenConfig(),
     pruning_config: PruningConfig = PruningConfig(),
     data_dir: str | None = None,
-    refresh: list[str] | None = None,
+    refresh: list[PruningStage] | None = None,
 ) -> dict[str, Any]:
     """How many output-embedding dimensions can go before the outputs move."""
     tag_run()
@@ -99,8 +103,9 @@ def pruning(
 
 
 @flow(name="prune", flow_run_name=run_name)
+@documented
 def prune(
-    fraction: float,
+    fraction: Annotated[float, Ge(0), Lt(1)],
     out: str,
     model: str = DEFAULT_MODEL,
     dataset: str = DEFAULT_DATASET,
@@ -112,12 +117,19 @@ def prune(
     regression_config: RegressionConfig = RegressionConfig(),
     hidden_config: HiddenConfig = HiddenConfig(),
     pruning_config: PruningConfig = PruningConfig(),
-    method: str = "saliency",
+    method: PruneMethod = "saliency",
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Write a copy of the model with output dimensions deleted by `method`: saliency
     (the least salient), compensated (the same, compensated from the kept dimensions on
-    the detecting split's hidden states) or compensated-greedy."""
+    the detecting split's hidden states) or compensated-greedy.
+
+    Args:
+        fraction: Share of the dimensions to delete, in [0, 1).
+        out: Folder to write the model to (new or empty).
+        method: Which dimensions go: saliency (the least salient), compensated (the
+            same, compensated from the kept dimensions) or compensated-greedy.
+    """
     check_prune_method(method)
     check_regression_target(regression_config.target)
     tag_run()

@@ -1,7 +1,13 @@
-"""Names of the encoding flow's stages and its config parameters, without importing
-Prefect (the command line needs them before the engine starts)."""
+"""Names of the flows' stages, their config parameters and the descriptions of their
+parameters, without importing Prefect (the command line needs them before the engine
+starts)."""
 
 from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from tokprob.config import (
     HiddenConfig,
@@ -18,6 +24,10 @@ from tokprob.config import (
 ENCODING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "hidden", "regression",
                    "sparsity", "pca", "figures"]
 
+EncodingStage = Literal[tuple(ENCODING_STAGES)]  # type: ignore[valid-type]
+"""A stage name of the encoding flow: the choices of its `refresh` parameter, which
+Prefect's forms offer and its API enforces."""
+
 ENCODING_CONFIGS: dict[str, type] = {
     "window_config": WindowConfig,
     "run_config": RunConfig,
@@ -31,6 +41,8 @@ ENCODING_CONFIGS: dict[str, type] = {
 STEERING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "regression", "hidden",
                    "steering", "steering-figures"]
 
+SteeringStage = Literal[tuple(STEERING_STAGES)]  # type: ignore[valid-type]
+
 STEERING_CONFIGS: dict[str, type] = {
     name: ENCODING_CONFIGS[name]
     for name in ("window_config", "run_config", "probability_config", "regression_config",
@@ -41,6 +53,8 @@ STEERING_CONFIGS: dict[str, type] = {
 PRUNING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "regression", "hidden",
                   "pruning", "pruning-figures"]
 
+PruningStage = Literal[tuple(PRUNING_STAGES)]  # type: ignore[valid-type]
+
 PRUNING_CONFIGS: dict[str, type] = {
     name: ENCODING_CONFIGS[name]
     for name in ("window_config", "run_config", "probability_config", "regression_config",
@@ -50,6 +64,8 @@ PRUNING_CONFIGS: dict[str, type] = {
 
 DYNAMICS_STAGES = ["corpus", "pretrain", "unigram", "windows", "embeddings", "probabilities",
                    "checkpoint", "dynamics"]
+
+DynamicsStage = Literal[tuple(DYNAMICS_STAGES)]  # type: ignore[valid-type]
 
 DYNAMICS_CONFIGS: dict[str, type] = {
     "pretrain_config": PretrainConfig,
@@ -62,7 +78,46 @@ DYNAMICS_CONFIGS: dict[str, type] = {
 
 PAPER_STAGES = list(dict.fromkeys(ENCODING_STAGES + STEERING_STAGES + PRUNING_STAGES
                                   + DYNAMICS_STAGES))
+PaperStage = Literal[tuple(PAPER_STAGES)]  # type: ignore[valid-type]
 
 PAPER_CONFIGS: dict[str, type] = (ENCODING_CONFIGS | STEERING_CONFIGS | PRUNING_CONFIGS
                                   | DYNAMICS_CONFIGS)
 """The paper flow's config parameters and their classes."""
+
+PARAMETER_DOCS: dict[str, str] = {
+    "model": "Built-in name, hub id[@revision], model folder or .gguf file.",
+    "models": "Model specs, each as for --model (comma-separated).",
+    "dataset": "Built-in name (wiki-leads, shakespeare), .txt/.json/.jsonl/.parquet files, "
+               "or hub name[:config][@revision].",
+    "ood_dataset": "Out-of-distribution corpus for pruning.",
+    "split": "Split of a hub dataset.",
+    "text_column": "Column holding the text in .json/.jsonl/.parquet files and hub datasets.",
+    "keep_hidden": "Also store final hidden states of the held-out split.",
+    "with_dynamics": "Include the training dynamics.",
+    "checkpoints": "Checkpoints (hub id@revision or folders, comma-separated), oldest first; "
+                   "none: pre-train the built-in model.",
+    "alpha": "Also regress −log α of each checkpoint (on --dataset's detecting split).",
+    "tokens_per_step": "Tokens per training step of the given checkpoints, for the "
+                       "tokens-seen axis (e.g. 2097152 for Pythia).",
+    "data_dir": "Artifact store (default: $TOKPROB_DATA, else the checkout's data/ folder).",
+    "refresh": "Stages to recompute, with every stage that depends on them, instead of "
+               "reusing their cached artifacts.",
+} | {name: " ".join(config.__doc__.split()) for name, config in PAPER_CONFIGS.items()}
+"""What the flows' shared parameters mean: the command line's help and, through each
+flow's docstring, the descriptions in Prefect's parameter forms."""
+
+Flow = TypeVar("Flow", bound=Callable[..., Any])
+
+
+def documented(fn: Flow) -> Flow:
+    """`fn` with its shared parameters described in its docstring's `Args:` section
+    (added when missing, after the flow's own parameters). Prefect reads that section
+    into the descriptions of the flow's parameter form."""
+    doc = inspect.cleandoc(fn.__doc__ or "")
+    if not re.search(r"^Args:$", doc, re.MULTILINE):
+        doc += "\n\nArgs:"
+    own = set(re.findall(r"^    (\w+):", doc, re.MULTILINE))
+    doc += "".join(f"\n    {name}: {PARAMETER_DOCS[name]}"
+                   for name in inspect.signature(fn).parameters if name not in own)
+    fn.__doc__ = doc
+    return fn

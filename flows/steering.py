@@ -9,13 +9,14 @@ held-out split, from cached hidden states; `steer` writes a steered copy of the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from annotated_types import Gt
 from prefect import flow
 
 from flows.encoding import detect, keep_hidden_states
 from flows.labels import run_name, tag_run
-from flows.stages import STEERING_STAGES
+from flows.stages import STEERING_STAGES, SteeringStage, documented
 from tasks.runner import StageRunner
 from tasks.steer_model import save_steered_model
 from tasks.steering import steering as steering_sweep
@@ -36,6 +37,7 @@ from tokprob.workspace import Workspace
 
 
 @flow(name="steering", flow_run_name=run_name)
+@documented
 def steering(
     model: str = DEFAULT_MODEL,
     dataset: str = DEFAULT_DATASET,
@@ -49,7 +51,7 @@ def steering(
     hidden_config: HiddenConfig = HiddenConfig(),
     steering_config: SteeringConfig = SteeringConfig(),
     data_dir: str | None = None,
-    refresh: list[str] | None = None,
+    refresh: list[SteeringStage] | None = None,
 ) -> dict[str, Any]:
     """How accurately editing output embeddings steers averaged output probabilities."""
     tag_run()
@@ -68,11 +70,12 @@ def steering(
 
 
 @flow(name="steer", flow_run_name=run_name)
+@documented
 def steer(
     tokens: list[str],
-    ratios: list[float],
+    ratios: list[Annotated[float, Gt(0)]],
     out: str,
-    method: str = "calibrated",
+    method: Literal["calibrated", "closed_form"] = "calibrated",
     model: str = DEFAULT_MODEL,
     dataset: str = DEFAULT_DATASET,
     split: str = "train",
@@ -88,7 +91,16 @@ def steer(
 ) -> dict[str, Any]:
     """Write a copy of the model whose output embeddings steer the given tokens: by edits
     calibrated jointly on the detecting split (method calibrated) or by the paper's closed
-    form (closed_form)."""
+    form (closed_form).
+
+    Args:
+        tokens: Tokens to steer: text that is exactly one token, or an id.
+        ratios: The factor for each token's probability, in the order of `tokens` (2
+            doubles it).
+        out: Folder to write the model to (new or empty).
+        method: How the edits are found: calibrated (jointly on the detecting split, so
+            that each ratio holds there) or closed_form (the paper's edit).
+    """
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], STEERING_STAGES)

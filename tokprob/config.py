@@ -3,6 +3,11 @@
 The command line and the flow parameters are built from these classes. A field whose
 metadata says `key=False` is an execution setting (batch size, device): it changes how
 fast a stage runs, not what it computes, so it is left out of the stage's cache key.
+
+A field's annotation carries its bounds (`Annotated[int, Ge(1)]`) and choices
+(`Literal`), and its docstring its description: the same declarations give the command
+line its options and checks, and Prefect's parameter forms (through pydantic's JSON
+schema) their descriptions, bounds and choices, which the Prefect API enforces.
 """
 
 from __future__ import annotations
@@ -16,100 +21,107 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin, get_type_hints
+
+from annotated_types import Ge, Gt, Le, Lt, MinLen
+from pydantic import StringConstraints
 
 from tokprob.errors import TokprobError
 
-DTYPES = ("float32", "bfloat16", "float16", "auto")
+CUDA_INDEX = r"cuda:\d+"
+"""A device written with its index; the named devices are choices of their own."""
+
+NamedDevice = Literal["auto", "cpu", "cuda", "mps"]
+
+Device = NamedDevice | Annotated[str, StringConstraints(pattern=f"^{CUDA_INDEX}$")]
+
+Seed = Annotated[int, Ge(0)]
+"""A random seed; numpy's generators take none below 0."""
 
 
 def _execution(default: Any) -> Any:
     return field(default=default, metadata={"key": False})
 
 
+class Checked:
+    """Base of the configs: each field is checked against the bounds and choices its
+    annotation declares, with a message naming the command-line option."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"use_attribute_docstrings": True}
+    """Field docstrings become the descriptions in Prefect's parameter forms."""
+
+    def __post_init__(self) -> None:
+        hints = _annotations(type(self))
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            _check_field(item.name, hints[item.name], getattr(self, item.name))
+
+
 @dataclass(frozen=True)
-class WindowConfig:
+class WindowConfig(Checked):
     """How the corpus is cut into windows and split (paper §2.1)."""
 
-    window: int = 256
+    window: Annotated[int, Ge(2)] = 256
     """Tokens per window. Documents are packed back to back with an end-of-text token
     between them, never padded (padding would change the logits)."""
 
-    heldout_fraction: float = 0.1
+    heldout_fraction: Annotated[float, Ge(0), Lt(1)] = 0.1
     """Share of the corpus's tokens held out from detection, in whole documents, for
     steering and pruning evaluations."""
 
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the window shuffle and of the detecting/held-out split."""
-
-    def __post_init__(self) -> None:
-        _require(self.window >= 2, "--window", "at least 2 tokens", self.window)
-        _require(0.0 <= self.heldout_fraction < 1.0, "--heldout-fraction", "in [0, 1)",
-                 self.heldout_fraction)
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Checked):
     """How the model is run for forward passes."""
 
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     """Weights and activations: float32, bfloat16, float16, or auto (the dtype the model
     was saved in); logits are always upcast to float32 before the softmax."""
 
-    batch_size: int = _execution(8)
+    batch_size: Annotated[int, Ge(1)] = _execution(8)
     """Windows per forward pass."""
 
-    device: str = _execution("auto")
+    device: Device = field(default="auto", metadata={"key": False})
     """cpu, cuda, cuda:N, mps, or auto (cuda when available, else mps, else cpu)."""
 
-    shards: int = _execution(1)
+    shards: Annotated[int, Ge(1)] = _execution(1)
     """Shards of the detecting windows for α, run in parallel on a Dask cluster (1: in
     this process)."""
 
     dask_address: str = _execution("")
     """Address of a running Dask scheduler for --shards; empty: a local cluster."""
 
-    checkpoint_seconds: float = _execution(60.0)
+    checkpoint_seconds: Annotated[float, Ge(0)] = _execution(60.0)
     """Seconds of α work between two checkpoints of its partial sums, from which a killed
     run resumes (0: after every batch)."""
 
     def __post_init__(self) -> None:
-        _require(self.shards >= 1, "--shards", "at least 1", self.shards)
-        _require(self.dtype in DTYPES, "--dtype", " or ".join(DTYPES), self.dtype)
-        _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+        super().__post_init__()
+        _require(self.device in get_args(NamedDevice)
+                 or re.fullmatch(CUDA_INDEX, self.device) is not None,
                  "--device", "cpu, cuda, cuda:N, mps or auto", self.device)
-        _require(self.batch_size > 0, "--batch-size", "a positive number of windows",
-                 self.batch_size)
-        _require(self.checkpoint_seconds >= 0, "--checkpoint-seconds",
-                 "zero or a positive number of seconds", self.checkpoint_seconds)
 
 
 @dataclass(frozen=True)
-class ProbabilityConfig:
+class ProbabilityConfig(Checked):
     """How much of the detecting split the averaged probabilities α cover (paper §2.1)."""
 
-    max_tokens: int = 32768
+    max_tokens: Annotated[int, Ge(1)] = 32768
     """Tokens of the detecting split to average over, in whole windows."""
 
-    def __post_init__(self) -> None:
-        _require(self.max_tokens > 0, "--max-tokens", "a positive number of tokens",
-                 self.max_tokens)
-
 
 @dataclass(frozen=True)
-class HiddenConfig:
+class HiddenConfig(Checked):
     """Final hidden states of the held-out split, kept for steering and pruning."""
 
-    heldout_tokens: int = 16384
+    heldout_tokens: Annotated[int, Ge(1)] = 16384
     """Tokens of the held-out split whose final hidden states are stored."""
-
-    def __post_init__(self) -> None:
-        _require(self.heldout_tokens > 0, "--heldout-tokens", "a positive number of tokens",
-                 self.heldout_tokens)
 
 
 @dataclass(frozen=True)
-class RegressionConfig:
+class RegressionConfig(Checked):
     """The multiple linear regression of the encoding (paper §2.1)."""
 
     target: Literal["alpha", "frequency"] = "alpha"
@@ -120,44 +132,36 @@ class RegressionConfig:
     """normal: chunked float64 normal equations with refinement (fast, any size);
     statsmodels: statsmodels OLS (the reference; slow and memory-hungry at large |V|)."""
 
-    def __post_init__(self) -> None:
-        _require(self.target in ("alpha", "frequency"), "--target", "alpha or frequency",
-                 self.target)
-        _require(self.solver in ("normal", "statsmodels"), "--solver",
-                 "normal or statsmodels", self.solver)
-
 
 @dataclass(frozen=True)
-class SparsityConfig:
+class SparsityConfig(Checked):
     """How sparsity of the encoding is measured (paper §2.2)."""
 
-    significance: float = 0.05
+    significance: Annotated[float, Gt(0), Lt(1)] = 0.05
     """Family-wise significance level; a dimension counts as significant when its p-value
     is below significance / d (Bonferroni)."""
 
-    def __post_init__(self) -> None:
-        _require(0.0 < self.significance < 1.0, "--significance", "in (0, 1)",
-                 self.significance)
-
 
 @dataclass(frozen=True)
-class SteeringConfig:
+class SteeringConfig(Checked):
     """Steering α by editing output embeddings (paper §3)."""
 
     omega: Literal["bonferroni", "all", "top-k"] = "bonferroni"
     """Dimensions the edit may move: the Bonferroni-significant ones (at --significance),
     all of them, or the top-k by |t|."""
 
-    top_k: int = 16
+    top_k: Annotated[int, Ge(1)] = 16
     """k for --omega top-k."""
 
-    ratios: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 2.0, 5.0, 10.0, 20.0)
+    ratios: Annotated[tuple[Annotated[float, Gt(0)], ...], MinLen(1)] = (
+        0.05, 0.1, 0.2, 0.5, 2.0, 5.0, 10.0, 20.0)
     """Factors r to multiply a token's α by (comma-separated)."""
 
-    percentiles: tuple[float, ...] = (1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 99.0)
+    percentiles: tuple[Annotated[float, Ge(0), Le(100)], ...] = (
+        1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 99.0)
     """α percentiles around which target tokens are sampled (comma-separated)."""
 
-    tokens_per_percentile: int = 3
+    tokens_per_percentile: Annotated[int, Ge(0)] = 3
     """Target tokens sampled near each percentile."""
 
     targets: tuple[str, ...] = ()
@@ -166,115 +170,83 @@ class SteeringConfig:
     fewshot: bool = True
     """Also estimate A from the first 1, 2, 4, … detecting windows only."""
 
-    target_seed: int = 0
+    target_seed: Seed = 0
     """Seed of the target sampling."""
-
-    def __post_init__(self) -> None:
-        _require(self.top_k >= 1, "--top-k", "at least 1", self.top_k)
-        _require(self.tokens_per_percentile >= 0, "--tokens-per-percentile",
-                 "0 or more", self.tokens_per_percentile)
-        _require(len(self.ratios) > 0, "--ratios", "at least one ratio", self.ratios)
-        for ratio in self.ratios:
-            _require(ratio > 0, "--ratios", "positive finite factors (r = 2 doubles α)",
-                     ratio)
-        for percentile in self.percentiles:
-            _require(0.0 <= percentile <= 100.0, "--percentiles", "in [0, 100]", percentile)
 
 
 @dataclass(frozen=True)
-class PruningConfig:
+class PruningConfig(Checked):
     """Pruning output-embedding dimensions by regression saliency (paper §4)."""
 
-    fractions: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    fractions: Annotated[tuple[Annotated[float, Ge(0), Lt(1)], ...], MinLen(1)] = (
+        0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     """Shares of dimensions to delete, each in [0, 1) (comma-separated)."""
 
     saliency: Literal["t", "slope-std"] = "t"
     """Saliency of a dimension: |t| of its slope, or |slope × column std|."""
 
-    random_seeds: tuple[int, ...] = (0, 1, 2)
+    random_seeds: tuple[Seed, ...] = (0, 1, 2)
     """Seeds of the random-dimensions baseline (comma-separated)."""
 
-    js_threshold: float = 1e-3
+    js_threshold: Annotated[float, Gt(0)] = 1e-3
     """The headline: the largest fraction whose JS divergence between the original and
     pruned averaged distributions α stays below this."""
 
-    eval_tokens: int = 2048
+    eval_tokens: Annotated[int, Ge(1)] = 2048
     """Held-out positions per corpus (in-distribution and out-of-distribution) on which
     the pruned distributions are compared."""
 
-    prompts: int = 6
+    prompts: Annotated[int, Ge(1)] = 6
     """Prompts (starts of held-out windows) for the greedy-generation comparison."""
 
-    prompt_tokens: int = 32
+    prompt_tokens: Annotated[int, Ge(1)] = 32
     """Tokens of each prompt."""
 
-    new_tokens: int = 16
+    new_tokens: Annotated[int, Ge(0)] = 16
     """Tokens generated greedily per prompt (0 skips the generation comparison)."""
-
-    def __post_init__(self) -> None:
-        _require(len(self.fractions) > 0, "--fractions", "at least one fraction such as "
-                 "0,0.1,0.2", self.fractions)
-        for fraction in self.fractions:
-            _require(0.0 <= fraction < 1.0, "--fractions", "fractions in [0, 1)", fraction)
-        _require(self.js_threshold > 0, "--js-threshold", "a positive number",
-                 self.js_threshold)
-        _require(self.eval_tokens > 0, "--eval-tokens", "a positive number of tokens",
-                 self.eval_tokens)
-        _require(self.prompts >= 1, "--prompts", "at least 1", self.prompts)
-        _require(self.prompt_tokens >= 1, "--prompt-tokens", "at least 1", self.prompt_tokens)
-        _require(self.new_tokens >= 0, "--new-tokens", "0 or more", self.new_tokens)
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Checked):
     """The built-in pre-training run (paper §5): a small GPT-2 from scratch."""
 
-    vocab_size: int = 8192
+    vocab_size: Annotated[int, Ge(300)] = 8192
     """Size of the BPE vocabulary trained on the corpus."""
 
-    layers: int = 4
+    layers: Annotated[int, Ge(1)] = 4
     """Transformer layers."""
 
-    hidden_size: int = 256
+    hidden_size: Annotated[int, Ge(8)] = 256
     """Width d of the model (and of its output embeddings)."""
 
-    heads: int = 4
+    heads: Annotated[int, Ge(1)] = 4
     """Attention heads."""
 
-    context: int = 128
+    context: Annotated[int, Ge(8)] = 128
     """Tokens per training window."""
 
-    train_batch: int = 16
+    train_batch: Annotated[int, Ge(1)] = 16
     """Windows per training step."""
 
-    steps: int = 300
+    steps: Annotated[int, Ge(1)] = 300
     """Optimizer steps; checkpoints at 0, 1, 2, 4, … and the last step."""
 
-    learning_rate: float = 1e-3
+    learning_rate: Annotated[float, Gt(0)] = 1e-3
     """Peak AdamW learning rate (linear warm-up, cosine decay to a tenth)."""
 
-    warmup_steps: int = 30
+    warmup_steps: Annotated[int, Ge(1)] = 30
     """Steps of linear warm-up."""
 
     tie_embeddings: bool = False
     """Tie output to input embeddings (GPT-2 does; Pythia, the paper's §5 model, does not)."""
 
-    train_seed: int = 0
+    train_seed: Seed = 0
     """Seed of the initialization and of the batch order."""
 
     def __post_init__(self) -> None:
-        for flag, value, least in (("--vocab-size", self.vocab_size, 300),
-                                   ("--layers", self.layers, 1),
-                                   ("--hidden-size", self.hidden_size, 8),
-                                   ("--heads", self.heads, 1), ("--context", self.context, 8),
-                                   ("--train-batch", self.train_batch, 1),
-                                   ("--steps", self.steps, 1),
-                                   ("--warmup-steps", self.warmup_steps, 1)):
-            _require(value >= least, flag, f"at least {least}", value)
+        super().__post_init__()
         _require(self.hidden_size % self.heads == 0, "--heads",
                  f"a divisor of --hidden-size {self.hidden_size}", self.heads)
-        _require(self.learning_rate > 0, "--learning-rate", "a positive rate",
-                 self.learning_rate)
 
 
 def key_params(config: Any) -> dict[str, Any]:
@@ -302,6 +274,55 @@ def field_docs(cls: type) -> dict[str, str]:
         ):
             docs[node.target.id] = " ".join(following.value.value.split())
     return docs
+
+
+@cache
+def _annotations(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls, include_extras=True)
+
+
+def _check_field(name: str, hint: Any, value: Any) -> None:
+    """`value` against the choices of a Literal, the bounds of an Annotated type, and for
+    a tuple its length and each item; other types declare nothing to check."""
+    flag = "--" + name.replace("_", "-")
+    kind, *constraints = get_args(hint) if get_origin(hint) is Annotated else (hint,)
+    if get_origin(kind) is Literal:
+        _require(value in get_args(kind), flag, " or ".join(get_args(kind)), value)
+    elif get_origin(kind) is tuple:
+        least = max((c.min_length for c in constraints if isinstance(c, MinLen)), default=0)
+        _require(len(value) >= least, flag, f"at least {least} value", value)
+        for item in value:
+            _check_field(name, get_args(kind)[0], item)
+    else:
+        bounds = [c for c in constraints if isinstance(c, Ge | Gt | Le | Lt)]
+        if bounds:
+            _require(all(_within(value, bound) for bound in bounds), flag,
+                     _describe(bounds), value)
+
+
+def _within(value: Any, bound: Ge | Gt | Le | Lt) -> bool:
+    if isinstance(bound, Ge):
+        return value >= bound.ge
+    if isinstance(bound, Gt):
+        return value > bound.gt
+    if isinstance(bound, Le):
+        return value <= bound.le
+    return value < bound.lt
+
+
+def _describe(bounds: list[Ge | Gt | Le | Lt]) -> str:
+    """Bounds in words: 'at least 2', 'a positive number', 'in [0, 1)'."""
+    limits = {type(bound): dataclasses.astuple(bound)[0] for bound in bounds}
+    low = limits.get(Ge, limits.get(Gt))
+    high = limits.get(Le, limits.get(Lt))
+    if low is not None and high is not None:
+        return (f"in {'[' if Ge in limits else '('}{low:g}, "
+                f"{high:g}{']' if Le in limits else ')'}")
+    if high is not None:
+        return f"at most {high:g}" if Le in limits else f"less than {high:g}"
+    if Gt in limits:
+        return "a positive number" if low == 0 else f"more than {low:g}"
+    return {0: "zero or a positive number", 1: "a positive number"}.get(low, f"at least {low:g}")
 
 
 def _require(ok: bool, flag: str, expected: str, got: Any) -> None:
