@@ -19,7 +19,8 @@ from tokprob.store import ArtifactStore
 def test_every_registered_stage_has_an_entry_and_every_entry_a_stage():
     for module in pkgutil.iter_modules(tasks.__path__):
         importlib.import_module(f"tasks.{module.name}")
-    assert set(STAGES) == set(CATALOG)
+    registered = {name for name, spec in STAGES.items() if spec.module.startswith("tasks.")}
+    assert registered == set(CATALOG)  # (tests may register stages of their own)
 
 
 def test_no_two_tables_of_a_stage_share_a_file():
