@@ -3,13 +3,11 @@ those the user names (hub revisions, folders)."""
 
 from __future__ import annotations
 
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from tasks._stage import store_of
-from tasks.pretrain import LOSS_FILE
+from tasks.catalog import LOSSES, PretrainSummary, summary_of
 from tokprob.model_sources import ModelSource, resolve_model
 from tokprob.specs import ModelSpec
 from tokprob.store import ArtifactRef
@@ -38,8 +36,8 @@ class Checkpoint(BaseModel):
 @task(name="checkpoints", cache_policy=NO_CACHE)
 def pretrained_checkpoints(run: ArtifactRef) -> list[Checkpoint]:
     """The checkpoints of a pre-training artifact, oldest first."""
-    summary = store_of(run).manifest(run).summary
-    losses = pd.read_parquet(run.file(LOSS_FILE)).set_index("step")["loss"]
+    summary = summary_of(run, PretrainSummary)
+    losses = LOSSES.read(run).set_index("step")["loss"]
     checkpoints = []
     for step in summary["checkpoints"]:
         folder = run.file(f"checkpoints/step-{step:06d}")

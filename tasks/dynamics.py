@@ -13,41 +13,42 @@ import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks._io import read_embeddings, read_probabilities, read_table
-from tasks._stage import register, run_stage, store_of
+from tasks._stage import stage
+from tasks.catalog import (
+    ALPHA,
+    CHECKPOINT_ROW,
+    UNIGRAM_COUNTS,
+    ProbabilitiesSummary,
+    all_documents,
+    read_embeddings,
+    summary_of,
+)
 from tasks.checkpoints import Checkpoint
-from tasks.corpus import all_documents
 from tokprob.dynamics import check_checkpoint_count, convergence, encoding_fits, unigram_counts
 from tokprob.errors import TokprobError
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_tokenizer
-from tokprob.store import ArtifactRef
+from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.windows import tokenize
 from tokprob.workspace import Workspace
 
 UNIGRAM = "unigram"
 CHECKPOINT = "checkpoint"
-COUNTS_FILE = "counts.parquet"
-ROW_FILE = "checkpoint.parquet"
 
 
-@task(**register(UNIGRAM, __name__, environment=("transformers", "tokenizers")))
-def unigram(workspace: Workspace, corpus: ArtifactRef, model: ModelSource,
-            force: bool = False) -> ArtifactRef:
+@stage(UNIGRAM, environment=("transformers", "tokenizers"))
+def unigram(out: ArtifactWriter, workspace: Workspace, corpus: ArtifactRef,
+            model: ModelSource) -> None:
     """How often every token occurs in the whole corpus under the model's tokenizer."""
+    from transformers import AutoConfig
 
-    def compute(out):
-        from transformers import AutoConfig
-
-        documents = all_documents(workspace, corpus)
-        tokenizer = load_tokenizer(model.path)
-        rows = int(AutoConfig.from_pretrained(model.path).vocab_size)
-        counts, tokens = unigram_counts(tokenize(tokenizer, documents), rows)
-        out.write_table(COUNTS_FILE, pa.table({"token_id": np.arange(rows, dtype=np.int32),
-                                               "count": counts}))
-        out.summary.update(tokens=tokens, vocab_size=rows, unseen=int((counts == 0).sum()))
-
-    return run_stage(UNIGRAM, workspace, {"corpus": corpus, "model": model}, compute, force)
+    documents = all_documents(workspace, corpus)
+    tokenizer = load_tokenizer(model.path)
+    rows = int(AutoConfig.from_pretrained(model.path).vocab_size)
+    counts, tokens = unigram_counts(tokenize(tokenizer, documents), rows)
+    out.write_table(UNIGRAM_COUNTS.file, pa.table({"token_id": np.arange(rows, dtype=np.int32),
+                                           "count": counts}))
+    out.summary.update(tokens=tokens, vocab_size=rows, unseen=int((counts == 0).sum()))
 
 
 @task(name="check-checkpoints", cache_policy=NO_CACHE)
@@ -65,29 +66,23 @@ def check_checkpoints(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
     return sorted(checkpoints, key=lambda c: c.step)
 
 
-@task(**register(CHECKPOINT, __name__))
-def checkpoint_analysis(workspace: Workspace, checkpoint: Checkpoint, final: ModelSource,
+@stage(CHECKPOINT)
+def checkpoint_analysis(out: ArtifactWriter, checkpoint: Checkpoint, final: ModelSource,
                         embeddings: ArtifactRef, counts: ArtifactRef,
-                        probabilities: ArtifactRef | None, force: bool = False) -> ArtifactRef:
+                        probabilities: ArtifactRef | None) -> None:
     """One checkpoint: adjusted R² of −log f (and −log α) on its E, and its distance to
     the final checkpoint per parameter group."""
-
-    def compute(out):
-        matrix = read_embeddings(embeddings)
-        counted = read_table(counts, COUNTS_FILE)["count"].to_numpy()
-        alpha, eval_nll = None, math.nan
-        if probabilities is not None:
-            alpha = read_probabilities(probabilities)["alpha"].to_numpy()
-            eval_nll = store_of(probabilities).manifest(probabilities).summary["mean_nll"]
-        row = ({"step": checkpoint.step, "tokens_seen": checkpoint.tokens_seen,
-                "loss": checkpoint.loss} | encoding_fits(matrix, counted, alpha)
-               | {"eval_nll": eval_nll})
-        for group, values in convergence(Path(checkpoint.source.path), Path(final.path)).items():
-            row[f"rel_distance_{group}"] = values["rel_distance"]
-            row[f"cosine_{group}"] = values["cosine"]
-        out.write_table(ROW_FILE, pd.DataFrame([row]))
-        out.summary.update(row)
-
-    arguments = {"checkpoint": checkpoint, "final": final, "embeddings": embeddings,
-                 "counts": counts, "probabilities": probabilities}
-    return run_stage(CHECKPOINT, workspace, arguments, compute, force)
+    matrix = read_embeddings(embeddings)
+    counted = UNIGRAM_COUNTS.read(counts, ["count"])["count"].to_numpy()
+    alpha, eval_nll = None, math.nan
+    if probabilities is not None:
+        alpha = ALPHA.read(probabilities, ["alpha"])["alpha"].to_numpy()
+        eval_nll = summary_of(probabilities, ProbabilitiesSummary)["mean_nll"]
+    row = ({"step": checkpoint.step, "tokens_seen": checkpoint.tokens_seen,
+            "loss": checkpoint.loss} | encoding_fits(matrix, counted, alpha)
+           | {"eval_nll": eval_nll})
+    for group, values in convergence(Path(checkpoint.source.path), Path(final.path)).items():
+        row[f"rel_distance_{group}"] = values["rel_distance"]
+        row[f"cosine_{group}"] = values["cosine"]
+    out.write_table(CHECKPOINT_ROW.file, pd.DataFrame([row]))
+    out.summary.update(row)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from tasks._io import BIAS_FILE, EMBEDDINGS_FILE, write_embeddings
 from tasks._stage import publish_table, stage
+from tasks.catalog import BIAS, EMBEDDING_MATRIX, write_embeddings
 from tokprob.head import OutputHead, check_head, output_head
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model
@@ -19,9 +19,9 @@ STAGE = "embeddings"
 def embeddings(out: ArtifactWriter, model: ModelSource) -> None:
     """Extract E = get_output_embeddings().weight (raw, float32) and the bias if any."""
     head, architecture = head_of(model)
-    write_embeddings(out.path(EMBEDDINGS_FILE), head.weight.numpy())
+    write_embeddings(out.path(EMBEDDING_MATRIX.file), head.weight.numpy())
     if head.bias is not None:
-        out.write_table(BIAS_FILE, pa.table({"token_id": range(head.vocab_size),
+        out.write_table(BIAS.file, pa.table({"token_id": range(head.vocab_size),
                                              "bias": head.bias.numpy()}))
     out.summary.update(
         model=model.spec, architecture=architecture, vocab_size=head.vocab_size,

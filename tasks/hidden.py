@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import task
 
 from tasks._stage import publish_table, register, run_stage
-from tasks.windows import read_windows
+from tasks.catalog import HIDDEN_STATES, read_windows
 from tokprob.config import HiddenConfig, RunConfig
 from tokprob.errors import TokprobError
 from tokprob.hidden import write_hidden_states
@@ -20,7 +20,6 @@ from tokprob.windows import DETECT, HELDOUT
 from tokprob.workspace import Workspace
 
 STAGE = "hidden"
-HIDDEN_FILE = "hidden.parquet"
 
 
 @task(**register(STAGE, __name__, environment=("torch", "transformers"),
@@ -43,8 +42,8 @@ def hidden_states(workspace: Workspace, windows: ArtifactRef, model: ModelSource
             )
         lm = load_model(model.path, run.dtype, run.device)
         with Progress(heldout.size, f"hidden states of {heldout.size:,} tokens") as progress:
-            positions = write_hidden_states(lm, heldout, run.batch_size, out.path(HIDDEN_FILE),
-                                            progress)
+            positions = write_hidden_states(lm, heldout, run.batch_size,
+                                            out.path(HIDDEN_STATES.file), progress)
         out.summary.update(positions=positions, windows=len(heldout),
                            dtype=str(lm.dtype).removeprefix("torch."), split=split)
         publish_table(STAGE, out, [out.summary], f"Final hidden states ({split} split)")

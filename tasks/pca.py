@@ -5,31 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks._io import read_embeddings, read_table
 from tasks._stage import publish_table, stage
-from tasks.regression import FITTED_FILE, read_gram
+from tasks.catalog import COMPONENT_TOPK, COMPONENTS, FITTED, PC_SCORES, read_embeddings, read_gram
 from tokprob.pca import pca_from_gram
 from tokprob.sparsity import adj_r2_at, smallest_k_reaching
 from tokprob.store import ArtifactRef, ArtifactWriter
 
 STAGE = "pca"
-COMPONENTS_FILE = "components.parquet"
-TOPK_FILE = "topk.parquet"
-SCORES_FILE = "scores.parquet"
 
 
 @stage(STAGE)
 def pca(out: ArtifactWriter, regression: ArtifactRef, embeddings: ArtifactRef) -> None:
     """Explained variance and correlation with −log α of every component."""
     result = pca_from_gram(read_gram(regression))
-    fitted = read_table(regression, FITTED_FILE)
+    fitted = FITTED.read(regression)
     usable = np.isfinite(fitted["y"].to_numpy())
     scores = result.scores(read_embeddings(embeddings)[usable], 2)
     components = result.table()
     curve = result.topk_curve()
-    out.write_table(COMPONENTS_FILE, components)
-    out.write_table(TOPK_FILE, curve)
-    out.write_table(SCORES_FILE, pd.DataFrame({
+    out.write_table(COMPONENTS.file, components)
+    out.write_table(COMPONENT_TOPK.file, curve)
+    out.write_table(PC_SCORES.file, pd.DataFrame({
         "token_id": fitted["token_id"][usable].to_numpy(), "pc1": scores[:, 0],
         "pc2": scores[:, 1], "alpha": fitted["alpha"][usable].to_numpy(),
     }))

@@ -13,7 +13,7 @@ from dataclasses import asdict
 import pandas as pd
 
 from tasks._stage import publish_table, stage
-from tasks.corpus import all_documents
+from tasks.catalog import LOSSES, all_documents
 from tokprob.config import PretrainConfig
 from tokprob.pretrain import Pretraining, PretrainSettings, checkpoint_steps, train_tokenizer
 from tokprob.progress import Progress
@@ -22,7 +22,6 @@ from tokprob.windows import pack, tokenize
 from tokprob.workspace import Workspace
 
 STAGE = "pretrain"
-LOSS_FILE = "loss.parquet"
 
 
 @stage(STAGE, environment=("torch", "transformers", "tokenizers"), loads_model=True)
@@ -54,7 +53,7 @@ def pretrain(out: ArtifactWriter, workspace: Workspace, corpus: ArtifactRef,
     for step in run.checkpoints:
         target = out.path(f"checkpoints/step-{step:06d}")
         shutil.move(str(run.checkpoint_dir(step)), str(target))
-    out.write_table(LOSS_FILE, pd.DataFrame(losses))
+    out.write_table(LOSSES.file, pd.DataFrame(losses))
     out.summary.update(
         checkpoints=run.checkpoints, steps=config.steps,
         tokens_per_step=config.train_batch * config.context,

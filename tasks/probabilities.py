@@ -8,9 +8,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from tasks._io import PREFIXES_FILE, PROBABILITIES_FILE
 from tasks._stage import publish_table, stage
-from tasks.windows import read_windows
+from tasks.catalog import ALPHA, ALPHA_PREFIXES, read_windows
 from tokprob.config import ProbabilityConfig, RunConfig
 from tokprob.errors import TokprobError
 from tokprob.head import check_head, output_head
@@ -71,11 +70,11 @@ def probabilities(out: ArtifactWriter, windows: ArtifactRef, model: ModelSource,
                                             checkpoints=checkpoints)
         rate = progress.rate
     tokens = token_strings(load_tokenizer(model.path), vocab_size)
-    out.write_table(PROBABILITIES_FILE, pa.table({
+    out.write_table(ALPHA.file, pa.table({
         "token_id": pa.array(range(vocab_size), pa.int32()),
         "token": tokens, "alpha": result.alpha, "count": result.counts,
     }))
-    out.write_table(PREFIXES_FILE, pa.table(
+    out.write_table(ALPHA_PREFIXES.file, pa.table(
         {"token_id": pa.array(range(vocab_size), pa.int32())}
         | {f"windows_{n}": alpha for n, alpha in sorted(result.prefixes.items())}))
     out.summary.update(

@@ -8,16 +8,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from prefect import task
 
-from tasks._io import read_bias, read_embeddings, read_probabilities, read_table
-from tasks._stage import publish_table, register, run_stage, store_of
-from tasks.hidden import HIDDEN_FILE
-from tasks.regression import REGRESSION_FILE, read_gram
-from tasks.windows import read_windows
+from tasks._stage import publish_table, stage
+from tasks.catalog import (
+    ALPHA,
+    PRUNING_METRICS,
+    SLOPES,
+    RegressionSummary,
+    read_bias,
+    read_embeddings,
+    read_gram,
+    read_hidden,
+    read_windows,
+    summary_of,
+)
 from tokprob.config import PruningConfig
 from tokprob.head import output_head, untie_output_embeddings
-from tokprob.hidden import read_hidden_states
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model
 from tokprob.progress import Progress
@@ -36,12 +42,10 @@ from tokprob.pruning import (
     second_moment,
     sweep,
 )
-from tokprob.store import ArtifactRef
+from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.windows import HELDOUT
-from tokprob.workspace import Workspace
 
 STAGE = "pruning"
-METRICS_FILE = "pruning.parquet"
 
 
 def plan_deletions(regression: ArtifactRef, embeddings: ArtifactRef,
@@ -50,60 +54,50 @@ def plan_deletions(regression: ArtifactRef, embeddings: ArtifactRef,
                    seeds: tuple[int, ...]) -> tuple[np.ndarray, list[DeletionPlan]]:
     """E and the deletion orders: by saliency, the baselines and, given the detecting
     split's hidden states, the compensated methods (greedy: given α too)."""
-    check_regression_target(store_of(regression).manifest(regression).summary["target"])
+    check_regression_target(summary_of(regression, RegressionSummary)["target"])
     weight = read_embeddings(embeddings)
     gram = read_gram(regression)
-    scores = saliency_scores(read_table(regression, REGRESSION_FILE), column_std(gram),
+    scores = saliency_scores(SLOPES.read(regression), column_std(gram),
                              config.saliency)
     moment = metric = None
     if hidden_detect is not None:
-        moment = second_moment(read_hidden_states(hidden_detect.file(HIDDEN_FILE)).hidden)
+        moment = second_moment(read_hidden(hidden_detect).hidden)
     if probabilities is not None:
-        metric = embedding_metric(weight, read_probabilities(probabilities)["alpha"].to_numpy())
+        metric = embedding_metric(weight, ALPHA.read(probabilities, ["alpha"])["alpha"].to_numpy())
     return weight, deletion_plans(scores, np.linalg.norm(weight, axis=0), seeds, moment, metric)
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers"),
-                     loads_model=True))
-def pruning(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
+@stage(STAGE, environment=("torch", "transformers"), loads_model=True)
+def pruning(out: ArtifactWriter, model: ModelSource, regression: ArtifactRef,
             embeddings: ArtifactRef, probabilities: ArtifactRef, hidden_detect: ArtifactRef,
             hidden: ArtifactRef, hidden_ood: ArtifactRef, windows: ArtifactRef,
-            windows_ood: ArtifactRef, config: PruningConfig,
-            force: bool = False) -> ArtifactRef:
+            windows_ood: ArtifactRef, config: PruningConfig) -> None:
     """Delete 0–90% of the dimensions of E by each method and compare the outputs."""
-
-    def compute(out):
-        weight, plans = plan_deletions(regression, embeddings, probabilities, hidden_detect,
-                                       config, config.random_seeds)
-        bias = read_bias(embeddings)
-        frames = []
-        for split, states, texts in (("id", hidden, windows), ("ood", hidden_ood, windows_ood)):
-            stored = read_hidden_states(states.file(HIDDEN_FILE))
-            count = min(config.eval_tokens, len(stored.targets))
-            with Progress(count, f"pruning sweep ({split}, {len(plans)} deletion orders × "
-                                 f"{len(config.fractions)} fractions)", unit="positions") as bar:
-                metrics = sweep(stored.hidden[:count], stored.targets[:count], weight, bias,
-                                plans, config.fractions, progress=bar)
-            if config.new_tokens:
-                metrics = metrics.merge(_generations(model, weight, plans, config, texts),
-                                        on=["method", "seed", "fraction"], how="left")
-            frames.append(metrics.assign(split=split, positions=count))
-        table = metrics_table(frames)
-        out.write_table(METRICS_FILE, table)
-        headline = headline_fractions(table, config.js_threshold)
-        out.summary.update(headline=headline, js_threshold=config.js_threshold,
-                           dimensions=weight.shape[1], saliency=config.saliency,
-                           table=main_metrics(table))
-        publish_table(STAGE, out, main_metrics(table),
-                      f"Pruning E by {config.saliency}-saliency against baselines; fraction "
-                      f"with α-JS below {config.js_threshold:g}: " + ", ".join(
-                          f"{k} {v:.0%}" for k, v in headline.items()))
-
-    arguments = {"model": model, "regression": regression, "embeddings": embeddings,
-                 "probabilities": probabilities, "hidden_detect": hidden_detect,
-                 "hidden": hidden, "hidden_ood": hidden_ood, "windows": windows,
-                 "windows_ood": windows_ood, "config": config}
-    return run_stage(STAGE, workspace, arguments, compute, force)
+    weight, plans = plan_deletions(regression, embeddings, probabilities, hidden_detect,
+                                   config, config.random_seeds)
+    bias = read_bias(embeddings)
+    frames = []
+    for split, states, texts in (("id", hidden, windows), ("ood", hidden_ood, windows_ood)):
+        stored = read_hidden(states)
+        count = min(config.eval_tokens, len(stored.targets))
+        with Progress(count, f"pruning sweep ({split}, {len(plans)} deletion orders × "
+                             f"{len(config.fractions)} fractions)", unit="positions") as bar:
+            metrics = sweep(stored.hidden[:count], stored.targets[:count], weight, bias,
+                            plans, config.fractions, progress=bar)
+        if config.new_tokens:
+            metrics = metrics.merge(_generations(model, weight, plans, config, texts),
+                                    on=["method", "seed", "fraction"], how="left")
+        frames.append(metrics.assign(split=split, positions=count))
+    table = metrics_table(frames)
+    out.write_table(PRUNING_METRICS.file, table)
+    headline = headline_fractions(table, config.js_threshold)
+    out.summary.update(headline=headline, js_threshold=config.js_threshold,
+                       dimensions=weight.shape[1], saliency=config.saliency,
+                       table=main_metrics(table))
+    publish_table(STAGE, out, main_metrics(table),
+                  f"Pruning E by {config.saliency}-saliency against baselines; fraction "
+                  f"with α-JS below {config.js_threshold:g}: " + ", ".join(
+                      f"{k} {v:.0%}" for k, v in headline.items()))
 
 
 def _generations(model: ModelSource, weight: np.ndarray, plans: list[DeletionPlan],

@@ -15,7 +15,7 @@ from functools import lru_cache
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.windows import read_windows
+from tasks.catalog import read_windows
 from tokprob.config import RunConfig
 from tokprob.head import check_head, output_head
 from tokprob.model_sources import ModelSource

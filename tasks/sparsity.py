@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from tasks._io import read_table
-from tasks._stage import publish_table, stage, store_of
-from tasks.regression import REGRESSION_FILE, read_gram
+from tasks._stage import publish_table, stage
+from tasks.catalog import (
+    DIMENSION_TOPK,
+    DIMENSIONS,
+    SLOPES,
+    RegressionSummary,
+    read_gram,
+    summary_of,
+)
 from tokprob.config import SparsityConfig
 from tokprob.sparsity import (
     adj_r2_at,
@@ -17,22 +23,20 @@ from tokprob.sparsity import (
 from tokprob.store import ArtifactRef, ArtifactWriter
 
 STAGE = "sparsity"
-DIMENSIONS_FILE = "dimensions.parquet"
-TOPK_FILE = "topk.parquet"
 
 
 @stage(STAGE)
 def sparsity(out: ArtifactWriter, regression: ArtifactRef, config: SparsityConfig) -> None:
     """Per-dimension statistics, Bonferroni significance and the top-k dimension curve."""
     gram = read_gram(regression)
-    table = dimension_table(read_table(regression, REGRESSION_FILE), gram,
+    table = dimension_table(SLOPES.read(regression), gram,
                             config.significance)
     curve = topk_curve(gram, salience_order(table["abs_t"].to_numpy()))
-    out.write_table(DIMENSIONS_FILE, table)
-    out.write_table(TOPK_FILE, curve)
+    out.write_table(DIMENSIONS.file, table)
+    out.write_table(DIMENSION_TOPK.file, curve)
     d = len(table)
     significant = int(table["significant"].sum())
-    df_resid = store_of(regression).manifest(regression).summary["df_resid"]
+    df_resid = summary_of(regression, RegressionSummary)["df_resid"]
     out.summary.update(
         dimensions=d, significant=significant, share_significant=significant / d,
         bonferroni_abs_t=bonferroni_threshold(config.significance, d, df_resid),

@@ -8,15 +8,12 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks._io import read_bias, read_embeddings, read_probabilities, read_table
 from tasks._stage import MODEL_TAG
-from tasks.hidden import HIDDEN_FILE
-from tasks.regression import REGRESSION_FILE
+from tasks.catalog import ALPHA, SLOPES, read_bias, read_embeddings, read_hidden
 from tokprob.calibration import jointly_calibrated_edits
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
 from tokprob.head import OutputHead, float32_head, output_head
-from tokprob.hidden import read_hidden_states
 from tokprob.model_export import new_model_folder, save_model_folder
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model, load_tokenizer
@@ -51,12 +48,12 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     if len(set(ids)) != len(ids):
         raise TokprobError("A token is given twice; give each token once with its ratio.")
     if method == "calibrated":
-        detect = read_hidden_states(detect_hidden.file(HIDDEN_FILE)).hidden
+        detect = read_hidden(detect_hidden).hidden
         edits = jointly_calibrated_edits(detect, weight, bias, ids, ratios,
                                          [tokenizer.decode([token]) for token in ids])
         details = {"detect_positions": len(detect)}
     else:
-        table = read_table(regression, REGRESSION_FILE)
+        table = SLOPES.read(regression)
         mask = omega_mask(table, config.omega, significance.significance, config.top_k)
         direction = steering_direction(table["slope"].to_numpy(), mask)
         edits = closed_form_edits(dict(zip(ids, ratios, strict=True)), direction)
@@ -65,12 +62,12 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     lm = load_model(model.path, dtype="auto", device="cpu")  # exported in its own dtype
     steer_model(lm, edits)
     # The edits act together (one normalizer), so the prediction uses the whole new head.
-    hidden_states = torch.from_numpy(read_hidden_states(hidden.file(HIDDEN_FILE)).hidden)
+    hidden_states = torch.from_numpy(read_hidden(hidden).hidden)
     torch_bias = None if bias is None else torch.from_numpy(bias)
     before = alpha_from_hidden(hidden_states,
                                OutputHead(torch.from_numpy(weight), torch_bias, False))
     after = alpha_from_hidden(hidden_states, float32_head(output_head(lm)))
-    detect_alpha = read_probabilities(probabilities)["alpha"].to_numpy()
+    detect_alpha = ALPHA.read(probabilities, ["alpha"])["alpha"].to_numpy()
     record = {
         "source_model": model.spec, "source_fingerprint": model.fingerprint,
         "method": method, **details,

@@ -10,16 +10,21 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from tasks._io import (
+from tasks._stage import publish_markdown, publish_table, register, run_stage
+from tasks.catalog import (
+    ALPHA,
+    FITTED,
+    SLOPES,
+    STEERING_SWEEP,
+    ProbabilitiesSummary,
+    RegressionSummary,
     read_alpha_prefixes,
     read_bias,
     read_embeddings,
-    read_probabilities,
-    read_table,
+    read_gram,
+    read_hidden,
+    summary_of,
 )
-from tasks._stage import publish_markdown, publish_table, register, run_stage, store_of
-from tasks.hidden import HIDDEN_FILE
-from tasks.regression import FITTED_FILE, REGRESSION_FILE, read_gram
 from tokprob import plots
 from tokprob.calibration import (
     Fit,
@@ -30,7 +35,6 @@ from tokprob.calibration import (
 )
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
-from tokprob.hidden import read_hidden_states
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_tokenizer
 from tokprob.probabilities import alpha_percentile
@@ -55,7 +59,6 @@ from tokprob.workspace import Workspace
 
 STAGE = "steering"
 FIGURES_STAGE = "steering-figures"
-SWEEP_FILE = "steering.parquet"
 FIGURES = {
     "accuracy": "steering_accuracy.png",
     "by_percentile": "steering_error_by_percentile.png",
@@ -74,13 +77,13 @@ def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
     and the logit-bias ceiling (solved on the first n detecting windows' hidden states)."""
 
     def compute(out):
-        if store_of(regression).manifest(regression).summary.get("target") != "alpha":
+        if summary_of(regression, RegressionSummary)["target"] != "alpha":
             raise TokprobError("Steering needs the regression of −log α (--target alpha), "
                                "not of the token frequency.")
         weight, bias = read_embeddings(embeddings), read_bias(embeddings)
-        probs = read_probabilities(probabilities)
+        probs = ALPHA.read(probabilities)
         alpha = probs["alpha"].to_numpy()
-        usable = np.isfinite(read_table(regression, FITTED_FILE)["y"].to_numpy())
+        usable = np.isfinite(FITTED.read(regression, ["y"])["y"].to_numpy())
         targets = sample_targets(alpha, usable & (probs["token"] != "").to_numpy(),
                                  config.percentiles, config.tokens_per_percentile,
                                  config.target_seed)
@@ -89,16 +92,16 @@ def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
         if not targets:
             raise TokprobError("No target token to steer: give --targets or a positive "
                                "--tokens-per-percentile.")
-        n_detect = store_of(probabilities).manifest(probabilities).summary["n_windows"]
-        tables = {n_detect: read_table(regression, REGRESSION_FILE)}
+        n_detect = summary_of(probabilities, ProbabilitiesSummary)["n_windows"]
+        tables = {n_detect: SLOPES.read(regression)}
         if config.fewshot:
             tables |= _fewshot_fits(regression, weight, usable,
                                     read_alpha_prefixes(probabilities))
         pairs = pd.DataFrame([(token, percentile, r) for token, percentile in targets
                               for r in config.ratios], columns=["token_id", "percentile", "r"])
         tokens, ratios = pairs["token_id"].to_numpy(), pairs["r"].to_numpy()
-        held = read_hidden_states(hidden.file(HIDDEN_FILE))
-        detect = read_hidden_states(detect_hidden.file(HIDDEN_FILE))
+        held = read_hidden(hidden)
+        detect = read_hidden(detect_hidden)
         window = window_of_positions(detect.targets)
         windows_used = _powers_of_two(int(window.max()) + 1) if config.fewshot else [
             int(window.max()) + 1]
@@ -123,7 +126,7 @@ def steering(workspace: Workspace, model: ModelSource, regression: ArtifactRef,
         columns = ["method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error",
                    "feasible", "reachable_ratio", "step", "kl_other", "n_fit", "omega",
                    "percentile", "alpha_percentile"]
-        out.write_table(SWEEP_FILE, sweep[columns])
+        out.write_table(STEERING_SWEEP.file, sweep[columns])
         full = sweep[(sweep["method"] == "closed_form") & (sweep["n_fit"] == n_detect)]
         out.summary.update(
             errors=error_summary(sweep), comparison=paired_comparison(sweep),
@@ -155,7 +158,7 @@ def steering_figures(workspace: Workspace, steering: ArtifactRef,
     """Plots of the steering sweep."""
 
     def compute(out):
-        sweep = read_table(steering, SWEEP_FILE)
+        sweep = STEERING_SWEEP.read(steering)
         subject = out.summary.get("subject", "")
         largest = sweep.groupby("method")["n_fit"].transform("max")
         full = sweep[sweep["n_fit"] == largest]

@@ -9,7 +9,21 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks._stage import artifact_key, store_of
+from tasks._stage import artifact_key
+from tasks.catalog import (
+    DYNAMICS_TABLE,
+    DynamicsSummary,
+    EmbeddingsSummary,
+    FiguresSummary,
+    PCASummary,
+    ProbabilitiesSummary,
+    PruningSummary,
+    RegressionSummary,
+    SparsitySummary,
+    SteeringSummary,
+    main_file,
+    summary_of,
+)
 from tasks.runs import publish_run
 from tokprob.corpora import CorpusSource
 from tokprob.model_sources import ModelSource
@@ -23,33 +37,14 @@ from tokprob.summary import (
 )
 from tokprob.workspace import Workspace
 
-MAIN_FILES = {
-    "dynamics": "dynamics.parquet",
-    "unigram": "counts.parquet",
-    "pretrain": "loss.parquet",
-    "pruning": "pruning.parquet",
-    "corpus-ood": "documents.parquet",
-    "windows-ood": "windows.parquet",
-    "hidden-ood": "hidden.parquet",
-    "steering": "steering.parquet",
-    "corpus": "documents.parquet",
-    "windows": "windows.parquet",
-    "embeddings": "embeddings.parquet",
-    "probabilities": "probabilities.parquet",
-    "hidden": "hidden.parquet",
-    "regression": "regression.parquet",
-    "sparsity": "dimensions.parquet",
-    "pca": "components.parquet",
-}
-
 
 def outputs(refs: dict[str, ArtifactRef], figures: str) -> dict[str, dict[str, str]]:
     """Where a run's results are: each stage's main Parquet file and folder, and the PNG
     plots of its figures stage (listed in that stage's manifest)."""
-    plots = store_of(refs[figures]).manifest(refs[figures]).summary["figures"]
+    plots = summary_of(refs[figures], FiguresSummary)["figures"]
+    main_files = {name: main_file(ref) for name, ref in refs.items()}
     return {
-        "artifacts": {name: str(ref.file(MAIN_FILES[name]))
-                      for name, ref in refs.items() if name in MAIN_FILES},
+        "artifacts": {name: str(file) for name, file in main_files.items() if file},
         "artifact_dirs": {name: ref.path for name, ref in refs.items()},
         "plots": {name: str(refs[figures].file(file)) for name, file in plots.items()},
     }
@@ -59,9 +54,11 @@ def outputs(refs: dict[str, ArtifactRef], figures: str) -> dict[str, dict[str, s
 def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
               refs: dict[str, ArtifactRef], stages: dict[str, str]) -> dict[str, Any]:
     """Collect the key numbers of every stage into one result."""
-    summaries = {name: store_of(ref).manifest(ref).summary for name, ref in refs.items()}
-    emb, probs = summaries["embeddings"], summaries["probabilities"]
-    reg, sp, pc = summaries["regression"], summaries["sparsity"], summaries["pca"]
+    emb = summary_of(refs["embeddings"], EmbeddingsSummary)
+    probs = summary_of(refs["probabilities"], ProbabilitiesSummary)
+    reg = summary_of(refs["regression"], RegressionSummary)
+    sp = summary_of(refs["sparsity"], SparsitySummary)
+    pc = summary_of(refs["pca"], PCASummary)
     result: dict[str, Any] = {
         "model": model.display_name, "model_spec": model.spec,
         "model_fingerprint": model.fingerprint, "dataset": corpus.spec,
@@ -87,7 +84,7 @@ def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
 def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
                        refs: dict[str, ArtifactRef], stages: dict[str, str]) -> dict[str, Any]:
     """The steering sweep's key numbers in one result, and a Markdown summary artifact."""
-    sweep = store_of(refs["steering"]).manifest(refs["steering"]).summary
+    sweep = summary_of(refs["steering"], SteeringSummary)
     result: dict[str, Any] = {
         "model": model.display_name, "model_spec": model.spec, "dataset": corpus.spec,
         "omega": sweep["omega"], "omega_dims": sweep["omega_dims"], "targets": sweep["targets"],
@@ -112,7 +109,7 @@ def summarize_pruning(workspace: Workspace, model: ModelSource, corpus: CorpusSo
                       ood: CorpusSource, refs: dict[str, ArtifactRef],
                       stages: dict[str, str]) -> dict[str, Any]:
     """The pruning sweep's key numbers in one result, and a Markdown summary artifact."""
-    sweep = store_of(refs["pruning"]).manifest(refs["pruning"]).summary
+    sweep = summary_of(refs["pruning"], PruningSummary)
     result: dict[str, Any] = {
         "model": model.display_name, "model_spec": model.spec, "dataset": corpus.spec,
         "ood_dataset": ood.spec, "saliency": sweep["saliency"],
@@ -134,15 +131,12 @@ def summarize_dynamics(workspace: Workspace, corpus: CorpusSource,
     """Per checkpoint the main numbers, and when the encoding and convergence set in.
     training_data: whether the corpus f_w is counted on is the one the checkpoints were
     trained on (the built-in pre-training run), not so for checkpoints the user names."""
-    import pandas as pd
-
-    table_ref = refs["dynamics"]
-    summary = store_of(table_ref).manifest(table_ref).summary
-    table = pd.read_parquet(table_ref.file(MAIN_FILES["dynamics"]))
+    summary = summary_of(refs["dynamics"], DynamicsSummary)
+    table = DYNAMICS_TABLE.read(refs["dynamics"])
     columns = ["step", "tokens_seen", "loss", "eval_nll", "adj_r2_freq", "adj_r2_alpha",
                "rel_distance_mean", "cosine_mean"]
     result: dict[str, Any] = {
-        "dataset": corpus.spec, "model": summary.get("subject", ""),
+        "dataset": corpus.spec, "model": summary["subject"],
         "checkpoints": json.loads(table[columns].to_json(orient="records")),
         "freq_half_step": summary["freq_half_step"],
         "distance_half_step": summary["distance_half_step"],

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
-
 from tasks._stage import publish_table, stage
-from tasks.corpus import shuffled_documents
+from tasks.catalog import WINDOW_TOKENS, shuffled_documents
 from tokprob.config import WindowConfig
 from tokprob.model_sources import ModelSource
 from tokprob.models import check_window_fits, load_tokenizer
 from tokprob.store import ArtifactRef, ArtifactWriter
-from tokprob.windows import DETECT, HELDOUT, TokenBudget, Windows, build_windows
+from tokprob.windows import DETECT, HELDOUT, TokenBudget, build_windows
 from tokprob.workspace import Workspace
 
 STAGE = "windows"
-WINDOWS_FILE = "windows.parquet"
 
 
 @stage(STAGE, environment=("transformers", "tokenizers"))
@@ -31,7 +28,7 @@ def windows(out: ArtifactWriter, workspace: Workspace, corpus: ArtifactRef, mode
     vocab_size = _output_rows(model_config, tokenizer)
     packed = build_windows(tokenizer, documents, config.window, config.heldout_fraction,
                            config.seed, vocab_size, budget)
-    out.write_table(WINDOWS_FILE, packed.to_arrow())
+    out.write_table(WINDOW_TOKENS.file, packed.to_arrow())
     counts = {s: int((packed.split == s).sum()) for s in (DETECT, HELDOUT)}
     out.summary.update(windows=len(packed.tokens), window=config.window,
                        detect_windows=counts[DETECT], heldout_windows=counts[HELDOUT],
@@ -39,9 +36,6 @@ def windows(out: ArtifactWriter, workspace: Workspace, corpus: ArtifactRef, mode
     publish_table(STAGE, out, [out.summary | {"subject": model.display_name}],
                   "Packed windows and their split")
 
-
-def read_windows(ref: ArtifactRef) -> Windows:
-    return Windows.from_arrow(pq.read_table(ref.file(WINDOWS_FILE)))
 
 
 def _output_rows(config, tokenizer) -> int:

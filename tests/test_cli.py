@@ -319,8 +319,8 @@ def test_run_killed_during_alpha_resumes_from_its_checkpoint(tmp_path, prefect_a
     import numpy as np
     import pyarrow.parquet as pq
 
+    from tasks.catalog import read_windows
     from tasks.probabilities import CHECKPOINT_FILE
-    from tasks.windows import read_windows
     from tokprob.head import output_head
     from tokprob.models import load_model
     from tokprob.probabilities import averaged_probabilities, prefix_grid

@@ -66,6 +66,23 @@ def test_artifacts_follow_the_documented_schemas(run):
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_every_table_and_summary_of_a_run_has_what_the_catalog_lists(run):
+    from typing import get_type_hints
+
+    from tasks.catalog import CATALOG
+    from tokprob.store import ArtifactRef, ArtifactStore
+
+    result = run()
+    for name, folder in result["artifact_dirs"].items():
+        ref = ArtifactRef(stage=Path(folder).parent.name, key=Path(folder).name, path=folder)
+        files = CATALOG[ref.stage]
+        for table in files.tables:
+            if table.path(ref).is_file() or table is files.main:
+                assert len(table.read(ref)) > 0, (name, table.file)
+        summary = ArtifactStore(Path(folder).parent.parent).manifest(ref).summary
+        assert set(get_type_hints(files.summary)) <= set(summary), name
+
+
 def test_changed_regression_parameter_reruns_only_regression_and_downstream(run):
     run()
     changed = run(regression_config=RegressionConfig(target="frequency"))
@@ -217,8 +234,8 @@ def test_hidden_states_of_the_detecting_split_are_a_stage_of_their_own(
     from prefect import flow
 
     from flows.encoding import detect, keep_hidden_states
+    from tasks.catalog import read_windows
     from tasks.runner import StageRunner
-    from tasks.windows import read_windows
     from tokprob.config import RunConfig
     from tokprob.windows import DETECT, HELDOUT
 

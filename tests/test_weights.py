@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, build_tokenizer, tiny_config
 
-from tasks._io import read_embeddings, write_embeddings
+from tasks.catalog import read_embeddings, write_embeddings
 from tokprob.head import output_head
 from tokprob.models import load_model
 from tokprob.store import ArtifactRef
@@ -84,7 +84,7 @@ def test_bin_only_folder_is_not_read(tmp_path):
 
 
 def test_embeddings_written_in_row_groups_read_back_whole(tmp_path, monkeypatch):
-    monkeypatch.setattr("tasks._io.EMBEDDING_ROWS_PER_GROUP", 7)
+    monkeypatch.setattr("tasks.catalog.EMBEDDING_ROWS_PER_GROUP", 7)
     matrix = np.random.default_rng(0).standard_normal((30, 5)).astype(np.float32)
     write_embeddings(tmp_path / "embeddings.parquet", matrix)
     read = read_embeddings(ArtifactRef(stage="embeddings", key="k", path=str(tmp_path)))
