@@ -94,26 +94,41 @@ def _schedule(name: str, schedule: Any) -> Any:
     with an optional timezone, interval anchor, and `active`."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import construct_schedule
+    from pydantic import ValidationError
 
     if not isinstance(schedule, dict) or set(schedule) - SCHEDULE_FIELDS:
         raise TokprobError(f"Deployment {name!r}: each schedule is a mapping of "
                            f"{', '.join(sorted(SCHEDULE_FIELDS))} (got {schedule!r}).")
     timing = {key: value for key, value in schedule.items() if key != "active"}
+    if len(timing.keys() & {"cron", "interval", "rrule"}) != 1:
+        raise TokprobError(f"Deployment {name!r}: give each schedule exactly one of cron, "
+                           f"interval (seconds) or rrule (got {schedule!r}).")
     if "interval" in timing and not (isinstance(timing["interval"], int | float)
                                      and timing["interval"] > 0):
         raise TokprobError(f"Deployment {name!r}: interval must be a positive number of "
                            f"seconds (got {timing['interval']!r}).")
+    if "cron" in timing:
+        _check_cron(name, timing["cron"])
     try:
         made = construct_schedule(**timing)
-    except ValueError as error:  # pydantic's ValidationError included
-        if "cron" in timing:
-            raise TokprobError(
-                f"Deployment {name!r}: cron {timing['cron']!r} is not a cron schedule; "
-                "give five fields, minute hour day-of-month month day-of-week, as in "
-                "\"0 3 * * *\" (03:00 daily).") from None
+    except ValueError as error:  # a timezone, an rrule, an anchor_date
+        reasons = "; ".join(problem["msg"] for problem in error.errors()) \
+            if isinstance(error, ValidationError) else str(error)
         raise TokprobError(f"Deployment {name!r}: the schedule {schedule!r} cannot be "
-                           f"read: {' '.join(str(error).split())}") from None
+                           f"read: {reasons}.") from None
     return DeploymentScheduleCreate(schedule=made, active=schedule.get("active", True))
+
+
+def _check_cron(name: str, cron: Any) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:  # pydantic's ValidationError
+        raise TokprobError(
+            f"Deployment {name!r}: cron {cron!r} is not a cron schedule; give five fields, "
+            "minute hour day-of-month month day-of-week, as in \"0 3 * * *\" (03:00 daily)."
+        ) from None
 
 
 def check_parameters(flow: Any, name: str, parameters: dict[str, Any]) -> None:

@@ -147,6 +147,36 @@ def test_a_deployment_parameter_the_flow_lacks_is_refused_when_serving_starts(mo
         assert message in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("deployment", "message"),
+    [
+        ("{name: a, entrypoint: flows/paper.py:paper}\n  - {name: a, entrypoint: "
+         "flows/paper.py:paper}", "needs a unique name (got 'a')"),
+        ("{name: a, entrypoint: flows/paper.py:paper, triggers: []}",
+         "`tokprob serve` does not read triggers"),
+        ("{name: a, entrypoint: flows/paper.py:paper, schedules: [{cron: '0 3 * * *', "
+         "interval: 60}]}", "exactly one of cron, interval (seconds) or rrule"),
+        ("{name: a, entrypoint: flows/paper.py:paper, schedules: [{interval: -5}]}",
+         "interval must be a positive number of seconds (got -5)"),
+        ("{name: a, entrypoint: flows/paper.py:paper, schedules: [{cron: '0 3 * * *', "
+         "timezone: Mars/Olympus}]}", 'Invalid timezone: "Mars/Olympus"'),
+        ("{name: a, entrypoint: flows/paper.py:paper, schedules: [{cron: '0 3 * * *', "
+         "anchor_date: '2026-01-01'}]}", "An anchor date can only be provided with an interval"),
+        ("{name: a, entrypoint: flows/paper.py:paper, parameters: [models]}",
+         "parameters must be a mapping"),
+    ],
+)
+def test_a_deployment_tokprob_serve_cannot_serve_is_refused(tmp_path, deployment, message):
+    from flows.serve import read_deployments
+    from tokprob.errors import TokprobError
+
+    path = tmp_path / "prefect.yaml"
+    path.write_text(f"deployments:\n  - {deployment}\n")
+    with pytest.raises(TokprobError) as raised:
+        read_deployments(path)
+    assert message in str(raised.value)
+
+
 def test_the_shipped_prefect_yaml_names_each_flow_and_tokprob_serve_serves_it(
         capsys, tmp_path, monkeypatch):
     """Every deployment of prefect.yaml: its entrypoint, loaded as `prefect deploy` loads

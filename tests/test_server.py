@@ -272,7 +272,8 @@ def test_prefect_deploy_and_a_process_worker_run_the_shipped_deployments(
             assert set(deployments) == {"nightly-encoding", "nightly-steering",
                                         "nightly-pruning", "weekly-paper"}
             encoding = deployments["nightly-encoding"]
-            assert [s.schedule.cron for s in encoding.schedules] == ["0 2 * * *"]
+            assert [(s.schedule.cron, s.active) for s in encoding.schedules] \
+                == [("0 2 * * *", True)]
             assert encoding.tags == ["tokprob"]
             assert encoding.pull_steps == [{"prefect.deployments.steps.set_working_directory":
                                             {"directory": str(checkout.resolve())}}]
