@@ -179,14 +179,19 @@ def test_a_deployment_tokprob_serve_cannot_serve_is_refused(tmp_path, deployment
 
 def test_the_shipped_prefect_yaml_names_each_flow_and_tokprob_serve_serves_it(
         capsys, tmp_path, monkeypatch):
-    """Every deployment of prefect.yaml: its entrypoint, loaded as `prefect deploy` loads
-    it, is the flow `tokprob serve` maps it to; its parameters fit the flow; and `tokprob
-    serve` hands each to Prefect with its schedule, tags and parameters."""
+    """Every step of prefect.yaml imports; every deployment's entrypoint, loaded as
+    `prefect deploy` loads it, is the flow `tokprob serve` maps it to; its parameters fit
+    the flow; and `tokprob serve` hands each to Prefect with its schedule, tags and
+    parameters."""
     import yaml
     from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.importtools import import_object
 
     root = Path(__file__).resolve().parent.parent
-    shipped = yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
+    document = yaml.safe_load((root / "prefect.yaml").read_text())
+    for step in document["build"] + document["pull"]:  # what `prefect deploy` will call
+        assert callable(import_object(next(iter(step))))
+    shipped = document["deployments"]
     monkeypatch.chdir(root)  # entrypoints are relative to the checkout
     for entry in shipped:
         flow = load_flow_from_entrypoint(entry["entrypoint"], use_placeholder_flow=False)
