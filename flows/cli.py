@@ -238,9 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.set_defaults(handler=handlers.server)
 
     serve = commands.add_parser(
-        "serve", help="serve deployments of the flows on schedules from a TOML file "
-                      "(see flows/serve.py)")
-    serve.add_argument("config", help="TOML file of [[deployment]] entries")
+        "serve", help="run the deployments of prefect.yaml on their schedules in this "
+                      "process, without work pool or worker (see flows/serve.py)")
+    serve.add_argument("prefect_file", nargs="?", default="prefect.yaml",
+                       metavar="PREFECT_YAML",
+                       help="the deployments, as `prefect deploy` reads them "
+                            "(default: prefect.yaml in the current folder)")
     serve.add_argument("--data-dir", help="artifact store the deployments use")
     serve.set_defaults(handler=handlers.serve)
 

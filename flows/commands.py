@@ -258,6 +258,9 @@ def server(args: argparse.Namespace) -> int:
     try:
         return process.wait()
     except KeyboardInterrupt:
+        # Gone now for other commands, even if the exit timer (flows/cli.py) ends this
+        # process before the server has stopped.
+        record.unlink(missing_ok=True)
         # SIGINT: Prefect's server shuts down cleanly; SIGKILL after 30 s if need be.
         stop_group(process.pid, grace=30, first=signal.SIGINT)
         process.wait()
@@ -270,14 +273,10 @@ def server(args: argparse.Namespace) -> int:
 def _limit_model_loading(api_url: str, process: subprocess.Popen) -> None:
     """Once the server answers, a concurrency limit of 1 on the stages that load a model,
     so that two scheduled runs never hold two models in this machine's memory at once."""
-    from prefect.client.orchestration import SyncPrefectClient
+    from flows.serve import limit_model_loading
 
-    from tasks._stage import MODEL_TAG
-
-    if not wait_until_up(process, api_url, timeout=300):
-        return
-    with SyncPrefectClient(api_url) as client:
-        client.create_concurrency_limit(tag=MODEL_TAG, concurrency_limit=1)
+    if wait_until_up(process, api_url, timeout=300):
+        limit_model_loading(api_url)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -328,7 +327,7 @@ def serve(args: argparse.Namespace) -> int:
 
     workspace = Workspace.from_env(args.data_dir)
     workspace.ensure_writable()
-    deployments = read_deployments(Path(args.config))
+    deployments = read_deployments(Path(args.prefect_file))
     prepare_environment(workspace)
     if "PREFECT_API_URL" not in os.environ:
         print("tokprob: no Prefect server found; serving on a temporary one (start "

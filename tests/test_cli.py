@@ -68,7 +68,11 @@ def test_bad_input_is_one_paragraph_and_exit_code_2(capsys, tmp_path, arguments,
          "model_type='nosucharch', which transformers"),
         (["run", "encoding", "--model", "{tmp}/short-context", "--window", "128"],
          "--window 128 is longer than the context of the model"),
-        (["serve", "{tmp}/bad-cron.toml"], "cron = '61 * * *' is not a cron schedule"),
+        (["serve", "{tmp}/bad-cron.yaml"], "cron '61 * * *' is not a cron schedule"),
+        (["serve", "{tmp}/typo.yaml"], "entrypoint must be one of flows/encoding.py:encoding, "
+                                       "flows/steering.py:steering"),
+        (["serve", "{tmp}/empty.yaml"], "declares no deployments"),
+        (["serve", "{tmp}/no-such.yaml"], "Cannot read the deployments file"),
         (["report", "latest"], "Cannot write to the data folder"),
     ],
 )
@@ -86,8 +90,12 @@ def test_mistakes_are_caught_before_any_work_in_one_paragraph(capsys, tmp_path, 
                          ("short-context", '{"model_type": "gpt2", "n_positions": 64}')]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(config)
-    (tmp_path / "bad-cron.toml").write_text(
-        '[[deployment]]\nname = "nightly"\nflow = "encoding"\ncron = "61 * * *"\n')
+    deployment = "deployments:\n  - name: nightly\n    entrypoint: {}\n    schedules: [{}]\n"
+    (tmp_path / "bad-cron.yaml").write_text(
+        deployment.format("flows/encoding.py:encoding", '{cron: "61 * * *"}'))
+    (tmp_path / "typo.yaml").write_text(
+        deployment.format("flows/encodings.py:encoding", "{interval: 60}"))
+    (tmp_path / "empty.yaml").write_text("name: tokprob\ndeployments: []\n")
     if arguments[0] == "report":  # root writes anywhere: make the folder refuse writes
         def refuse(*_, **__):
             raise PermissionError(13, "Permission denied")
@@ -119,7 +127,7 @@ def test_a_token_that_is_not_one_token_is_refused_before_any_stage(capsys, tmp_p
 
 
 def test_a_deployment_parameter_the_flow_lacks_is_refused_when_serving_starts(monkeypatch):
-    from flows.serve import serve_deployments
+    from flows.serve import Deployment, serve_deployments
     from tokprob.errors import TokprobError
 
     def served(*_):
@@ -132,11 +140,74 @@ def test_a_deployment_parameter_the_flow_lacks_is_refused_when_serving_starts(mo
               "probability_config has no field max_tokenz; its fields are max_tokens"),
              ({"probability_config": {"max_tokens": "many"}}, "max_tokens: Input should be")]
     for parameters, message in cases:
-        entry = {"name": "nightly", "flow": "encoding", "interval": 60,
-                 "parameters": parameters}
+        deployment = Deployment(name="nightly", flow="encoding", parameters=parameters,
+                                schedules=[], tags=[])
         with pytest.raises(TokprobError) as raised:
-            serve_deployments([entry], "/tmp/data")
+            serve_deployments([deployment], "/tmp/data")
         assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("deployment", "message"),
+    [
+        ("{name: a, entrypoint: flows/paper.py:paper}\n  - {name: a, entrypoint: "
+         "flows/paper.py:paper}", "needs a unique name (got 'a')"),
+        ("{name: a, entrypoint: flows/paper.py:paper, triggers: []}",
+         "`tokprob serve` does not read triggers"),
+        ("{name: a, entrypoint: flows/paper.py:paper, schedules: [{cron: '0 3 * * *', "
+         "interval: 60}]}", "exactly one of cron, interval (seconds) or rrule"),
+        ("{name: a, entrypoint: flows/paper.py:paper, schedules: [{interval: -5}]}",
+         "interval must be a positive number of seconds (got -5)"),
+        ("{name: a, entrypoint: flows/paper.py:paper, schedules: [{cron: '0 3 * * *', "
+         "timezone: Mars/Olympus}]}", 'Invalid timezone: "Mars/Olympus"'),
+        ("{name: a, entrypoint: flows/paper.py:paper, schedules: [{cron: '0 3 * * *', "
+         "anchor_date: '2026-01-01'}]}", "An anchor date can only be provided with an interval"),
+        ("{name: a, entrypoint: flows/paper.py:paper, parameters: [models]}",
+         "parameters must be a mapping"),
+    ],
+)
+def test_a_deployment_tokprob_serve_cannot_serve_is_refused(tmp_path, deployment, message):
+    from flows.serve import read_deployments
+    from tokprob.errors import TokprobError
+
+    path = tmp_path / "prefect.yaml"
+    path.write_text(f"deployments:\n  - {deployment}\n")
+    with pytest.raises(TokprobError) as raised:
+        read_deployments(path)
+    assert message in str(raised.value)
+
+
+def test_the_shipped_prefect_yaml_names_each_flow_and_tokprob_serve_serves_it(
+        capsys, tmp_path, monkeypatch):
+    """Every step of prefect.yaml imports; every deployment's entrypoint, loaded as
+    `prefect deploy` loads it, is the flow `tokprob serve` maps it to; its parameters fit
+    the flow; and `tokprob serve` hands each to Prefect with its schedule, tags and
+    parameters."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.importtools import import_object
+
+    root = Path(__file__).resolve().parent.parent
+    document = yaml.safe_load((root / "prefect.yaml").read_text())
+    for step in document["build"] + document["pull"]:  # what `prefect deploy` will call
+        assert callable(import_object(next(iter(step))))
+    shipped = document["deployments"]
+    monkeypatch.chdir(root)  # entrypoints are relative to the checkout
+    for entry in shipped:
+        flow = load_flow_from_entrypoint(entry["entrypoint"], use_placeholder_flow=False)
+        assert flow.name == entry["entrypoint"].rsplit(":", 1)[1], entry["name"]
+    served = []
+    monkeypatch.setattr("prefect.serve", lambda *deployments: served.extend(deployments))
+    monkeypatch.setattr("flows.commands.prepare_environment", lambda workspace: None)
+    code, _, err = _run(capsys, "serve", "--data-dir", str(tmp_path))
+    assert code == 0, err
+    assert [d.name for d in served] == [entry["name"] for entry in shipped]
+    for deployment, entry in zip(served, shipped, strict=True):
+        assert deployment.flow_name == entry["entrypoint"].rsplit(":", 1)[1]
+        assert [s.schedule.cron for s in deployment.schedules] \
+            == [s["cron"] for s in entry["schedules"]]
+        assert deployment.tags == entry["tags"]
+        assert deployment.parameters == entry["parameters"] | {"data_dir": str(tmp_path)}
 
 
 @pytest.mark.prefect

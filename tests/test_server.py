@@ -19,7 +19,8 @@ import pytest
 pytestmark = pytest.mark.server
 
 TINY_RUN = ["--window", "16", "--heldout-fraction", "0.2", "--max-tokens", "160"]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "test-artifacts"
 
 
 def _free_port() -> int:
@@ -146,17 +147,19 @@ def test_runs_against_the_server_and_reads_back_states_and_artifacts(server, tin
 
 def test_a_served_deployment_runs_on_its_schedule_from_cache(server, tiny_models,
                                                             tiny_text_dir, tmp_path):
-    config = tmp_path / "deployments.toml"
+    config = tmp_path / "prefect.yaml"
     config.write_text(f"""
-[[deployment]]
-name = "every-few-seconds"
-flow = "encoding"
-interval = 8
-[deployment.parameters]
-model = "{tiny_models['llama']}"
-dataset = "{tiny_text_dir}"
-window_config = {{ window = 16, heldout_fraction = 0.2 }}
-probability_config = {{ max_tokens = 160 }}
+deployments:
+  - name: every-few-seconds
+    entrypoint: flows/encoding.py:encoding
+    parameters:
+      model: "{tiny_models['llama']}"
+      dataset: "{tiny_text_dir}"
+      window_config: {{window: 16, heldout_fraction: 0.2}}
+      probability_config: {{max_tokens: 160}}
+    schedules:
+      - interval: 8
+    work_pool: {{name: unused-by-serve}}
 """)
     served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config),
                                "--data-dir", str(server["data"])], env=server["env"],
@@ -189,8 +192,107 @@ probability_config = {{ max_tokens = 160 }}
             for stage in stages:  # overlapping or not, no stage was computed twice
                 assert sum(run[stage] == "Completed" for run in every_run) <= 1, stage
     finally:
-        served.terminate()
-        served.wait(timeout=60)
+        _stop(served)
+
+
+ENCODING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "regression",
+                   "sparsity", "pca", "figures"]
+
+
+def _prefect(*args, cwd, env, timeout=300):
+    """The `prefect` command, as a user types it."""
+    done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return done
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after a minute: no process outlives its test to load the
+    server for the next ones."""
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+def _finished(client, flow_run_id, worker, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not (run := client.read_flow_run(flow_run_id)).state.is_final():
+        assert worker.poll() is None, worker.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"the flow run is still {run.state.name}"
+        time.sleep(1)
+    return run
+
+
+def _model_limit(client, timeout=60):
+    """The concurrency limit of the stages that load a model, once it is set."""
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.read_concurrency_limit_by_tag("tokprob-model")
+        except ObjectNotFound:
+            assert time.monotonic() < deadline, "no concurrency limit on tokprob-model"
+            time.sleep(0.5)
+
+
+def test_prefect_deploy_and_a_process_worker_run_the_shipped_deployments(
+        server, tiny_models, tiny_text_dir, tmp_path):
+    """prefect.yaml the way a Prefect user takes it: a process work pool, `prefect deploy
+    --all` from the checkout (a copy here), a worker started elsewhere; a run triggered
+    through the API completes, and a second one takes every stage from the cache."""
+    checkout = tmp_path / "checkout"
+    for part in ("flows", "tasks", "tokprob"):
+        shutil.copytree(ROOT / part, checkout / part,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("prefect.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / part, checkout / part)
+    env = server["env"] | {"PREFECT_API_URL": server["api"],
+                           "PREFECT_HOME": str(tmp_path / "prefect-home"),
+                           "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    with _client(server) as client:  # `tokprob server` sets the limit; prefect.yaml too
+        client.delete_concurrency_limit_by_tag(_model_limit(client).tag)
+    _prefect("work-pool", "create", "--type", "process", "tokprob", cwd=checkout, env=env)
+    _prefect("--no-prompt", "deploy", "--all", cwd=checkout, env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool",
+                               "tokprob"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    data = tmp_path / "data"
+    parameters = {"model": str(tiny_models["gpt2"]), "dataset": str(tiny_text_dir),
+                  "window_config": {"window": 16, "heldout_fraction": 0.2},
+                  "probability_config": {"max_tokens": 160}, "data_dir": str(data)}
+    try:
+        with _client(server) as client:
+            deployments = {d.name: d for d in client.read_deployments()
+                           if d.work_pool_name == "tokprob"}
+            assert set(deployments) == {"nightly-encoding", "nightly-steering",
+                                        "nightly-pruning", "weekly-paper"}
+            encoding = deployments["nightly-encoding"]
+            assert [(s.schedule.cron, s.active) for s in encoding.schedules] \
+                == [("0 2 * * *", True)]
+            assert encoding.tags == ["tokprob"]
+            assert encoding.pull_steps == [{"prefect.deployments.steps.set_working_directory":
+                                            {"directory": str(checkout.resolve())}}]
+            assert _model_limit(client, timeout=0).concurrency_limit == 1
+            runs = []
+            for _ in range(2):
+                run = client.create_flow_run_from_deployment(encoding.id,
+                                                             parameters=parameters)
+                runs.append(_finished(client, run.id, worker))
+            assert all(run.state.is_completed() for run in runs), \
+                [run.state.message for run in runs]
+            first, second = (_task_states(client, run.id) for run in runs)
+            assert {stage: first[stage] for stage in ENCODING_STAGES} \
+                == dict.fromkeys(ENCODING_STAGES, "Completed")
+            assert {stage: second[stage] for stage in ENCODING_STAGES} \
+                == dict.fromkeys(ENCODING_STAGES, "Cached")
+            assert (data / "artifacts" / "regression").is_dir()  # the run's data folder
+    finally:
+        _stop(worker)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
