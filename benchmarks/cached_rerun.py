@@ -92,7 +92,7 @@ def run(fixture: Fixture, quick: bool) -> list[Result]:
 
 def child(data_dir: str, max_tokens: int, repeats: int) -> None:
     """Run the flow cold, then `repeats` times cached, in this process; print the timings."""
-    from flows.environment import prepare_environment
+    from cli.environment import prepare_environment
     from tokprob.workspace import Workspace
 
     workspace = Workspace.from_env(data_dir)

@@ -39,7 +39,7 @@ def run(fixture: Fixture, quick: bool) -> list[Result]:
                                     prefixes=prefix_grid(len(windows)))
     single_seconds = time.perf_counter() - started
 
-    from flows.environment import prepare_environment
+    from cli.environment import prepare_environment
 
     with tempfile.TemporaryDirectory() as scratch:
         from tokprob.workspace import Workspace

@@ -4,7 +4,7 @@ largest GPT-2: 1.5B parameters), on the CPU.
 A GPT-2 of d = 1,600, 48 layers and 25 heads with random weights and the default model's
 tokenizer (|V| = 49,152, the vocabulary sized to it) is built from its config and saved
 with save_pretrained (safetensors) once, in a child process, under
-`<data>/bench/gpt2-xl-shape/`. Then `python -m flows.cli run encoding --model <it>
+`<data>/bench/gpt2-xl-shape/`. Then `python -m cli.main run encoding --model <it>
 --max-tokens 2048 --device cpu` runs in a fresh data folder (the default corpus), while
 this process polls /proc every 0.1 s for the resident memory of the command's whole
 process tree (the CLI and the Prefect server it starts) and for which stage runs (a
@@ -83,7 +83,7 @@ def run(fixture: Fixture, quick: bool) -> list[Result]:
 
 def _traced_run(model: Path, data: Path, prefect_home: Path) -> dict | None:
     """Run the command, polling its process tree's memory and the store's stages."""
-    command = [sys.executable, "-m", "flows.cli", "run", "encoding", "--model", str(model),
+    command = [sys.executable, "-m", "cli.main", "run", "encoding", "--model", str(model),
                "--max-tokens", "2048", "--device", "cpu", "--data-dir", str(data), "--json"]
     env = os.environ | {"PREFECT_HOME": str(prefect_home)}
     env.pop("PREFECT_API_URL", None)

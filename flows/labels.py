@@ -9,7 +9,7 @@ import re
 import uuid
 from typing import Any
 
-from flows.environment import SERVER_CHOICE
+from cli.environment import SERVER_CHOICE
 from tokprob.specs import short_name
 
 log = logging.getLogger("tokprob")

@@ -177,7 +177,7 @@ def slow_run(tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"text": t}) for t in tiny_corpus(3000)))
     data = tmp_path / "data"
-    command = [sys.executable, "-m", "flows.cli", "run", "encoding", "--model", str(folder),
+    command = [sys.executable, "-m", "cli.main", "run", "encoding", "--model", str(folder),
                "--dataset", str(corpus), "--data-dir", str(data), "--window", "64",
                "--max-tokens", "60000", "--json"]
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}

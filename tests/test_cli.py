@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import save_tiny_model, slow_run
 
-from flows.cli import main
+from cli.main import main
 
 TINY_RUN = ["--window", "16", "--heldout-fraction", "0.2", "--max-tokens", "160"]
 
@@ -81,7 +81,7 @@ def test_mistakes_are_caught_before_any_work_in_one_paragraph(capsys, tmp_path, 
     def prefect_started(*_):
         raise AssertionError("the mistake was found only after Prefect was set up")
 
-    monkeypatch.setattr("flows.commands.prepare_environment", prefect_started)
+    monkeypatch.setattr("cli.commands.prepare_environment", prefect_started)
     (tmp_path / "file").write_text("a model folder was expected here")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "config.json").write_text("{}")
@@ -118,7 +118,7 @@ def test_a_token_that_is_not_one_token_is_refused_before_any_stage(capsys, tmp_p
     def prefect_started(*_):
         raise AssertionError("the token was checked only after Prefect was set up")
 
-    monkeypatch.setattr("flows.commands.prepare_environment", prefect_started)
+    monkeypatch.setattr("cli.commands.prepare_environment", prefect_started)
     code, out, err = _run(capsys, "steer", "--model", str(tiny_models["gpt2"]), "--token",
                           " capital of", "--ratio", "2", "--out", str(tmp_path / "out"),
                           "--data-dir", str(tmp_path / "data"))
@@ -127,7 +127,7 @@ def test_a_token_that_is_not_one_token_is_refused_before_any_stage(capsys, tmp_p
 
 
 def test_a_deployment_parameter_the_flow_lacks_is_refused_when_serving_starts(monkeypatch):
-    from flows.serve import Deployment, serve_deployments
+    from cli.serve import Deployment, serve_deployments
     from tokprob.errors import TokprobError
 
     def served(*_):
@@ -167,7 +167,7 @@ def test_a_deployment_parameter_the_flow_lacks_is_refused_when_serving_starts(mo
     ],
 )
 def test_a_deployment_tokprob_serve_cannot_serve_is_refused(tmp_path, deployment, message):
-    from flows.serve import read_deployments
+    from cli.serve import read_deployments
     from tokprob.errors import TokprobError
 
     path = tmp_path / "prefect.yaml"
@@ -198,7 +198,7 @@ def test_the_shipped_prefect_yaml_names_each_flow_and_tokprob_serve_serves_it(
         assert flow.name == entry["entrypoint"].rsplit(":", 1)[1], entry["name"]
     served = []
     monkeypatch.setattr("prefect.serve", lambda *deployments: served.extend(deployments))
-    monkeypatch.setattr("flows.commands.prepare_environment", lambda workspace: None)
+    monkeypatch.setattr("cli.commands.prepare_environment", lambda workspace: None)
     code, _, err = _run(capsys, "serve", "--data-dir", str(tmp_path))
     assert code == 0, err
     assert [d.name for d in served] == [entry["name"] for entry in shipped]
@@ -295,7 +295,7 @@ def test_nan_model_from_the_shell_exits_2_without_traceback(tmp_path, tiny_text_
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "encoding", "--model", str(folder),
+        [sys.executable, "-m", "cli.main", "run", "encoding", "--model", str(folder),
          "--dataset", str(tiny_text_dir), "--data-dir", str(tmp_path / "data"), *TINY_RUN],
         capture_output=True, text=True, env=env, timeout=600,
     )
@@ -360,7 +360,7 @@ def test_simultaneous_runs_compute_each_stage_once(tmp_path):
 
 
 def test_error_paragraphs_never_break_inside_a_quoted_token():
-    from flows.cli import paragraph
+    from cli.main import paragraph
 
     message = ("tokprob: error: ' Paris is' is not one token: the model's tokenizer makes 2 "
                "of it (' Paris', ' is'). Steer one token at a time, or give its integer id.")

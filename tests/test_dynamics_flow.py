@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import save_tiny_model
 
-from flows.cli import main
+from cli.main import main
 
 pytestmark = pytest.mark.prefect
 

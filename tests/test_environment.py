@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from flows.environment import (
+from cli.environment import (
     check_database,
     prepare_environment,
     running_server,
@@ -51,7 +51,7 @@ def test_a_command_with_a_damaged_database_carries_on_with_a_new_one(tmp_path, m
     monkeypatch.delenv("PREFECT_HOME")
     monkeypatch.setenv("PREFECT_API_URL", "")  # restored (unset) after the test
     monkeypatch.delenv("PREFECT_API_URL")
-    monkeypatch.setattr("flows.environment._api_set_in_process", lambda: False)
+    monkeypatch.setattr("cli.environment._api_set_in_process", lambda: False)
     try:
         prepare_environment(Workspace.from_env(tmp_path / "data"))
         import urllib.request
@@ -77,7 +77,7 @@ def test_a_second_server_on_a_port_in_use_refuses_before_its_banner(tmp_path):
         written = json.dumps({"api_url": f"http://127.0.0.1:{port}/api", "pid": 1})
         record.write_text(written)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        done = subprocess.run([sys.executable, "-m", "flows.cli", "server", "--port",
+        done = subprocess.run([sys.executable, "-m", "cli.main", "server", "--port",
                                str(port), "--data-dir", str(data)], env=env,
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
@@ -93,11 +93,11 @@ def test_a_server_record_that_is_not_json_is_ignored(tmp_path):
 
 
 def test_a_temporary_server_that_does_not_start_is_one_paragraph(tmp_path, monkeypatch):
-    from flows.environment import TEMPORARY_SERVERS, start_temporary_server
+    from cli.environment import TEMPORARY_SERVERS, start_temporary_server
     from tokprob.errors import TokprobError
 
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
-    monkeypatch.setattr("flows.environment.sys.executable", "false")  # exits at once
+    monkeypatch.setattr("cli.environment.sys.executable", "false")  # exits at once
     started = time.monotonic()
     with pytest.raises(TokprobError, match="did not start within 20 s"):
         start_temporary_server(tmp_path)
@@ -148,7 +148,7 @@ def test_a_run_lands_on_the_server_the_user_profile_names(prefect_api, tiny_mode
     home = tmp_path / "home"
     _profile(home, prefect_api)
     data = tmp_path / "data"
-    command = [sys.executable, "-m", "flows.cli", "run", "encoding", "--model",
+    command = [sys.executable, "-m", "cli.main", "run", "encoding", "--model",
                str(tiny_models["gpt2"]), "--dataset", str(tiny_text_dir), "--data-dir",
                str(data), "--window", "16", "--heldout-fraction", "0.2", "--max-tokens",
                "160", "--json"]

@@ -232,8 +232,8 @@ def test_the_api_refuses_a_bad_value_before_a_run_starts(prefect_api):
 
 
 def test_the_command_line_reads_the_same_declarations():
-    from flows.cli import build_parser
-    from flows.commands import config_from_arguments
+    from cli.commands import config_from_arguments
+    from cli.main import build_parser
 
     args = build_parser().parse_args(["run", "encoding", "--batch-size", "4", "--device",
                                       "cuda:1", "--dtype", "bfloat16"])
@@ -246,7 +246,7 @@ def test_the_command_line_reads_the_same_declarations():
 
 
 def test_a_served_deployment_with_a_value_out_of_bounds_is_refused(monkeypatch):
-    from flows.serve import serve_deployments
+    from cli.serve import serve_deployments
 
     def served(*_):
         raise AssertionError("served a deployment whose runs would all fail")

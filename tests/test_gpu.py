@@ -43,7 +43,7 @@ def test_model_spread_by_device_map_gives_the_same_alpha(tiny_models, monkeypatc
 
 def test_encoding_runs_with_device_cuda(prefect_api, tiny_models, tiny_text_dir, tmp_path,
                                         capsys):
-    from flows.cli import main
+    from cli.main import main
 
     code = main(["run", "encoding", "--model", str(tiny_models["gpt2"]), "--dataset",
                  str(tiny_text_dir), "--data-dir", str(tmp_path), "--window", "16",

@@ -48,7 +48,7 @@ def _cli(workspace: Workspace, *args: str) -> subprocess.CompletedProcess:
 
     env = os.environ | {"PREFECT_HOME": str(workspace.prefect_home),
                         "PREFECT_API_URL": PREFECT_API_URL.value()}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True,
                           text=True, env=env, timeout=1200)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import slow_run
 
-from flows.environment import TEMPORARY_SERVERS, prepare_environment, stop_temporary_server
+from cli.environment import TEMPORARY_SERVERS, prepare_environment, stop_temporary_server
 from tokprob.processes import start_time
 from tokprob.store import ArtifactStore
 from tokprob.workspace import Workspace
@@ -78,7 +78,7 @@ def test_after_kill_9_the_next_command_stops_the_leftover_server(tmp_path):
     process.kill()
     process.communicate()
     assert any("uvicorn" in command for command in processes_of(data))  # orphaned
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "doctor", "--data-dir",
+    done = subprocess.run([sys.executable, "-m", "cli.main", "doctor", "--data-dir",
                            str(data)], capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if k != "PREFECT_HOME"})
     assert done.returncode == 0, done.stderr
@@ -101,8 +101,8 @@ def test_a_run_stops_the_server_a_killed_run_of_its_data_folder_left(tmp_path, m
     monkeypatch.delenv("PREFECT_HOME", raising=False)
     monkeypatch.setenv("PREFECT_API_URL", "")  # restored (unset) after the test
     monkeypatch.delenv("PREFECT_API_URL")
-    monkeypatch.setattr("flows.environment._api_set_in_process", lambda: False)
-    monkeypatch.setattr("flows.environment.start_temporary_server", lambda home: "unused")
+    monkeypatch.setattr("cli.environment._api_set_in_process", lambda: False)
+    monkeypatch.setattr("cli.environment.start_temporary_server", lambda home: "unused")
     try:
         prepare_environment(Workspace.from_env(tmp_path / "data"))
         leftover.wait(timeout=10)  # stopped (and reaped: it is this test's child)
@@ -114,7 +114,7 @@ def test_a_run_stops_the_server_a_killed_run_of_its_data_folder_left(tmp_path, m
 
 SWALLOWS_INTERRUPTS = """
 import argparse, sys, time
-import flows.cli as cli
+import cli.main as cli
 
 def swallow(args):  # as library code that turns KeyboardInterrupt into something else
     print("ready", flush=True)

@@ -149,7 +149,7 @@ def test_a_waiting_run_says_what_it_waits_for_and_on_whom(tmp_path, caplog, monk
 
 
 def test_doctor_lists_locks_and_clears_only_the_stale_ones(tmp_path, capsys):
-    from flows.cli import main
+    from cli.main import main
 
     locks = tmp_path / "data" / "locks"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

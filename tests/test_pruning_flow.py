@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import assert_saved_in_bfloat16, save_bfloat16_model
 
-from flows.cli import main
+from cli.main import main
 from tokprob.pruning import METHODS
 
 pytestmark = pytest.mark.prefect

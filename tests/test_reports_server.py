@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from flows.reports_server import start_reports_server
+from cli.reports_server import start_reports_server
 from tasks.runs import ui_markdown
 
 

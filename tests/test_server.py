@@ -36,7 +36,7 @@ def server(tmp_path_factory):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "server", "--port", str(port), "--data-dir",
+        [sys.executable, "-m", "cli.main", "server", "--port", str(port), "--data-dir",
          str(data)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     api = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 120
@@ -66,7 +66,7 @@ def _answers(url: str) -> bool:
 
 def _tokprob(server, *args, timeout=600):
     """The CLI with no PREFECT_* settings at all: it must find the server by itself."""
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args, "--data-dir",
+    return subprocess.run([sys.executable, "-m", "cli.main", *args, "--data-dir",
                            str(server["data"])], env=server["env"], capture_output=True,
                           text=True, timeout=timeout)
 
@@ -161,7 +161,7 @@ deployments:
       - interval: 8
     work_pool: {{name: unused-by-serve}}
 """)
-    served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(config),
+    served = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(config),
                                "--data-dir", str(server["data"])], env=server["env"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import assert_saved_in_bfloat16, save_bfloat16_model
 
-from flows.cli import main
+from cli.main import main
 from tokprob.config import HiddenConfig, ProbabilityConfig, SteeringConfig, WindowConfig
 from tokprob.steering import method_errors
 from tokprob.windows import HELDOUT, Windows

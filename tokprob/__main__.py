@@ -1,5 +1,5 @@
 """`python -m tokprob …` is the `tokprob` command."""
 
-from flows.cli import main
+from cli.main import main
 
 raise SystemExit(main())

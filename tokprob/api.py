@@ -37,8 +37,8 @@ def run(flow: str = "encoding", **parameters: Any) -> dict[str, Any]:
     field of one of its configs by name (`max_tokens=4096`, `window=128`,
     `target="frequency"`), gathered into that config; the rest keep their defaults.
     """
+    from cli.environment import configure_logging, prepare_environment
     from flows import stages  # names only: no Prefect yet
-    from flows.environment import configure_logging, prepare_environment
 
     if flow not in FLOWS:
         raise TokprobError(f"Unknown flow {flow!r}; choose one of {', '.join(FLOWS)}.")

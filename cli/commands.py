@@ -1,4 +1,4 @@
-"""What each `tokprob` command does, once its arguments are parsed (see flows/cli.py)."""
+"""What each `tokprob` command does, once its arguments are parsed (see cli/main.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from flows.environment import (
+from cli.environment import (
     SERVER_RECORD,
     check_database,
     configure_logging,
@@ -233,7 +233,7 @@ def server(args: argparse.Namespace) -> int:
                            "Stop it first to start another.")
     _check_port_free(args.host, args.port)
     check_database(home)
-    from flows.reports_server import start_reports_server
+    from cli.reports_server import start_reports_server
 
     reports, reports_url = start_reports_server(workspace.root, args.host, args.port + 1)
     record = home / SERVER_RECORD
@@ -258,7 +258,7 @@ def server(args: argparse.Namespace) -> int:
     try:
         return process.wait()
     except KeyboardInterrupt:
-        # Gone now for other commands, even if the exit timer (flows/cli.py) ends this
+        # Gone now for other commands, even if the exit timer (cli/main.py) ends this
         # process before the server has stopped.
         record.unlink(missing_ok=True)
         # SIGINT: Prefect's server shuts down cleanly; SIGKILL after 30 s if need be.
@@ -273,7 +273,7 @@ def server(args: argparse.Namespace) -> int:
 def _limit_model_loading(api_url: str, process: subprocess.Popen) -> None:
     """Once the server answers, a concurrency limit of 1 on the stages that load a model,
     so that two scheduled runs never hold two models in this machine's memory at once."""
-    from flows.serve import limit_model_loading
+    from cli.serve import limit_model_loading
 
     if wait_until_up(process, api_url, timeout=300):
         limit_model_loading(api_url)
@@ -323,7 +323,7 @@ def doctor(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from flows.serve import read_deployments
+    from cli.serve import read_deployments
 
     workspace = Workspace.from_env(args.data_dir)
     workspace.ensure_writable()
@@ -332,7 +332,7 @@ def serve(args: argparse.Namespace) -> int:
     if "PREFECT_API_URL" not in os.environ:
         print("tokprob: no Prefect server found; serving on a temporary one (start "
               "`tokprob server` first to watch the runs in the UI)", file=sys.stderr)
-    from flows.serve import serve_deployments
+    from cli.serve import serve_deployments
 
     configure_logging()
     serve_deployments(deployments, workspace.data_dir)

@@ -4,7 +4,7 @@
     tokprob steer | prune | pretrain | rerun STAGE | artifacts | report | server | serve
     tokprob doctor
 
-`tokprob COMMAND --help` documents each; flows/commands.py holds what they do. Errors in
+`tokprob COMMAND --help` documents each; cli/commands.py holds what they do. Errors in
 what the user asked for print one paragraph and exit with status 2.
 """
 
@@ -23,8 +23,8 @@ import types
 import typing
 from typing import Any
 
-from flows import commands as handlers
-from flows.environment import stop_temporary_server
+from cli import commands as handlers
+from cli.environment import stop_temporary_server
 from flows.stages import (
     DYNAMICS_CONFIGS,
     DYNAMICS_STAGES,
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve", help="run the deployments of prefect.yaml on their schedules in this "
-                      "process, without work pool or worker (see flows/serve.py)")
+                      "process, without work pool or worker (see cli/serve.py)")
     serve.add_argument("prefect_file", nargs="?", default="prefect.yaml",
                        metavar="PREFECT_YAML",
                        help="the deployments, as `prefect deploy` reads them "
