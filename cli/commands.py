@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import signal
@@ -23,16 +24,7 @@ from cli.environment import (
     stop_leftover_servers,
     wait_until_up,
 )
-from flows.stages import (
-    DYNAMICS_CONFIGS,
-    DYNAMICS_STAGES,
-    ENCODING_CONFIGS,
-    ENCODING_STAGES,
-    PRUNING_CONFIGS,
-    PRUNING_STAGES,
-    STEERING_CONFIGS,
-    STEERING_STAGES,
-)
+from flows.stages import FLOWS
 from tokprob.dynamics import check_checkpoint_count, checkpoint_steps
 from tokprob.errors import TokprobError
 from tokprob.model_export import new_model_folder
@@ -78,61 +70,49 @@ def check_local_model(spec: ModelSpec, window: int | None) -> None:
 
 
 def run_flow(args: argparse.Namespace) -> int:
+    chosen = FLOWS[args.flow]
+    _check_flow_options(args)
+    inputs = _flow_inputs(args) | {"refresh": args.refresh}
+    flow = chosen.load()
+    # The flow's other parameters come from the options of the same names.
+    parameters = inspect.signature(flow.fn).parameters
+    inputs = {name: value for name, value in inputs.items() if name in parameters}
+    inputs |= {name: getattr(args, name) for name in parameters
+               if name not in inputs and hasattr(args, name)}
+    configure_logging()
+    result = flow(**inputs)
+    print(json.dumps(result, indent=2, default=str) if args.json else chosen.describe(result))
+    return 0
+
+
+def _check_flow_options(args: argparse.Namespace) -> None:
+    """What a flow's own options name, checked before Prefect starts."""
     if getattr(args, "checkpoints", None):  # none: the built-in pre-training run
         check_checkpoint_count(len(args.checkpoints))
         checkpoint_steps(args.checkpoints)
-    inputs = _flow_inputs(args) | {"refresh": args.refresh}
-    if args.flow == "encoding":
-        from flows.encoding import encoding as chosen
-        from tokprob.summary import encoding_text as describe
-
-        inputs["keep_hidden"] = args.keep_hidden
-    elif args.flow == "steering":
-        from flows.steering import steering as chosen
-        from tokprob.summary import steering_text as describe
-    elif args.flow == "pruning":
-        from flows.pruning import pruning as chosen
-        from tokprob.summary import pruning_text as describe
-
+    if args.flow in ("pruning", "paper"):
         DatasetSpec.parse(args.ood_dataset)
+    if args.flow == "pruning":
         check_regression_target(args.target)
-        inputs["ood_dataset"] = args.ood_dataset
-    elif args.flow == "paper":
-        from flows.paper import paper as chosen
-        from tokprob.summary import paper_text as describe
-
+    if args.flow == "paper":
         for spec in args.models:
             check_local_model(ModelSpec.parse(spec), args.window)
-        for spec in args.checkpoints:  # α of the checkpoints with the dynamics
-            check_local_model(ModelSpec.parse(spec),
-                              args.window if args.with_dynamics and getattr(args, "alpha", True)
-                              else None)
-        DatasetSpec.parse(args.ood_dataset)
-        inputs |= {"models": args.models, "ood_dataset": args.ood_dataset,
-                   "with_dynamics": args.with_dynamics, "checkpoints": args.checkpoints}
-    else:
-        from flows.dynamics import dynamics as chosen
-        from tokprob.summary import dynamics_text as describe
-
-        for spec in args.checkpoints:  # windows are read only for α
-            check_local_model(ModelSpec.parse(spec), args.window if args.alpha else None)
-        inputs.pop("model", None)  # `rerun` offers --model for the other flows
-        inputs |= {"checkpoints": args.checkpoints, "alpha": args.alpha,
-                   "tokens_per_step": args.tokens_per_step}
-    configure_logging()
-    result = chosen(**inputs)
-    print(json.dumps(result, indent=2, default=str) if args.json else describe(result))
-    return 0
+    if args.flow in ("dynamics", "paper"):
+        # A checkpoint's windows are read only for its α, and with the paper only with
+        # the dynamics.
+        reads_windows = args.alpha and (args.flow == "dynamics" or args.with_dynamics)
+        for spec in args.checkpoints:
+            check_local_model(ModelSpec.parse(spec), args.window if reads_windows else None)
 
 
 def rerun(args: argparse.Namespace) -> int:
     args.refresh = [args.stage]
-    flows = {"steering": STEERING_STAGES, "pruning": PRUNING_STAGES,
-             "dynamics": DYNAMICS_STAGES}
-    args.flow = next((flow for flow, stages in flows.items()
-                      if args.stage in set(stages) - set(ENCODING_STAGES)), "encoding")
-    args.configs = {"encoding": ENCODING_CONFIGS, "steering": STEERING_CONFIGS,
-                    "pruning": PRUNING_CONFIGS, "dynamics": DYNAMICS_CONFIGS}[args.flow]
+    # The flow that has the stage: encoding's own, else the one analysis that adds it.
+    encoding = FLOWS["encoding"]
+    args.flow = next((name for name in ("steering", "pruning", "dynamics")
+                      if args.stage in set(FLOWS[name].stages) - set(encoding.stages)),
+                     encoding.name)
+    args.configs = FLOWS[args.flow].configs
     return run_flow(args)
 
 

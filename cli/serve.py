@@ -24,9 +24,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from flows.stages import FLOWS
 from tokprob.errors import TokprobError
 
-FLOWS = ("encoding", "steering", "pruning", "dynamics", "paper")
 ENTRYPOINTS = {f"flows/{name}.py:{name}": name for name in FLOWS}
 """The entrypoint of each flow, relative to the checkout (where prefect.yaml lies)."""
 
@@ -158,17 +158,9 @@ def serve_deployments(deployments: list[Deployment], data_dir: str) -> None:
     """Serve the deployments until interrupted."""
     from prefect import serve
 
-    from flows.dynamics import dynamics
-    from flows.encoding import encoding
-    from flows.paper import paper
-    from flows.pruning import pruning
-    from flows.steering import steering
-
-    flows = {"encoding": encoding, "steering": steering, "pruning": pruning,
-             "dynamics": dynamics, "paper": paper}
     served = []
     for deployment in deployments:
-        flow = flows[deployment.flow]
+        flow = FLOWS[deployment.flow].load()
         parameters = {"data_dir": data_dir} | deployment.parameters
         check_parameters(flow, deployment.name, parameters)
         served.append(flow.to_deployment(

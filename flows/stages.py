@@ -4,9 +4,11 @@ starts)."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from tokprob.config import (
@@ -121,3 +123,33 @@ def documented(fn: Flow) -> Flow:
                    for name in inspect.signature(fn).parameters if name not in own)
     fn.__doc__ = doc
     return fn
+
+
+@dataclass(frozen=True)
+class FlowInfo:
+    """A flow as the command line, the Python API and `tokprob serve` know it before
+    Prefect is imported: its module flows/<name>.py, its stages and its configs."""
+
+    name: str
+    stages: list[str]
+    configs: dict[str, type]
+
+    def load(self) -> Any:
+        """The flow itself (imports Prefect: prepare the environment first)."""
+        return getattr(importlib.import_module(f"flows.{self.name}"), self.name)
+
+    def describe(self, result: dict[str, Any]) -> str:
+        """The flow's result as the text the command prints without --json."""
+        from tokprob import summary
+
+        return getattr(summary, f"{self.name}_text")(result)
+
+
+FLOWS: dict[str, FlowInfo] = {info.name: info for info in (
+    FlowInfo("encoding", ENCODING_STAGES, ENCODING_CONFIGS),
+    FlowInfo("steering", STEERING_STAGES, STEERING_CONFIGS),
+    FlowInfo("pruning", PRUNING_STAGES, PRUNING_CONFIGS),
+    FlowInfo("dynamics", DYNAMICS_STAGES, DYNAMICS_CONFIGS),
+    FlowInfo("paper", PAPER_STAGES, PAPER_CONFIGS),
+)}
+"""Every flow, by name."""

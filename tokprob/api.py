@@ -14,7 +14,6 @@ Prefect is imported only when `run` starts a flow.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import json
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from tokprob.errors import TokprobError
 from tokprob.specs import short_name
 from tokprob.workspace import Workspace
 
-FLOWS = ("encoding", "steering", "pruning", "dynamics", "paper")
-
 
 def run(flow: str = "encoding", **parameters: Any) -> dict[str, Any]:
     """Run one of tokprob's flows and return its result (the `--json` dict).
@@ -38,15 +35,15 @@ def run(flow: str = "encoding", **parameters: Any) -> dict[str, Any]:
     `target="frequency"`), gathered into that config; the rest keep their defaults.
     """
     from cli.environment import configure_logging, prepare_environment
-    from flows import stages  # names only: no Prefect yet
+    from flows.stages import FLOWS  # names only: no Prefect yet
 
     if flow not in FLOWS:
         raise TokprobError(f"Unknown flow {flow!r}; choose one of {', '.join(FLOWS)}.")
     workspace = Workspace.from_env(parameters.get("data_dir"))
     workspace.ensure_writable()
     prepare_environment(workspace)  # Prefect's settings, before Prefect is imported
-    chosen = getattr(importlib.import_module(f"flows.{flow}"), flow)
-    configs: dict[str, type] = getattr(stages, f"{flow.upper()}_CONFIGS")
+    chosen = FLOWS[flow].load()
+    configs = FLOWS[flow].configs
     own = set(inspect.signature(chosen.fn).parameters)
     inputs = _flow_inputs(flow, own, configs, parameters) | {"data_dir": workspace.data_dir}
     configure_logging()
