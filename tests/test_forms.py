@@ -246,14 +246,14 @@ def test_the_command_line_reads_the_same_declarations():
 
 
 def test_a_served_deployment_with_a_value_out_of_bounds_is_refused(monkeypatch):
-    from cli.serve import serve_deployments
+    from cli.serve import Deployment, serve_deployments
 
     def served(*_):
         raise AssertionError("served a deployment whose runs would all fail")
 
     monkeypatch.setattr("prefect.serve", served)
-    entry = {"name": "nightly", "flow": "encoding", "interval": 60,
-             "parameters": {"run_config": {"batch_size": 0}}}
+    entry = Deployment(name="nightly", flow="encoding", schedules=[], tags=[],
+                       parameters={"run_config": {"batch_size": 0}})
     with pytest.raises(TokprobError) as refused:
         serve_deployments([entry], "/tmp/data")
     assert "run_config.batch_size: Input should be greater than or equal to 1" in str(
