@@ -261,3 +261,22 @@ def test_infeasible_pairs_are_reported_not_clipped():
     overall = steering.method_errors(steering.error_summary(sweep), "calibrated")
     assert (overall["feasible"], overall["infeasible"]) == (1, 1)
     assert overall["median"] == pytest.approx(sweep.loc[0, "abs_log_error"])
+
+
+def test_layer_norm_models_get_the_exactly_constant_direction():
+    """After a LayerNorm with bias, h = γ⊙n + β with n summing to zero, so h·(1/γ) = Σβ/γ at
+    every position: a logit bias realised as an embedding edit. The smallest ridge finds it."""
+    rng = np.random.default_rng(12)
+    gamma, beta = rng.uniform(0.5, 2.0, 16), rng.normal(size=16)
+
+    def layer_norm(n):
+        x = rng.normal(size=(n, 16)) * rng.uniform(0.5, 3.0, 16) + rng.normal(size=16)
+        centred = x - x.mean(1, keepdims=True)
+        return gamma * centred / centred.std(1, keepdims=True) + beta
+
+    detect, fresh = layer_norm(3000), layer_norm(3000)
+    weights = rng.random(3000) ** 8
+    u = calibration_direction(detect, weights)
+    assert relative_spread(fresh @ u) < 1e-7
+    np.testing.assert_allclose(u / np.linalg.norm(u), (1 / gamma) / np.linalg.norm(1 / gamma)
+                               * np.sign(u @ (1 / gamma)), atol=1e-7)
