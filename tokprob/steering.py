@@ -304,11 +304,6 @@ def steered_alpha(stats: TargetLogits, columns: np.ndarray, shifts: np.ndarray) 
     return np.exp(moved - steered_log_normalizer(stats, columns, shifts)).mean(axis=0)
 
 
-KL_TOLERANCE = 1e-13
-"""Relative change of the other tokens' probabilities below which a position is left out
-of an edit's KL: far below float32 resolution, so the KL is exact to its last digit."""
-
-
 def kl_over_other_tokens(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                          stats: TargetLogits, columns: np.ndarray, shifts: np.ndarray,
                          rows_per_chunk: int = 1024) -> np.ndarray:
@@ -316,13 +311,12 @@ def kl_over_other_tokens(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarra
 
     An edit of row w scales every other token's probability at x by
     f(x) = exp(lse(x) − lse'(x)), so α'_j = α_j + mean_x p_j(x)·(f(x) − 1) for j ≠ w.
-    f − 1 is kept apart from the 1 (float32 would round it away for a rare target) and is
-    nonzero only where w is probable, so each chunk multiplies its probabilities by the
-    changes of the positions and pairs that change at all (`KL_TOLERANCE`): the work
-    beyond the LM-head pass grows with the positions where each target is probable, not
-    with pairs × positions (`kl_work` counts it)."""
+    f − 1 is kept apart from the 1, which float32 would round away for a rare target.
+    Besides the pass, the (|V| × positions) @ (positions × pairs) product costs
+    pairs / d LM-head passes."""
     h_all, w, b = read_only_tensor(hidden), read_only_tensor(weight), _optional(bias)
-    change = np.expm1(stats.lse[:, None] - steered_log_normalizer(stats, columns, shifts))
+    change = torch.as_tensor(
+        np.expm1(stats.lse[:, None] - steered_log_normalizer(stats, columns, shifts)))
     lse = torch.as_tensor(stats.lse)
     alpha = torch.zeros(w.shape[0], dtype=torch.float64)
     moved = torch.zeros(w.shape[0], len(columns), dtype=torch.float64)
@@ -334,32 +328,10 @@ def kl_over_other_tokens(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarra
                 logits += b
             probs = torch.exp(logits - lse[start:stop, None].float())
             alpha += probs.sum(0, dtype=torch.float64)
-            rows, pairs = _changing(change[start:stop])
-            if len(rows) and len(pairs):
-                part = torch.as_tensor(change[start:stop][np.ix_(rows, pairs)]).float()
-                moved[:, pairs] += (probs[rows].T @ part).double()
+            moved += (probs.T @ change[start:stop].float()).double()
     n = len(h_all)
     return _kl_over_non_targets((alpha / n).numpy(), (moved / n).numpy(),
                                 stats.tokens[columns])
-
-
-def _changing(change: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of a chunk's (positions, pairs) changes with any |f − 1| above
-    `KL_TOLERANCE`."""
-    large = np.abs(change) > KL_TOLERANCE
-    return np.flatnonzero(large.any(axis=1)), np.flatnonzero(large.any(axis=0))
-
-
-def kl_work(stats: TargetLogits, columns: np.ndarray, shifts: np.ndarray,
-            rows_per_chunk: int = 1024) -> int:
-    """Multiply-adds per output row of E that `kl_over_other_tokens` spends beyond its
-    LM-head pass (an LM-head pass costs positions × d of them)."""
-    change = np.expm1(stats.lse[:, None] - steered_log_normalizer(stats, columns, shifts))
-    work = 0
-    for start in range(0, len(change), rows_per_chunk):
-        rows, pairs = _changing(change[start:start + rows_per_chunk])
-        work += len(rows) * len(pairs)
-    return work
 
 
 class SteeringEvaluator:
