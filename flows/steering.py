@@ -20,7 +20,7 @@ from flows.stages import STEERING_STAGES, SteeringStage, documented
 from tasks.runner import StageRunner
 from tasks.steer_model import save_steered_model
 from tasks.steering import steering as steering_sweep
-from tasks.steering import steering_figures
+from tasks.steering_figures import steering_figures
 from tasks.summary import summarize_steering
 from tokprob.config import (
     HiddenConfig,

@@ -5,9 +5,7 @@ step size of a calibrated steering edit, the compensation of pruned dimensions).
 
 from __future__ import annotations
 
-from prefect import task
-
-from tasks._stage import publish_table, register, run_stage
+from tasks._stage import publish_table, stage
 from tasks.catalog import HIDDEN_STATES, read_windows
 from tokprob.config import HiddenConfig, RunConfig
 from tokprob.errors import TokprobError
@@ -15,40 +13,30 @@ from tokprob.hidden import write_hidden_states
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model
 from tokprob.progress import Progress
-from tokprob.store import ArtifactRef
+from tokprob.store import ArtifactRef, ArtifactWriter
 from tokprob.windows import DETECT, HELDOUT
-from tokprob.workspace import Workspace
 
 STAGE = "hidden"
 
 
-@task(**register(STAGE, __name__, environment=("torch", "transformers"),
-                     loads_model=True))
-def hidden_states(workspace: Workspace, windows: ArtifactRef, model: ModelSource,
-                  run: RunConfig, config: HiddenConfig, split: str = HELDOUT,
-                  force: bool = False) -> ArtifactRef:
+@stage(STAGE, environment=("torch", "transformers"), loads_model=True)
+def hidden_states(out: ArtifactWriter, windows: ArtifactRef, model: ModelSource,
+                  run: RunConfig, config: HiddenConfig, split: str = HELDOUT) -> None:
     """Store h for every position of the first `config.heldout_tokens` tokens of `split`
     (same dtype as α's forward passes)."""
     if split not in (DETECT, HELDOUT):
         raise TokprobError(f"Unknown window split {split!r}; use {DETECT} or {HELDOUT}.")
-
-    def compute(out):
-        heldout = read_windows(windows).take(split, config.heldout_tokens)
-        if len(heldout) == 0:
-            raise TokprobError(
-                f"No {split} window to keep hidden states of: raise --heldout-fraction, "
-                "--heldout-tokens (at least one window), or use a longer corpus of more "
-                "documents (the held-out split takes whole documents)."
-            )
-        lm = load_model(model.path, run.dtype, run.device)
-        with Progress(heldout.size, f"hidden states of {heldout.size:,} tokens") as progress:
-            positions = write_hidden_states(lm, heldout, run.batch_size,
-                                            out.path(HIDDEN_STATES.file), progress)
-        out.summary.update(positions=positions, windows=len(heldout),
-                           dtype=str(lm.dtype).removeprefix("torch."), split=split)
-        publish_table(STAGE, out, [out.summary], f"Final hidden states ({split} split)")
-
-    return run_stage(STAGE, workspace,
-                     {"windows": windows, "model": model, "run": run, "config": config,
-                      "split": split},
-                     compute, force)
+    heldout = read_windows(windows).take(split, config.heldout_tokens)
+    if len(heldout) == 0:
+        raise TokprobError(
+            f"No {split} window to keep hidden states of: raise --heldout-fraction, "
+            "--heldout-tokens (at least one window), or use a longer corpus of more "
+            "documents (the held-out split takes whole documents)."
+        )
+    lm = load_model(model.path, run.dtype, run.device)
+    with Progress(heldout.size, f"hidden states of {heldout.size:,} tokens") as progress:
+        positions = write_hidden_states(lm, heldout, run.batch_size,
+                                        out.path(HIDDEN_STATES.file), progress)
+    out.summary.update(positions=positions, windows=len(heldout),
+                       dtype=str(lm.dtype).removeprefix("torch."), split=split)
+    publish_table(STAGE, out, [out.summary], f"Final hidden states ({split} split)")

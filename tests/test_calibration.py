@@ -261,3 +261,42 @@ def test_infeasible_pairs_are_reported_not_clipped():
     overall = steering.method_errors(steering.error_summary(sweep), "calibrated")
     assert (overall["feasible"], overall["infeasible"]) == (1, 1)
     assert overall["median"] == pytest.approx(sweep.loc[0, "abs_log_error"])
+
+
+def test_layer_norm_models_get_the_exactly_constant_direction():
+    """After a LayerNorm with bias, h = γ⊙n + β with n summing to zero, so h·(1/γ) = Σβ/γ at
+    every position: a logit bias realised as an embedding edit. The smallest ridge finds it."""
+    rng = np.random.default_rng(12)
+    gamma, beta = rng.uniform(0.5, 2.0, 16), rng.normal(size=16)
+
+    def layer_norm(n):
+        x = rng.normal(size=(n, 16)) * rng.uniform(0.5, 3.0, 16) + rng.normal(size=16)
+        centred = x - x.mean(1, keepdims=True)
+        return gamma * centred / centred.std(1, keepdims=True) + beta
+
+    detect, fresh = layer_norm(3000), layer_norm(3000)
+    weights = rng.random(3000) ** 8
+    u = calibration_direction(detect, weights)
+    assert relative_spread(fresh @ u) < 1e-7
+    np.testing.assert_allclose(u / np.linalg.norm(u), (1 / gamma) / np.linalg.norm(1 / gamma)
+                               * np.sign(u @ (1 / gamma)), atol=1e-7)
+
+
+def test_kl_of_a_rare_target_keeps_its_digits():
+    hidden, weight, bias = synthetic(positions=256, seed=3)
+    bias[5] = -22.0  # p_5 about 1e-18 at most positions, 1e-8 at the first four
+    hidden[:4] += 6.0 * weight[5] / np.linalg.norm(weight[5]) ** 2 * 4.0
+    mean = hidden.astype(np.float64).mean(0)
+    direction = mean / (mean @ mean)
+    evaluator = SteeringEvaluator(hidden, weight, bias, np.array([5, 9]), rows_per_chunk=64)
+    tokens, ratios = np.array([5, 5, 9]), np.array([10.0, 0.1, 10.0])
+    effects = evaluator.evaluate(tokens, ratios, direction)
+    for k, (token, ratio) in enumerate(zip(tokens, ratios, strict=True)):
+        before = direct_alpha(hidden, weight, bias, {})
+        after = direct_alpha(hidden, weight, bias, {token: -np.log(ratio) * direction})
+        keep = np.arange(len(before)) != token
+        p, q = before[keep] / before[keep].sum(), after[keep] / after[keep].sum()
+        relative = q / p - 1.0
+        second_order = 0.5 * np.sum(p * (relative - p @ relative) ** 2)  # exact to O(δ³)
+        assert effects.kl_other[k] == pytest.approx(second_order, rel=1e-3, abs=0)
+    assert 0 < effects.kl_other[0] < 1e-14

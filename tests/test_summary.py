@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tokprob.summary import dynamics_markdown, dynamics_text, frequency_note
+from tokprob.summary import (
+    dynamics_markdown,
+    dynamics_text,
+    frequency_note,
+    steering_markdown,
+)
 
 
 def _dynamics_result(training_data: bool) -> dict:
@@ -24,3 +29,16 @@ def test_the_dynamics_summary_says_which_corpus_f_w_is_counted_on(describe):
     assert "f_w is counted on wiki-leads, the corpus the checkpoints were trained on" \
         in built_in
     assert "not on the checkpoints' training data" not in built_in
+
+
+def test_the_steering_table_shows_a_ratio_no_pair_reaches():
+    errors = [{"method": m, "r": r, "median": None if (m, r) == ("calibrated", "10") else 0.1,
+               "p90": None if (m, r) == ("calibrated", "10") else 0.2,
+               "feasible": 0 if (m, r) == ("calibrated", "10") else 4, "infeasible": 0}
+              for m in ("closed_form", "calibrated") for r in ("0.5", "10", "all")]
+    result = {"model": "m", "dataset": "d", "targets": 4, "omega": "all", "omega_dims": 3,
+              "errors": errors, "comparison": {"pairs": 4, "closed_form_median": 0.5,
+                                               "calibrated_median": 0.1}}
+    row = next(line for line in steering_markdown(result).splitlines()
+               if line.startswith("| 10 |"))
+    assert row == "| 10 | 0.1000 | 0.2000 | nan | nan |"

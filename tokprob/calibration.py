@@ -50,7 +50,7 @@ class Calibration:
     reaches (the largest for r > 1, the smallest for r < 1)."""
 
 
-RIDGES = tuple(10.0 ** np.arange(-8.0, 1.01, 0.5))
+RIDGES = tuple(10.0 ** np.arange(-12.0, 1.01, 0.5))
 """Candidate ridge weights λ, relative to the mean variance tr(Σ)/d."""
 
 
@@ -68,7 +68,11 @@ def calibration_direction(hidden: np.ndarray, weights: np.ndarray | None = None)
     one whose direction, fitted on the first half of the positions, gives the smallest
     spread on the second half (`RIDGES`): chosen on the calibration data by the very
     quantity the edit needs, so it adapts to the model and to how much data there is
-    (strong few-shot, weak with many positions), and is never tuned by hand."""
+    (strong few-shot, weak with many positions), and is never tuned by hand. After a
+    final LayerNorm with bias (GPT-2, Pythia, OPT) h = γ⊙n + β with n summing to zero, so
+    h·(1/γ) is the same at every position: Σ is singular along 1/γ and the smallest ridges
+    (down to 1e-12, so that the shift stays constant to about 1e-9) recover that direction,
+    a logit bias realised as an embedding edit."""
     h = np.asarray(hidden, dtype=np.float64)
     q = np.ones(len(h)) if weights is None else np.asarray(weights, dtype=np.float64)
     half = len(h) // 2

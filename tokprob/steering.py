@@ -310,13 +310,16 @@ def kl_over_other_tokens(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarra
     """KL(α ‖ α') over the non-target tokens of each pair, renormalized (one LM-head pass).
 
     An edit of row w scales every other token's probability at x by
-    exp(lse(x) − lse'(x)), so α'_j = mean_x p_j(x)·exp(lse − lse') for j ≠ w."""
+    f(x) = exp(lse(x) − lse'(x)), so α'_j = α_j + mean_x p_j(x)·(f(x) − 1) for j ≠ w.
+    f − 1 is kept apart from the 1, which float32 would round away for a rare target.
+    Besides the pass, the (|V| × positions) @ (positions × pairs) product costs
+    pairs / d LM-head passes."""
     h_all, w, b = read_only_tensor(hidden), read_only_tensor(weight), _optional(bias)
-    factor = torch.as_tensor(
-        np.exp(stats.lse[:, None] - steered_log_normalizer(stats, columns, shifts)))
+    change = torch.as_tensor(
+        np.expm1(stats.lse[:, None] - steered_log_normalizer(stats, columns, shifts)))
     lse = torch.as_tensor(stats.lse)
     alpha = torch.zeros(w.shape[0], dtype=torch.float64)
-    reweighted = torch.zeros(w.shape[0], len(columns), dtype=torch.float64)
+    moved = torch.zeros(w.shape[0], len(columns), dtype=torch.float64)
     with torch.inference_mode():
         for start in range(0, len(h_all), rows_per_chunk):
             stop = start + rows_per_chunk
@@ -325,9 +328,9 @@ def kl_over_other_tokens(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarra
                 logits += b
             probs = torch.exp(logits - lse[start:stop, None].float())
             alpha += probs.sum(0, dtype=torch.float64)
-            reweighted += (probs.T @ factor[start:stop].float()).double()
+            moved += (probs.T @ change[start:stop].float()).double()
     n = len(h_all)
-    return _kl_over_non_targets((alpha / n).numpy(), (reweighted / n).numpy(),
+    return _kl_over_non_targets((alpha / n).numpy(), (moved / n).numpy(),
                                 stats.tokens[columns])
 
 
@@ -378,16 +381,21 @@ class SteeringEvaluator:
         return self.hidden.astype(np.float64) @ np.atleast_2d(directions).T
 
 
-def _kl_over_non_targets(alpha: np.ndarray, steered: np.ndarray,
+def _kl_over_non_targets(alpha: np.ndarray, moved: np.ndarray,
                          tokens: np.ndarray) -> np.ndarray:
+    """KL(α ‖ α + moved[:, k]) over the tokens other than tokens[k], both renormalized.
+
+    With δ_j = moved_j/α_j and m its α-weighted mean, KL = Σ p_j(δ_j − log1p δ_j) −
+    (m − log1p m): two sums of second-order terms, so a KL of 1e-18 keeps its digits
+    instead of drowning in the rounding of log(p/q)."""
     kl = np.empty(len(tokens))
     for k, token in enumerate(tokens):
-        keep = np.ones(len(alpha), dtype=bool)
+        keep = alpha > 0
         keep[token] = False
         p = alpha[keep] / alpha[keep].sum()
-        q = steered[keep, k] / steered[keep, k].sum()
-        positive = p > 0
-        kl[k] = float(np.sum(p[positive] * np.log(p[positive] / q[positive])))
+        delta = moved[keep, k] / alpha[keep]
+        mean = float(p @ delta)
+        kl[k] = float(p @ (delta - np.log1p(delta))) - (mean - np.log1p(mean))
     return kl
 
 

@@ -78,10 +78,13 @@ def _at_k(values: dict[str, float]) -> str:
 
 
 def _error_grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
-    """Methods, r values (in order) and (method, r) → row of the steering error rows."""
+    """Methods, r values (in order) and (method, r) → row of the steering error rows; a
+    statistic over no feasible pair (stored as null) reads NaN."""
     methods = list(dict.fromkeys(row["method"] for row in rows))
     ratios = list(dict.fromkeys(row["r"] for row in rows))
-    return methods, ratios, {(row["method"], row["r"]): row for row in rows}
+    return methods, ratios, {(row["method"], row["r"]): {
+        key: float("nan") if value is None else value for key, value in row.items()}
+        for row in rows}
 
 
 def steering_text(result: dict[str, Any]) -> str:
