@@ -118,7 +118,7 @@ def _profile(home, url: str, active: str = "mine") -> None:
 
 
 def test_the_user_profile_server_comes_after_the_environment(tmp_path, monkeypatch):
-    from flows import environment
+    from cli import environment
 
     _profile(tmp_path, "http://127.0.0.1:4242/api")
     for name in [k for k in os.environ if k.startswith("PREFECT_")]:
