@@ -213,11 +213,25 @@ def stop_temporary_server() -> None:
     """Stop the temporary server this process started, if any (idempotent)."""
     if not _started:
         return
+    _send_pending_logs()
     stop_group(_started["process"].pid)
     _started["process"].wait()
     _started["record"].unlink(missing_ok=True)
     _started["log"].unlink(missing_ok=True)
     _started.clear()
+
+
+LOG_DRAIN_SECONDS = 2.0
+"""How long the command waits at its end for Prefect to send its queued log lines."""
+
+
+def _send_pending_logs() -> None:
+    """Prefect sends log lines to the API from a background worker: the last ones of a
+    run are still queued when the flow returns. They go out while the server is up;
+    stopped first, the command would end with 'Error logging to API'."""
+    handlers = sys.modules.get("prefect.logging.handlers")
+    if handlers is not None:
+        handlers.APILogWorker.drain_all(timeout=LOG_DRAIN_SECONDS)
 
 
 def stop_group(pid: int, grace: float = 5.0, first: int = signal.SIGTERM) -> None:

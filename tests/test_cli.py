@@ -305,6 +305,23 @@ def test_nan_model_from_the_shell_exits_2_without_traceback(tmp_path, tiny_text_
     assert done.stdout == ""
 
 
+def test_a_run_on_its_own_temporary_server_ends_without_losing_its_last_log_lines(
+        tmp_path, tiny_models, tiny_text_dir):
+    """The temporary server is stopped only once Prefect has sent the run's last log
+    lines to it: stopped first, the command ended with 'Error logging to API'."""
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", "encoding", "--model",
+         str(tiny_models["gpt_neox"]), "--dataset", str(tiny_text_dir), "--data-dir",
+         str(tmp_path / "data"), *TINY_RUN],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Finished in state Completed" in done.stderr
+    assert "Error logging to API" not in done.stderr, done.stderr[-2000:]
+
+
 def test_killed_run_leaves_no_partial_artifact_and_resumes(tmp_path, prefect_api):
     """kill -9 in the middle of the probabilities stage, then run again (against a
     running server, as a service would, so the kill leaves no ephemeral server behind)."""
