@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flows.labels import SERVER_CHOICE
 from tokprob.errors import TokprobError
 from tokprob.processes import is_running, start_time, this_process
 from tokprob.workspace import Workspace
@@ -67,9 +68,6 @@ def prepare_environment(workspace: Workspace, temporary_server: bool = True) -> 
         _chose(os.environ["PREFECT_API_URL"], "a temporary server for this command (no "
                "PREFECT_API_URL, no profile naming a server, no `tokprob server` running)")
 
-
-SERVER_CHOICE = "TOKPROB_PREFECT_SERVER"
-"""Environment variable naming the server chosen and why, for the run's first log line."""
 
 
 def _chose(url: str, why: str) -> None:

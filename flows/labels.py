@@ -9,10 +9,13 @@ import re
 import uuid
 from typing import Any
 
-from cli.environment import SERVER_CHOICE
 from tokprob.specs import short_name
 
 log = logging.getLogger("tokprob")
+
+SERVER_CHOICE = "TOKPROB_PREFECT_SERVER"
+"""Environment variable naming the server chosen and why (set by the command line), for
+the run's first log line."""
 
 
 def run_subjects(parameters: dict[str, Any]) -> tuple[list[str], str]:
