@@ -26,7 +26,7 @@ from tokprob.corpora import CorpusSource, read_documents, shuffled_corpus
 from tokprob.documents import DocumentIndex
 from tokprob.errors import TokprobError
 from tokprob.hidden import HiddenStates, read_hidden_states
-from tokprob.regression import CenteredGram
+from tokprob.regression import CenteredGram, FitStatistics
 from tokprob.store import ArtifactRef, ArtifactStore
 from tokprob.windows import Windows
 from tokprob.workspace import Workspace
@@ -122,18 +122,7 @@ class HiddenSummary(StageSummary):
     split: str
 
 
-class RegressionSummary(StageSummary):
-    n: int
-    k: int
-    rank: int
-    r2: float
-    adj_r2: float
-    f_stat: float
-    f_pvalue: float
-    rss: float
-    df_resid: int
-    intercept: float
-    intercept_std_err: float
+class RegressionSummary(StageSummary, FitStatistics):
     target: str
     excluded_tokens: int
 

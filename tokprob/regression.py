@@ -17,6 +17,7 @@ it is tested against.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TypedDict, cast
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,22 @@ def adjusted_r2(r2: float, n: int, k: int) -> float:
     return float(1.0 - (1.0 - r2) * (n - 1) / (n - k - 1))
 
 
+class FitStatistics(TypedDict):
+    """The scalar statistics of an OLS fit (OLSResult.statistics), as stages store them."""
+
+    n: int
+    k: int
+    rank: int
+    r2: float
+    adj_r2: float
+    f_stat: float
+    f_pvalue: float
+    rss: float
+    df_resid: int
+    intercept: float
+    intercept_std_err: float
+
+
 @dataclass(frozen=True)
 class OLSResult:
     """An OLS fit with intercept, with the statistics statsmodels reports."""
@@ -136,13 +153,9 @@ class OLSResult:
             "p": self.p,
         })
 
-    def statistics(self) -> dict[str, float | int]:
-        return {
-            "n": self.n, "k": self.k, "rank": self.rank, "r2": self.r2,
-            "adj_r2": self.adj_r2, "f_stat": self.f_stat, "f_pvalue": self.f_pvalue,
-            "rss": self.rss, "df_resid": self.df_resid, "intercept": self.intercept,
-            "intercept_std_err": self.intercept_std_err,
-        }
+    def statistics(self) -> FitStatistics:
+        return cast(FitStatistics, {name: getattr(self, name)
+                                    for name in FitStatistics.__annotations__})
 
 
 def fit_ols(x: np.ndarray, y: np.ndarray, chunk_rows: int = CHUNK_ROWS,
