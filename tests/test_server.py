@@ -207,15 +207,18 @@ def _prefect(*args, cwd, env, timeout=300):
     return done
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen, must_stop_in_time: bool = True) -> None:
     """SIGTERM, then SIGKILL after a minute: no process outlives its test to load the
-    server for the next ones."""
+    server for the next ones. A command of tokprob's own that takes longer fails its
+    test; Prefect's worker, whose shutdown is not tokprob's, is only killed."""
     process.terminate()
     try:
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
-        raise
+        process.wait()
+        if must_stop_in_time:
+            raise
 
 
 def _finished(client, flow_run_id, worker, timeout=300):
@@ -292,7 +295,7 @@ def test_prefect_deploy_and_a_process_worker_run_the_shipped_deployments(
                 == dict.fromkeys(ENCODING_STAGES, "Cached")
             assert (data / "artifacts" / "regression").is_dir()  # the run's data folder
     finally:
-        _stop(worker)
+        _stop(worker, must_stop_in_time=False)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
