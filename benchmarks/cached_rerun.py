@@ -104,7 +104,7 @@ def child(data_dir: str, max_tokens: int, repeats: int) -> None:
     from prefect import flow
 
     from flows.encoding import encoding
-    from tokprob.config import ProbabilityConfig
+    from tokprob.config import Detection, ProbabilityConfig
     imports_s = time.perf_counter() - started
 
     @flow(name="benchmark-warm-up")
@@ -118,7 +118,8 @@ def child(data_dir: str, max_tokens: int, repeats: int) -> None:
     def timed_run() -> tuple[float, dict]:
         started = time.perf_counter()
         result = encoding(data_dir=workspace.data_dir,
-                          probability_config=ProbabilityConfig(max_tokens=max_tokens))
+                          detection=Detection(
+                              probability_config=ProbabilityConfig(max_tokens=max_tokens)))
         return time.perf_counter() - started, result
 
     cold_started = time.time()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import json
 import os
 import signal
@@ -24,40 +22,37 @@ from cli.environment import (
     stop_leftover_servers,
     wait_until_up,
 )
+from flows.parameters import flow_inputs
 from flows.stages import FLOWS
 from tokprob.dynamics import check_checkpoint_count, checkpoint_steps
 from tokprob.errors import TokprobError
 from tokprob.model_export import new_model_folder
 from tokprob.models import check_window_fits, model_config
 from tokprob.pruning import check_fractions, check_regression_target
-from tokprob.specs import DatasetSpec, ModelSpec
+from tokprob.specs import DEFAULT_MODEL, DatasetSpec, ModelSpec
 from tokprob.steering import check_edits
 from tokprob.store import ArtifactStore
 from tokprob.workspace import Workspace
 
 
-def config_from_arguments(config: type, args: argparse.Namespace) -> Any:
-    values = {}
-    for field in dataclasses.fields(config):
-        value = getattr(args, field.name)
-        values[field.name] = tuple(value or ()) if isinstance(field.default, tuple) else value
-    return config(**values)
-
-
-def _flow_inputs(args: argparse.Namespace) -> dict[str, Any]:
-    """The flow's keyword arguments, checked before Prefect starts (a typo fails in
-    milliseconds, not after the engine's start-up)."""
+def _flow_inputs(args: argparse.Namespace, flow: str) -> dict[str, Any]:
+    """The flow's keyword arguments from its options, checked before Prefect starts (a
+    typo fails in milliseconds, not after the engine's start-up)."""
     workspace = Workspace.from_env(args.data_dir)
     workspace.ensure_writable()
-    DatasetSpec.parse(args.dataset, args.split, args.text_column)
-    inputs = {name: config_from_arguments(cls, args) for name, cls in args.configs.items()}
-    inputs |= {"dataset": args.dataset, "split": args.split, "text_column": args.text_column,
-               "data_dir": workspace.data_dir}
-    if hasattr(args, "model"):
-        check_local_model(ModelSpec.parse(args.model), getattr(args, "window", None))
-        inputs["model"] = args.model
+    given = {}
+    for parameter in args.parameters:
+        value = getattr(args, parameter.name, None)
+        if parameter.group is None and value is not None:  # None: the default stands
+            given[parameter.name] = (tuple(value) if isinstance(parameter.default, tuple)
+                                     else value)
+    inputs = flow_inputs(flow, args.parameters, given)
+    if corpus := inputs.get("corpus"):
+        corpus.spec()
+    if "model" in inputs:
+        check_local_model(ModelSpec.parse(inputs["model"]), getattr(args, "window", None))
     prepare_environment(workspace)
-    return inputs
+    return inputs | {"data_dir": workspace.data_dir}
 
 
 def check_local_model(spec: ModelSpec, window: int | None) -> None:
@@ -72,13 +67,8 @@ def check_local_model(spec: ModelSpec, window: int | None) -> None:
 def run_flow(args: argparse.Namespace) -> int:
     chosen = FLOWS[args.flow]
     _check_flow_options(args)
-    inputs = _flow_inputs(args) | {"refresh": args.refresh}
+    inputs = _flow_inputs(args, chosen.name)  # with `refresh`, which rerun sets
     flow = chosen.load()
-    # The flow's other parameters come from the options of the same names.
-    parameters = inspect.signature(flow.fn).parameters
-    inputs = {name: value for name, value in inputs.items() if name in parameters}
-    inputs |= {name: getattr(args, name) for name in parameters
-               if name not in inputs and hasattr(args, name)}
     configure_logging()
     result = flow(**inputs)
     print(json.dumps(result, indent=2, default=str) if args.json else chosen.describe(result))
@@ -87,21 +77,22 @@ def run_flow(args: argparse.Namespace) -> int:
 
 def _check_flow_options(args: argparse.Namespace) -> None:
     """What a flow's own options name, checked before Prefect starts."""
-    if getattr(args, "checkpoints", None):  # none: the built-in pre-training run
-        check_checkpoint_count(len(args.checkpoints))
-        checkpoint_steps(args.checkpoints)
+    checkpoints = getattr(args, "checkpoints", None) or []
+    if checkpoints:  # none: the built-in pre-training run
+        check_checkpoint_count(len(checkpoints))
+        checkpoint_steps(checkpoints)
     if args.flow in ("pruning", "paper"):
         DatasetSpec.parse(args.ood_dataset)
     if args.flow == "pruning":
         check_regression_target(args.target)
     if args.flow == "paper":
-        for spec in args.models:
+        for spec in args.models or [DEFAULT_MODEL]:
             check_local_model(ModelSpec.parse(spec), args.window)
     if args.flow in ("dynamics", "paper"):
         # A checkpoint's windows are read only for its α, and with the paper only with
         # the dynamics.
         reads_windows = args.alpha and (args.flow == "dynamics" or args.with_dynamics)
-        for spec in args.checkpoints:
+        for spec in checkpoints:
             check_local_model(ModelSpec.parse(spec), args.window if reads_windows else None)
 
 
@@ -112,16 +103,17 @@ def rerun(args: argparse.Namespace) -> int:
     args.flow = next((name for name in ("steering", "pruning", "dynamics")
                       if args.stage in set(FLOWS[name].stages) - set(encoding.stages)),
                      encoding.name)
-    args.configs = FLOWS[args.flow].configs
+    # Only the options of that flow: the others belong to flows that do not run.
+    args.parameters = FLOWS[args.flow].parameters()
     return run_flow(args)
 
 
 def pretrain(args: argparse.Namespace) -> int:
-    inputs = _flow_inputs(args)
+    inputs = _flow_inputs(args, "pretraining")
     from flows.dynamics import pretraining
 
     configure_logging()
-    result = pretraining(refresh=args.refresh, **inputs)
+    result = pretraining(**inputs)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
@@ -142,11 +134,11 @@ def prune(args: argparse.Namespace) -> int:
         else "saliency"
     check_regression_target(args.target)
     new_model_folder(args.out)
-    inputs = _flow_inputs(args)
+    inputs = _flow_inputs(args, "prune")
     from flows.pruning import prune
 
     configure_logging()
-    result = prune(fraction=args.fraction, out=args.out, method=method, **inputs)
+    result = prune(method=method, **inputs)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
@@ -163,12 +155,11 @@ def steer(args: argparse.Namespace) -> int:
     check_edits(args.tokens, args.edit_ratios)
     new_model_folder(args.out)
     _check_tokens(args.tokens, ModelSpec.parse(args.model), Workspace.from_env(args.data_dir))
-    inputs = _flow_inputs(args)
+    inputs = _flow_inputs(args, "steer")
     from flows.steering import steer
 
     configure_logging()
-    result = steer(tokens=args.tokens, ratios=args.edit_ratios, out=args.out,
-                   method=args.method, **inputs)
+    result = steer(**inputs)  # --token and --ratio give `tokens` and `edit_ratios`
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0

@@ -1,4 +1,5 @@
-"""The `tokprob` command line: its arguments, built from the config dataclasses.
+"""The `tokprob` command line: its options, read from the flows' signatures and the
+documented fields of their parameter objects (flows/parameters.py).
 
     tokprob run encoding|steering|pruning|dynamics|paper [options] [--json]
     tokprob steer | prune | pretrain | rerun STAGE | artifacts | report | server | serve
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import re
 import signal
@@ -25,22 +25,9 @@ from typing import Any
 
 from cli import commands as handlers
 from cli.environment import stop_temporary_server
-from flows.stages import (
-    DYNAMICS_CONFIGS,
-    DYNAMICS_STAGES,
-    ENCODING_CONFIGS,
-    ENCODING_STAGES,
-    PAPER_CONFIGS,
-    PAPER_STAGES,
-    PARAMETER_DOCS,
-    PRUNING_CONFIGS,
-    PRUNING_STAGES,
-    STEERING_CONFIGS,
-    STEERING_STAGES,
-)
-from tokprob.config import field_docs
+from flows.parameters import Parameter, flow_signature, flow_summary
+from flows.stages import FLOWS, PAPER_STAGES, PARAMETER_DOCS
 from tokprob.errors import TokprobError
-from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
 
 QUOTED = re.compile(r"(?<=[(\s,])'[^'\n]{1,40}'(?=[,)\s.:])")
 """Short quoted strings such as tokens (' Paris'), whose spaces a line must not break."""
@@ -144,47 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run an analysis flow")
     flows = run.add_subparsers(dest="flow", required=True)
-    encoding = flows.add_parser("encoding", help="α, E, the MLR of −log α on E, sparsity, PCA")
-    _add_flow_arguments(encoding, ENCODING_CONFIGS)
-    encoding.add_argument("--keep-hidden", action="store_true",
-                          help=PARAMETER_DOCS["keep_hidden"])
-    encoding.set_defaults(handler=handlers.run_flow, refresh=[])
-    steering = flows.add_parser("steering", help="steer α by editing output embeddings "
-                                                 "(paper §3) and measure how precisely")
-    _add_flow_arguments(steering, STEERING_CONFIGS)
-    steering.set_defaults(handler=handlers.run_flow, refresh=[])
-    pruning = flows.add_parser("pruning", help="delete output-embedding dimensions by "
-                                               "regression saliency (paper §4) and measure "
-                                               "how far the outputs move")
-    _add_flow_arguments(pruning, PRUNING_CONFIGS)
-    _add_ood_argument(pruning)
-    pruning.set_defaults(handler=handlers.run_flow, refresh=[])
-    dynamics = flows.add_parser("dynamics", help="frequency encoding and parameter "
-                                                 "convergence across training checkpoints "
-                                                 "(paper §5)")
-    _add_flow_arguments(dynamics, DYNAMICS_CONFIGS, with_model=False)
-    _add_dynamics_arguments(dynamics)
-    dynamics.set_defaults(handler=handlers.run_flow, refresh=[])
-    paper = flows.add_parser("paper", help="the whole paper (encoding, steering, pruning, "
-                                           "dynamics) for one or several models, compared")
-    paper.add_argument("--models", type=lambda text: [m for m in text.split(",") if m],
-                       default=[DEFAULT_MODEL],
-                       help=f"{PARAMETER_DOCS['models']} (default: {DEFAULT_MODEL})")
-    _add_flow_arguments(paper, PAPER_CONFIGS, with_model=False)
-    _add_ood_argument(paper)
-    _add_dynamics_arguments(paper)
-    paper.add_argument("--with-dynamics", action=argparse.BooleanOptionalAction, default=True,
-                       help=f"{PARAMETER_DOCS['with_dynamics']} (default: yes)")
-    paper.set_defaults(handler=handlers.run_flow, refresh=[])
+    for info in FLOWS.values():
+        summary = flow_summary(info.name)
+        flow = flows.add_parser(info.name, help=summary[0].lower() + summary[1:],
+                                description=summary + ".")
+        add_flow_options(flow, info.parameters())
+        flow.set_defaults(handler=handlers.run_flow, refresh=[])
 
     rerun = commands.add_parser("rerun", help="recompute one stage and what depends on it")
     rerun.add_argument("stage", choices=list(dict.fromkeys(
-        ENCODING_STAGES + STEERING_STAGES + PRUNING_STAGES + DYNAMICS_STAGES)))
-    _add_flow_arguments(rerun, ENCODING_CONFIGS | STEERING_CONFIGS | PRUNING_CONFIGS
-                        | DYNAMICS_CONFIGS)
-    _add_ood_argument(rerun)
-    _add_dynamics_arguments(rerun)
-    rerun.set_defaults(handler=handlers.rerun, keep_hidden=False)
+        stage for name in RERUN_FLOWS for stage in FLOWS[name].stages)))
+    # Every option of the flows that own a stage, each once.
+    add_flow_options(rerun, tuple({parameter.name: parameter for name in reversed(RERUN_FLOWS)
+                                   for parameter in FLOWS[name].parameters()}.values()))
+    rerun.set_defaults(handler=handlers.rerun)
 
     steer = commands.add_parser(
         "steer", help="write a copy of a model whose output embeddings multiply the "
@@ -196,21 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--ratio", action="append", required=True, type=float,
                        dest="edit_ratios", metavar="R",
                        help="the factor for the matching --token (2 doubles its probability)")
-    steer.add_argument("--out", required=True, help="folder to write the steered model to")
-    steer.add_argument("--method", choices=["calibrated", "closed_form"], default="calibrated",
-                       help="calibrated: steps solved jointly on the detecting split so that "
-                            "each ratio holds there; closed_form: the paper's edit "
-                            "−log(r)·ΩAᵀ/(AΩAᵀ) (default: calibrated)")
     # The sweep's own options (its grid of ratios, targets, few-shot) mean nothing here.
-    _add_flow_arguments(steer, STEERING_CONFIGS, hidden=SWEEP_ONLY)
+    add_flow_options(steer, flow_signature("steering", "steer"), hidden=SWEEP_ONLY,
+                     own={"tokens", "edit_ratios"})
     steer.set_defaults(handler=handlers.steer)
 
     prune = commands.add_parser(
         "prune", help="write a copy of a model with its least salient output-embedding "
                       "dimensions deleted")
-    prune.add_argument("--fraction", type=float, required=True,
-                       help="share of the dimensions to delete, in [0, 1)")
-    prune.add_argument("--out", required=True, help="folder to write the pruned model to")
     prune.add_argument("--compensate", action="store_true",
                        help="fold the least-squares prediction of the deleted hidden "
                             "coordinates from the kept ones (detecting split) into the kept "
@@ -218,14 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--greedy", action="store_true",
                        help="with --compensate: delete the dimensions that add the least "
                             "compensated logit error first, instead of the least salient")
-    _add_flow_arguments(prune, PRUNING_CONFIGS)
+    add_flow_options(prune, flow_signature("pruning", "prune"), own={"method"})
     prune.set_defaults(handler=handlers.prune)
 
     pretrain = commands.add_parser(
         "pretrain", help="pre-train the built-in small GPT-2 on a corpus, keeping "
                          "log-spaced checkpoints (transformers folders)")
-    _add_flow_arguments(pretrain, {"pretrain_config": DYNAMICS_CONFIGS["pretrain_config"]},
-                        with_model=False)
+    add_flow_options(pretrain, flow_signature("dynamics", "pretraining"))
     pretrain.set_defaults(handler=handlers.pretrain, refresh=[])
 
     server = commands.add_parser(
@@ -273,77 +225,82 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _add_ood_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ood-dataset", default="shakespeare",
-                        help=f"{PARAMETER_DOCS['ood_dataset']} (default: shakespeare)")
-
-
-def _add_dynamics_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoints", type=lambda text: [c for c in text.split(",") if c],
-                        default=[], help=PARAMETER_DOCS["checkpoints"])
-    parser.add_argument("--alpha", action=argparse.BooleanOptionalAction, default=True,
-                        help=f"{PARAMETER_DOCS['alpha']} (default: yes)")
-    parser.add_argument("--tokens-per-step", type=float, default=None,
-                        help=PARAMETER_DOCS["tokens_per_step"])
-
-
 SWEEP_ONLY = frozenset({"ratios", "percentiles", "tokens_per_percentile", "targets",
                         "fewshot", "target_seed"})
 """SteeringConfig fields that only the steering sweep reads, not `tokprob steer`."""
 
+RERUN_FLOWS = ("encoding", "steering", "pruning", "dynamics")
+"""The flows `tokprob rerun` chooses from: every stage is one of theirs."""
 
-def _add_flow_arguments(parser: argparse.ArgumentParser, configs: dict[str, type],
-                        with_model: bool = True, hidden: frozenset[str] = frozenset()) -> None:
-    if with_model:
-        parser.add_argument("--model", default=DEFAULT_MODEL,
-                            help=f"{PARAMETER_DOCS['model']} (default: {DEFAULT_MODEL})")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET,
-                        help=f"{PARAMETER_DOCS['dataset']} (default: {DEFAULT_DATASET})")
-    parser.add_argument("--split", default="train",
-                        help=f"{PARAMETER_DOCS['split']} (default: train)")
-    parser.add_argument("--text-column", default="text",
-                        help=f"{PARAMETER_DOCS['text_column']} (default: text)")
-    for config in configs.values():
-        add_config_arguments(parser, config, hidden)
-    parser.set_defaults(configs=configs)
+NOT_OPTIONS = frozenset({"data_dir", "refresh"})
+"""Flow parameters given otherwise: --data-dir with the common options, refresh by
+`tokprob rerun`."""
+
+
+def add_flow_options(parser: argparse.ArgumentParser, parameters: tuple[Parameter, ...],
+                     hidden: frozenset[str] = frozenset(),
+                     own: frozenset[str] | set[str] = frozenset()) -> None:
+    """One --option per value the flow takes: each single-value parameter of its
+    signature and each field of its parameter objects, documented by the field's
+    docstring or the flow's (`hidden` ones keep their defaults and stay out of --help;
+    `own` ones the command gives its own way)."""
+    # --help shows each object's options under its description.
+    sections: dict[tuple[str, ...], Any] = {(): parser}
+    for parameter in parameters:
+        if parameter.group:
+            sections[parameter.path] = parser.add_argument_group(
+                ".".join(parameter.path), parameter.doc)
+            continue
+        if parameter.name in NOT_OPTIONS | own:
+            continue
+        if parameter.name in hidden:
+            parser.set_defaults(**{parameter.name: parameter.default})
+            continue
+        section = sections.get(parameter.path[:-1], parser)
+        section.add_argument("--" + parameter.name.replace("_", "-"), **_option(parameter))
+    parser.set_defaults(parameters=parameters)
     _add_common(parser)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config: type,
-                         hidden: frozenset[str] = frozenset()) -> None:
-    """One --option per field of a config dataclass, documented by the field's docstring
-    (fields in `hidden` keep their defaults and stay out of --help)."""
-    docs = field_docs(config)
-    hints = typing.get_type_hints(config)
-    for field in dataclasses.fields(config):
-        if field.name in hidden:
-            parser.set_defaults(**{field.name: field.default})
-            continue
-        hint = hints[field.name]
-        options: dict[str, Any] = {"default": field.default, "help": docs.get(field.name, "")}
-        origin, members = typing.get_origin(hint), typing.get_args(hint)
-        if origin is typing.Literal:
-            options["choices"] = list(members)
-        elif hint is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif origin is tuple and members[0] is str:
-            options.update(action="append", default=None)  # repeat the option
-        elif origin is tuple:
-            options["type"] = _comma_separated(members[0])
-        elif origin in (typing.Union, types.UnionType):  # choices or a pattern (the config checks)
-            options["type"] = type(field.default)
-        else:
-            options["type"] = hint
-        if field.default not in ((), None):
-            shown = ",".join(map(str, field.default)) if origin is tuple else field.default
-            options["help"] += f" (default: {shown})"
-        parser.add_argument("--" + field.name.replace("_", "-"), **options)
+def _option(parameter: Parameter) -> dict[str, Any]:
+    """argparse's settings for one flow value, from its annotation and default."""
+    hint = _plain(parameter.hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [_plain(m) for m in typing.get_args(hint) if m is not type(None)]
+        # `X | None`: X; choices or a pattern (the config checks): the default's type.
+        hint = members[0] if len(members) == 1 else type(parameter.default)
+    origin, members = typing.get_origin(hint), typing.get_args(hint)
+    default = None if parameter.required else parameter.default
+    options: dict[str, Any] = {"default": default,
+                               "help": parameter.doc or PARAMETER_DOCS.get(parameter.name, "")}
+    if origin is typing.Literal:
+        options["choices"] = list(members)
+    elif hint is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif origin is tuple and members[0] is str:
+        options.update(action="append", default=None)  # repeat the option
+    elif origin in (tuple, list):
+        options["type"] = _comma_separated(_plain(members[0]), origin)
+    else:
+        options["type"] = hint
+    if parameter.required:
+        options["required"] = True
+    elif default not in ((), None):
+        shown = (",".join(map(str, default)) if origin is tuple
+                 else ("yes" if default else "no") if hint is bool else default)
+        options["help"] += f" (default: {shown})"
+    return options
 
 
-def _comma_separated(kind: type):
-    def parse(text: str) -> tuple:
+def _plain(hint: Any) -> Any:
+    """The type under an `Annotated` one's bounds (the configs check those)."""
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+
+
+def _comma_separated(kind: type, container: type = tuple):
+    def parse(text: str) -> Any:
         try:
-            return tuple(kind(part) for part in text.split(",") if part.strip())
+            return container(kind(part) for part in text.split(",") if part.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} "
                                              f"values, got {text!r}") from None

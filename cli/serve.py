@@ -5,7 +5,8 @@
         entrypoint: flows/encoding.py:encoding   # or steering, pruning, dynamics, paper
         parameters:
           model: smollm2-135m-instruct
-          probability_config: {max_tokens: 65536}
+          corpus: {dataset: wiki-leads}
+          detection: {probability_config: {max_tokens: 65536}}
         schedules:
           - cron: "0 2 * * *"                    # or: interval: 3600 (seconds)
         tags: [tokprob]
@@ -143,15 +144,25 @@ def check_parameters(flow: Any, name: str, parameters: dict[str, Any]) -> None:
                            f"{', '.join(unknown)}; its parameters are {', '.join(known)}.")
     hints = typing.get_type_hints(flow.fn)
     for key, value in parameters.items():
-        if dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
-            fields = [field.name for field in dataclasses.fields(hints[key])]
-            if extra := sorted(set(value) - set(fields)):
-                raise TokprobError(f"Deployment {name!r}: {key} has no field "
-                                   f"{', '.join(extra)}; its fields are {', '.join(fields)}.")
+        _check_fields(name, key, hints.get(key), value)
     try:
         flow.validate_parameters(parameters)
     except ParameterTypeError as error:
         raise TokprobError(f"Deployment {name!r}: {' '.join(str(error).split())}") from None
+
+
+def _check_fields(deployment: str, key: str, hint: Any, value: Any) -> None:
+    """A parameter object given as a mapping names only fields it has, at every depth
+    (pydantic would drop the others without a word)."""
+    if not (dataclasses.is_dataclass(hint) and isinstance(value, dict)):
+        return
+    fields = {field.name: field for field in dataclasses.fields(hint)}
+    if extra := sorted(set(value) - set(fields)):
+        raise TokprobError(f"Deployment {deployment!r}: {key} has no field "
+                           f"{', '.join(extra)}; its fields are {', '.join(fields)}.")
+    inner = typing.get_type_hints(hint)
+    for field, item in value.items():
+        _check_fields(deployment, f"{key}.{field}", inner[field], item)
 
 
 def serve_deployments(deployments: list[Deployment], data_dir: str) -> None:

@@ -19,7 +19,7 @@ from prefect import flow
 from flows.labels import run_name, tag_run
 from flows.stages import DYNAMICS_STAGES, DynamicsStage, documented
 from tasks.checkpoints import named_checkpoint, pretrained_checkpoints
-from tasks.corpus import corpus
+from tasks.corpus import corpus as corpus_stage
 from tasks.dynamics import check_checkpoints, checkpoint_analysis, unigram
 from tasks.dynamics_table import dynamics_table
 from tasks.embeddings import embeddings
@@ -29,9 +29,8 @@ from tasks.runner import StageRunner
 from tasks.sources import corpus_source
 from tasks.summary import summarize_dynamics
 from tasks.windows import windows
-from tokprob.config import PretrainConfig, ProbabilityConfig, RunConfig, WindowConfig
+from tokprob.config import Corpus, PretrainConfig, ProbabilityConfig, RunConfig, WindowConfig
 from tokprob.dynamics import checkpoint_steps
-from tokprob.specs import DEFAULT_DATASET
 from tokprob.windows import TokenBudget
 from tokprob.workspace import Workspace
 
@@ -39,10 +38,8 @@ from tokprob.workspace import Workspace
 @flow(name="dynamics", flow_run_name=run_name)
 @documented
 def dynamics(
-    dataset: str = DEFAULT_DATASET,
+    corpus: Corpus = Corpus(),
     checkpoints: list[str] | None = None,
-    split: str = "train",
-    text_column: str = "text",
     pretrain_config: PretrainConfig = PretrainConfig(),
     window_config: WindowConfig = WindowConfig(),
     run_config: RunConfig = RunConfig(),
@@ -57,8 +54,8 @@ def dynamics(
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], DYNAMICS_STAGES)
-    text = corpus_source(workspace, dataset, split, text_column)
-    docs = stage(corpus, workspace=workspace, source=text)
+    text = corpus_source(workspace, corpus)
+    docs = stage(corpus_stage, workspace=workspace, source=text)
     if checkpoints:
         found = [named_checkpoint(workspace, spec, step, tokens_per_step)
                  for spec, step in zip(checkpoints, checkpoint_steps(checkpoints), strict=True)]
@@ -94,9 +91,7 @@ def dynamics(
 @flow(name="pretraining", flow_run_name=run_name)
 @documented
 def pretraining(
-    dataset: str = DEFAULT_DATASET,
-    split: str = "train",
-    text_column: str = "text",
+    corpus: Corpus = Corpus(),
     pretrain_config: PretrainConfig = PretrainConfig(),
     data_dir: str | None = None,
     refresh: list[DynamicsStage] | None = None,
@@ -105,8 +100,8 @@ def pretraining(
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], DYNAMICS_STAGES)
-    text = corpus_source(workspace, dataset, split, text_column)
-    docs = stage(corpus, workspace=workspace, source=text)
+    text = corpus_source(workspace, corpus)
+    docs = stage(corpus_stage, workspace=workspace, source=text)
     run = stage(pretrain, workspace=workspace, corpus=docs, config=pretrain_config)
     return {"dataset": text.spec, "stages": stage.states, "artifact": run.path,
             "checkpoints": [{"step": c.step, "path": c.source.path, "loss": c.loss,

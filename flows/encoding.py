@@ -16,7 +16,7 @@ from prefect import flow
 
 from flows.labels import run_name, tag_run
 from flows.stages import ENCODING_STAGES, EncodingStage, documented
-from tasks.corpus import corpus
+from tasks.corpus import corpus as corpus_stage
 from tasks.embeddings import embeddings
 from tasks.figures import figures
 from tasks.hidden import hidden_states
@@ -28,24 +28,17 @@ from tasks.sources import corpus_source, model_source
 from tasks.sparsity import sparsity
 from tasks.summary import summarize
 from tasks.windows import windows
-from tokprob.config import (
-    HiddenConfig,
-    ProbabilityConfig,
-    RegressionConfig,
-    RunConfig,
-    SparsityConfig,
-    WindowConfig,
-)
+from tokprob.config import Corpus, Detection, HiddenConfig, RunConfig, SparsityConfig
 from tokprob.corpora import CorpusSource
 from tokprob.model_sources import ModelSource
-from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
+from tokprob.specs import DEFAULT_MODEL
 from tokprob.store import ArtifactRef
 from tokprob.windows import HELDOUT, TokenBudget
 from tokprob.workspace import Workspace
 
 
 @dataclass(frozen=True)
-class Detection:
+class Detected:
     """The stages every analysis starts from: the encoding found on the detecting split."""
 
     model: ModelSource
@@ -63,29 +56,27 @@ def heldout_budget(tokens: int) -> int:
     return max(HiddenConfig().heldout_tokens, tokens)
 
 
-def detect(stage: StageRunner, workspace: Workspace, model: str, dataset: str, split: str,
-           text_column: str, window_config: WindowConfig, run_config: RunConfig,
-           probability_config: ProbabilityConfig, regression_config: RegressionConfig,
-           heldout_tokens: int) -> Detection:
+def detect(stage: StageRunner, workspace: Workspace, model: str, text: Corpus,
+           detection: Detection, heldout_tokens: int) -> Detected:
     """Wire corpus → windows → probabilities and model → embeddings into the regression.
     The windows hold α's `--max-tokens` of detecting text and the held-out text the
     flow's readers take (`heldout_tokens`)."""
     source = model_source(workspace, model)
-    text = corpus_source(workspace, dataset, split, text_column)
-    docs = stage(corpus, workspace=workspace, source=text)
-    budget = TokenBudget(detect=probability_config.max_tokens,
+    found_text = corpus_source(workspace, text)
+    docs = stage(corpus_stage, workspace=workspace, source=found_text)
+    budget = TokenBudget(detect=detection.probability_config.max_tokens,
                          heldout=heldout_budget(heldout_tokens))
-    packed = stage(windows, workspace=workspace, corpus=docs, model=source, config=window_config,
-                   budget=budget)
+    packed = stage(windows, workspace=workspace, corpus=docs, model=source,
+                   config=detection.window_config, budget=budget)
     matrix = stage(embeddings, workspace=workspace, model=source)
     alphas = stage(probabilities, workspace=workspace, windows=packed, model=source,
-                   run=run_config, config=probability_config)
+                   run=detection.run_config, config=detection.probability_config)
     fitted = stage(regression, workspace=workspace, probabilities=alphas, embeddings=matrix,
-                   config=regression_config)
-    return Detection(source, text, packed, matrix, alphas, fitted)
+                   config=detection.regression_config)
+    return Detected(source, found_text, packed, matrix, alphas, fitted)
 
 
-def keep_hidden_states(stage: StageRunner, workspace: Workspace, found: Detection,
+def keep_hidden_states(stage: StageRunner, workspace: Workspace, found: Detected,
                        run_config: RunConfig, hidden_config: HiddenConfig,
                        split: str = HELDOUT) -> ArtifactRef:
     """Final hidden states of the held-out split (evaluation) or, as `hidden-detect`, of
@@ -99,13 +90,8 @@ def keep_hidden_states(stage: StageRunner, workspace: Workspace, found: Detectio
 @documented
 def encoding(
     model: str = DEFAULT_MODEL,
-    dataset: str = DEFAULT_DATASET,
-    split: str = "train",
-    text_column: str = "text",
-    window_config: WindowConfig = WindowConfig(),
-    run_config: RunConfig = RunConfig(),
-    probability_config: ProbabilityConfig = ProbabilityConfig(),
-    regression_config: RegressionConfig = RegressionConfig(),
+    corpus: Corpus = Corpus(),
+    detection: Detection = Detection(),
     sparsity_config: SparsityConfig = SparsityConfig(),
     keep_hidden: bool = False,
     hidden_config: HiddenConfig = HiddenConfig(),
@@ -116,10 +102,9 @@ def encoding(
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], ENCODING_STAGES)
-    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config, hidden_config.heldout_tokens)
+    found = detect(stage, workspace, model, corpus, detection, hidden_config.heldout_tokens)
     if keep_hidden or "hidden" in stage.refresh:
-        keep_hidden_states(stage, workspace, found, run_config, hidden_config)
+        keep_hidden_states(stage, workspace, found, detection.run_config, hidden_config)
     dims = stage(sparsity, workspace=workspace, regression=found.regression,
                  config=sparsity_config)
     components = stage(pca, workspace=workspace, regression=found.regression,

@@ -22,7 +22,10 @@ def run_subjects(parameters: dict[str, Any]) -> tuple[list[str], str]:
     """Short names of the models (or checkpoints) and of the dataset a flow run is about."""
     models = [parameters["model"]] if parameters.get("model") else []
     models += list(parameters.get("models") or []) + list(parameters.get("checkpoints") or [])
-    dataset = parameters.get("dataset") or ""
+    corpus = parameters.get("corpus")
+    # A Corpus when called from Python, its fields as a mapping when a deployment runs.
+    dataset = (corpus.get("dataset") if isinstance(corpus, dict)
+               else getattr(corpus, "dataset", None)) or ""
     return [short_name(str(m)) for m in models], short_name(str(dataset)) if dataset else ""
 
 

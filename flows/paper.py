@@ -17,8 +17,9 @@ from prefect import flow
 from flows.dynamics import dynamics as dynamics_flow
 from flows.encoding import encoding
 from flows.labels import run_name, tag_run
-from flows.pruning import DEFAULT_OOD, pruning
+from flows.pruning import pruning
 from flows.stages import (
+    DEFAULT_OOD,
     DYNAMICS_STAGES,
     ENCODING_STAGES,
     PRUNING_STAGES,
@@ -29,17 +30,15 @@ from flows.stages import (
 from flows.steering import steering
 from tasks.paper import compare_models
 from tokprob.config import (
+    Corpus,
+    Detection,
     HiddenConfig,
     PretrainConfig,
-    ProbabilityConfig,
     PruningConfig,
-    RegressionConfig,
-    RunConfig,
     SparsityConfig,
     SteeringConfig,
-    WindowConfig,
 )
-from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
+from tokprob.specs import DEFAULT_MODEL
 from tokprob.workspace import Workspace
 
 
@@ -47,14 +46,9 @@ from tokprob.workspace import Workspace
 @documented
 def paper(
     models: list[str] | None = None,
-    dataset: str = DEFAULT_DATASET,
+    corpus: Corpus = Corpus(),
     ood_dataset: str = DEFAULT_OOD,
-    split: str = "train",
-    text_column: str = "text",
-    window_config: WindowConfig = WindowConfig(),
-    run_config: RunConfig = RunConfig(),
-    probability_config: ProbabilityConfig = ProbabilityConfig(),
-    regression_config: RegressionConfig = RegressionConfig(),
+    detection: Detection = Detection(),
     sparsity_config: SparsityConfig = SparsityConfig(),
     hidden_config: HiddenConfig = HiddenConfig(),
     steering_config: SteeringConfig = SteeringConfig(),
@@ -62,16 +56,15 @@ def paper(
     pretrain_config: PretrainConfig = PretrainConfig(),
     with_dynamics: bool = True,
     checkpoints: list[str] | None = None,
+    alpha: bool = True,
+    tokens_per_step: float | None = None,
     data_dir: str | None = None,
     refresh: list[PaperStage] | None = None,
 ) -> dict[str, Any]:
     """Encoding, steering, pruning and training dynamics, compared across models."""
     tag_run()
     workspace = Workspace.from_env(data_dir)
-    common = {"dataset": dataset, "split": split, "text_column": text_column,
-              "window_config": window_config, "run_config": run_config,
-              "probability_config": probability_config,
-              "regression_config": regression_config, "data_dir": workspace.data_dir}
+    common = {"corpus": corpus, "detection": detection, "data_dir": workspace.data_dir}
     per_model = {}
     for model in models or [DEFAULT_MODEL]:
         per_model[model] = {
@@ -84,14 +77,14 @@ def paper(
                                hidden_config=hidden_config, pruning_config=pruning_config,
                                refresh=_only(refresh, PRUNING_STAGES), **common),
         }
-    trained = dynamics_flow(dataset=dataset, checkpoints=checkpoints, split=split,
-                            text_column=text_column, pretrain_config=pretrain_config,
-                            window_config=window_config, run_config=run_config,
-                            probability_config=probability_config,
+    trained = dynamics_flow(corpus=corpus, checkpoints=checkpoints, alpha=alpha,
+                            tokens_per_step=tokens_per_step, pretrain_config=pretrain_config,
+                            window_config=detection.window_config,
+                            run_config=detection.run_config,
+                            probability_config=detection.probability_config,
                             data_dir=workspace.data_dir,
                             refresh=_only(refresh, DYNAMICS_STAGES)) if with_dynamics else None
     return compare_models(workspace, per_model, trained)
-
 
 
 def _only(refresh: list[str] | None, stages: list[str]) -> list[str]:

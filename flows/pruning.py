@@ -13,15 +13,15 @@ pruning; `prune` writes a pruned copy of the model.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from annotated_types import Ge, Lt
 from prefect import flow
 
 from flows.encoding import detect, keep_hidden_states
 from flows.labels import run_name, tag_run
-from flows.stages import PRUNING_STAGES, PruningStage, documented
-from tasks.corpus import corpus
+from flows.stages import DEFAULT_OOD, PRUNING_STAGES, PruneMethod, PruningStage, documented
+from tasks.corpus import corpus as corpus_stage
 from tasks.hidden import hidden_states
 from tasks.prune_model import save_pruned_model
 from tasks.pruning import pruning as pruning_sweep
@@ -30,22 +30,11 @@ from tasks.runner import StageRunner
 from tasks.sources import corpus_source
 from tasks.summary import summarize_pruning
 from tasks.windows import windows
-from tokprob.config import (
-    HiddenConfig,
-    ProbabilityConfig,
-    PruningConfig,
-    RegressionConfig,
-    RunConfig,
-    WindowConfig,
-)
-from tokprob.pruning import PRUNE_METHODS, check_prune_method, check_regression_target
-from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
+from tokprob.config import Corpus, Detection, HiddenConfig, PruningConfig, WindowConfig
+from tokprob.pruning import check_prune_method, check_regression_target
+from tokprob.specs import DEFAULT_MODEL
 from tokprob.windows import DETECT, TokenBudget
 from tokprob.workspace import Workspace
-
-DEFAULT_OOD = "shakespeare"
-
-PruneMethod = Literal[PRUNE_METHODS]  # type: ignore[valid-type]
 
 
 def heldout_readers(tokens: int, pruning_config: PruningConfig,
@@ -59,14 +48,9 @@ def heldout_readers(tokens: int, pruning_config: PruningConfig,
 @documented
 def pruning(
     model: str = DEFAULT_MODEL,
-    dataset: str = DEFAULT_DATASET,
+    corpus: Corpus = Corpus(),
     ood_dataset: str = DEFAULT_OOD,
-    split: str = "train",
-    text_column: str = "text",
-    window_config: WindowConfig = WindowConfig(),
-    run_config: RunConfig = RunConfig(),
-    probability_config: ProbabilityConfig = ProbabilityConfig(),
-    regression_config: RegressionConfig = RegressionConfig(),
+    detection: Detection = Detection(),
     hidden_config: HiddenConfig = HiddenConfig(),
     pruning_config: PruningConfig = PruningConfig(),
     data_dir: str | None = None,
@@ -76,13 +60,13 @@ def pruning(
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], PRUNING_STAGES)
-    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config,
+    window_config, run_config = detection.window_config, detection.run_config
+    found = detect(stage, workspace, model, corpus, detection,
                    heldout_readers(hidden_config.heldout_tokens, pruning_config, window_config))
     held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
     calibration = keep_hidden_states(stage, workspace, found, run_config, hidden_config, DETECT)
-    ood_text = corpus_source(workspace, ood_dataset, "train", "text")
-    ood_docs = stage(corpus, label="corpus-ood", workspace=workspace, source=ood_text)
+    ood_text = corpus_source(workspace, Corpus(dataset=ood_dataset))
+    ood_docs = stage(corpus_stage, label="corpus-ood", workspace=workspace, source=ood_text)
     # One detecting window (the stage needs one); the held-out split is what is evaluated.
     ood_budget = TokenBudget(detect=window_config.window, heldout=heldout_readers(
         pruning_config.eval_tokens, pruning_config, window_config))
@@ -108,13 +92,8 @@ def prune(
     fraction: Annotated[float, Ge(0), Lt(1)],
     out: str,
     model: str = DEFAULT_MODEL,
-    dataset: str = DEFAULT_DATASET,
-    split: str = "train",
-    text_column: str = "text",
-    window_config: WindowConfig = WindowConfig(),
-    run_config: RunConfig = RunConfig(),
-    probability_config: ProbabilityConfig = ProbabilityConfig(),
-    regression_config: RegressionConfig = RegressionConfig(),
+    corpus: Corpus = Corpus(),
+    detection: Detection = Detection(),
     hidden_config: HiddenConfig = HiddenConfig(),
     pruning_config: PruningConfig = PruningConfig(),
     method: PruneMethod = "saliency",
@@ -131,12 +110,12 @@ def prune(
             same, compensated from the kept dimensions) or compensated-greedy.
     """
     check_prune_method(method)
-    check_regression_target(regression_config.target)
+    check_regression_target(detection.regression_config.target)
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], PRUNING_STAGES)
-    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config,
+    window_config, run_config = detection.window_config, detection.run_config
+    found = detect(stage, workspace, model, corpus, detection,
                    heldout_readers(hidden_config.heldout_tokens, pruning_config, window_config))
     calibration = None
     if method != "saliency":

@@ -22,16 +22,8 @@ from tasks.steer_model import save_steered_model
 from tasks.steering import steering as steering_sweep
 from tasks.steering_figures import steering_figures
 from tasks.summary import summarize_steering
-from tokprob.config import (
-    HiddenConfig,
-    ProbabilityConfig,
-    RegressionConfig,
-    RunConfig,
-    SparsityConfig,
-    SteeringConfig,
-    WindowConfig,
-)
-from tokprob.specs import DEFAULT_DATASET, DEFAULT_MODEL
+from tokprob.config import Corpus, Detection, HiddenConfig, SparsityConfig, SteeringConfig
+from tokprob.specs import DEFAULT_MODEL
 from tokprob.windows import DETECT
 from tokprob.workspace import Workspace
 
@@ -40,13 +32,8 @@ from tokprob.workspace import Workspace
 @documented
 def steering(
     model: str = DEFAULT_MODEL,
-    dataset: str = DEFAULT_DATASET,
-    split: str = "train",
-    text_column: str = "text",
-    window_config: WindowConfig = WindowConfig(),
-    run_config: RunConfig = RunConfig(),
-    probability_config: ProbabilityConfig = ProbabilityConfig(),
-    regression_config: RegressionConfig = RegressionConfig(),
+    corpus: Corpus = Corpus(),
+    detection: Detection = Detection(),
     sparsity_config: SparsityConfig = SparsityConfig(),
     hidden_config: HiddenConfig = HiddenConfig(),
     steering_config: SteeringConfig = SteeringConfig(),
@@ -57,10 +44,10 @@ def steering(
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, refresh or [], STEERING_STAGES)
-    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config, hidden_config.heldout_tokens)
-    held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
-    calibration = keep_hidden_states(stage, workspace, found, run_config, hidden_config, DETECT)
+    found = detect(stage, workspace, model, corpus, detection, hidden_config.heldout_tokens)
+    held = keep_hidden_states(stage, workspace, found, detection.run_config, hidden_config)
+    calibration = keep_hidden_states(stage, workspace, found, detection.run_config,
+                                     hidden_config, DETECT)
     sweep = stage(steering_sweep, workspace=workspace, model=found.model,
                   regression=found.regression, embeddings=found.embeddings,
                   probabilities=found.probabilities, hidden=held, detect_hidden=calibration,
@@ -73,17 +60,12 @@ def steering(
 @documented
 def steer(
     tokens: list[str],
-    ratios: list[Annotated[float, Gt(0)]],
+    edit_ratios: list[Annotated[float, Gt(0)]],
     out: str,
     method: Literal["calibrated", "closed_form"] = "calibrated",
     model: str = DEFAULT_MODEL,
-    dataset: str = DEFAULT_DATASET,
-    split: str = "train",
-    text_column: str = "text",
-    window_config: WindowConfig = WindowConfig(),
-    run_config: RunConfig = RunConfig(),
-    probability_config: ProbabilityConfig = ProbabilityConfig(),
-    regression_config: RegressionConfig = RegressionConfig(),
+    corpus: Corpus = Corpus(),
+    detection: Detection = Detection(),
     sparsity_config: SparsityConfig = SparsityConfig(),
     hidden_config: HiddenConfig = HiddenConfig(),
     steering_config: SteeringConfig = SteeringConfig(),
@@ -95,7 +77,7 @@ def steer(
 
     Args:
         tokens: Tokens to steer: text that is exactly one token, or an id.
-        ratios: The factor for each token's probability, in the order of `tokens` (2
+        edit_ratios: The factor for each token's probability, in the order of `tokens` (2
             doubles it).
         out: Folder to write the model to (new or empty).
         method: How the edits are found: calibrated (jointly on the detecting split, so
@@ -104,11 +86,11 @@ def steer(
     tag_run()
     workspace = Workspace.from_env(data_dir)
     stage = StageRunner(workspace, [], STEERING_STAGES)
-    found = detect(stage, workspace, model, dataset, split, text_column, window_config,
-                   run_config, probability_config, regression_config, hidden_config.heldout_tokens)
-    held = keep_hidden_states(stage, workspace, found, run_config, hidden_config)
-    calibration = (keep_hidden_states(stage, workspace, found, run_config, hidden_config, DETECT)
+    found = detect(stage, workspace, model, corpus, detection, hidden_config.heldout_tokens)
+    held = keep_hidden_states(stage, workspace, found, detection.run_config, hidden_config)
+    calibration = (keep_hidden_states(stage, workspace, found, detection.run_config,
+                                      hidden_config, DETECT)
                    if method == "calibrated" else None)
     return save_steered_model(found.model, found.regression, found.embeddings,
-                              found.probabilities, held, calibration, tokens, ratios, method,
+                              found.probabilities, held, calibration, tokens, edit_ratios, method,
                               steering_config, sparsity_config, out)

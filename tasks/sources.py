@@ -9,9 +9,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tokprob.config import Corpus
 from tokprob.corpora import CorpusSource, resolve_corpus
 from tokprob.model_sources import ModelSource, resolve_model
-from tokprob.specs import DatasetSpec, ModelSpec
+from tokprob.specs import ModelSpec
 from tokprob.workspace import Workspace
 
 
@@ -22,7 +23,6 @@ def model_source(workspace: Workspace, spec: str) -> ModelSource:
 
 
 @task(name="dataset", cache_policy=NO_CACHE)
-def corpus_source(workspace: Workspace, spec: str, split: str = "train",
-                  text_column: str = "text") -> CorpusSource:
+def corpus_source(workspace: Workspace, text: Corpus) -> CorpusSource:
     """Fetch or locate the corpus and fingerprint its content."""
-    return resolve_corpus(DatasetSpec.parse(spec, split, text_column), workspace)
+    return resolve_corpus(text.spec(), workspace)

@@ -54,6 +54,14 @@ def test_unknown_parameters_and_flows_are_clear_errors(tmp_path):
         tokprob.run("encode")
     with pytest.raises(TokprobError, match=r"no parameter 'max_token'.*max_tokens"):
         tokprob.run("encoding", max_token=4096, data_dir=str(tmp_path / "data"))
+    with pytest.raises(TokprobError, match=r"no stage 'regresion' to refresh; its stages: "
+                                           r"corpus, windows"):
+        tokprob.run("encoding", refresh=["regresion"], data_dir=str(tmp_path / "data"))
+    with pytest.raises(TokprobError, match=r"either corpus or its fields \(dataset\)"):
+        tokprob.run("encoding", corpus={"dataset": "a.txt"}, dataset="b.txt",
+                    data_dir=str(tmp_path / "data"))
+    # Nothing was started for a refused call: no Prefect home, no server.
+    assert not (tmp_path / "data").exists()
 
 
 def test_results_never_compute_and_say_so_when_nothing_is_there(tmp_path):

@@ -135,10 +135,13 @@ def test_a_deployment_parameter_the_flow_lacks_is_refused_when_serving_starts(mo
 
     monkeypatch.setattr("prefect.serve", served)
     cases = [({"modell": "x"}, "the encoding flow has no parameter modell; its parameters "
-                               "are model, dataset"),
-             ({"probability_config": {"max_tokenz": 5}},
-              "probability_config has no field max_tokenz; its fields are max_tokens"),
-             ({"probability_config": {"max_tokens": "many"}}, "max_tokens: Input should be")]
+                               "are model, corpus, detection"),
+             ({"corpus": {"datasett": "x"}}, "corpus has no field datasett; its fields are "
+                                            "dataset, split, text_column"),
+             ({"detection": {"probability_config": {"max_tokenz": 5}}},
+              "detection.probability_config has no field max_tokenz; its fields are max_tokens"),
+             ({"detection": {"probability_config": {"max_tokens": "many"}}},
+              "max_tokens: Input should be")]
     for parameters, message in cases:
         deployment = Deployment(name="nightly", flow="encoding", parameters=parameters,
                                 schedules=[], tags=[])

@@ -232,3 +232,15 @@ def test_a_plot_edit_keeps_every_stage_that_computes(plot_edit):
     changed = {stage for stage in before if after[stage] != before[stage]}
     assert changed - FIGURE_STAGES == set()
     assert {"pruning", "steering", "checkpoint", "unigram", "regression"} <= set(before)
+
+
+def test_an_edit_to_the_python_api_or_the_flow_parameters_keeps_every_stage(tmp_path):
+    """How flows are started (tokprob.run, the parameters read from their signatures)
+    computes nothing a stage stores."""
+    root = tmp_path / "repo"
+    for folder in ("tokprob", "tasks", "flows", "cli"):
+        shutil.copytree(REPO / folder, root / folder)
+    before = _stage_versions(root)
+    for module in (root / "tokprob" / "api.py", root / "flows" / "parameters.py"):
+        module.write_text(module.read_text() + "\n\ndef added(x):\n    return 2 * x\n")
+    assert _stage_versions(root) == before

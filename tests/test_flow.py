@@ -11,7 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import VOCAB_ROWS, last_flow_run_id
 
-from tokprob.config import HiddenConfig, ProbabilityConfig, RegressionConfig, WindowConfig
+from tokprob.config import (
+    Corpus,
+    Detection,
+    HiddenConfig,
+    ProbabilityConfig,
+    RegressionConfig,
+    WindowConfig,
+)
 from tokprob.store import ArtifactStore
 from tokprob.workspace import Workspace
 
@@ -26,11 +33,10 @@ def run(prefect_api, tiny_models, tiny_text_dir, tmp_path):
     from flows.encoding import encoding
 
     def run_encoding(data_dir=tmp_path / "data", model="gpt_neox", **overrides):
-        options = {
-            "window_config": WindowConfig(window=16, heldout_fraction=0.2),
-            "probability_config": ProbabilityConfig(max_tokens=160),
-        } | overrides
-        return encoding(model=str(tiny_models[model]), dataset=str(tiny_text_dir),
+        small = {"window_config": WindowConfig(window=16, heldout_fraction=0.2),
+                 "probability_config": ProbabilityConfig(max_tokens=160)}
+        options = {"detection": Detection(**small | overrides.pop("detection", {}))} | overrides
+        return encoding(model=str(tiny_models[model]), corpus=Corpus(dataset=str(tiny_text_dir)),
                         data_dir=str(data_dir), **options)
 
     return run_encoding
@@ -85,7 +91,7 @@ def test_every_table_and_summary_of_a_run_has_what_the_catalog_lists(run):
 
 def test_changed_regression_parameter_reruns_only_regression_and_downstream(run):
     run()
-    changed = run(regression_config=RegressionConfig(target="frequency"))
+    changed = run(detection={"regression_config": RegressionConfig(target="frequency")})
     assert _states(changed, "cached") == sorted(UPSTREAM)
     assert _states(changed, "computed") == sorted(DOWNSTREAM_OF_REGRESSION)
     assert changed["target"] == "frequency"
@@ -140,7 +146,7 @@ def test_stages_reused_from_the_store_count_as_cached_without_prefects_record(ru
 def test_max_tokens_beyond_the_corpus_is_said_with_the_tokens_it_holds(run, caplog,
                                                                         tmp_path):
     with caplog.at_level(logging.WARNING, logger="tokprob"):
-        result = run(probability_config=ProbabilityConfig(max_tokens=10**6))
+        result = run(detection={"probability_config": ProbabilityConfig(max_tokens=10**6)})
     windows = ArtifactStore(Workspace.from_env(tmp_path / "data").artifacts).verify(
         "windows", result["artifact_dirs"]["windows"].rsplit("/", 1)[-1]).summary
     held = windows["detect_windows"] * windows["window"]
@@ -244,9 +250,10 @@ def test_hidden_states_of_the_detecting_split_are_a_stage_of_their_own(
         workspace = Workspace.from_env(tmp_path / "data")
         stage = StageRunner(workspace, [], ["hidden"])
         config = HiddenConfig(heldout_tokens=48)
-        found = detect(stage, workspace, str(tiny_models["gpt_neox"]), str(tiny_text_dir),
-                       "train", "text", WindowConfig(window=16, heldout_fraction=0.2),
-                       RunConfig(), ProbabilityConfig(max_tokens=160), RegressionConfig(),
+        found = detect(stage, workspace, str(tiny_models["gpt_neox"]),
+                       Corpus(dataset=str(tiny_text_dir)),
+                       Detection(window_config=WindowConfig(window=16, heldout_fraction=0.2),
+                                 probability_config=ProbabilityConfig(max_tokens=160)),
                        config.heldout_tokens)
         held = keep_hidden_states(stage, workspace, found, RunConfig(), config)
         calibrate = keep_hidden_states(stage, workspace, found, RunConfig(), config, DETECT)

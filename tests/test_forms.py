@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from flows.parameters import flow_signature
 from flows.stages import (
     DYNAMICS_STAGES,
     ENCODING_STAGES,
@@ -18,14 +19,13 @@ from flows.stages import (
     STEERING_STAGES,
 )
 from tokprob.config import (
-    HiddenConfig,
+    Corpus,
+    Detection,
     PretrainConfig,
-    ProbabilityConfig,
     PruningConfig,
     RegressionConfig,
     RunConfig,
     SparsityConfig,
-    SteeringConfig,
     WindowConfig,
 )
 from tokprob.errors import TokprobError
@@ -38,8 +38,9 @@ FLOWS = {  # module: flow name: the stages its `refresh` may name (None: no refr
     "paper": {"paper": PAPER_STAGES},
 }
 EVERY_FLOW = [(module, name) for module, flows in FLOWS.items() for name in flows]
-CONFIGS = [WindowConfig, RunConfig, ProbabilityConfig, HiddenConfig, RegressionConfig,
-           SparsityConfig, SteeringConfig, PruningConfig, PretrainConfig]
+CONFIGS = list(dict.fromkeys(parameter.group for module, name in EVERY_FLOW
+                             for parameter in flow_signature(module, name) if parameter.group))
+"""Every parameter object a flow takes, at any depth."""
 
 
 def _flow(module: str, name: str):
@@ -55,6 +56,10 @@ def _schema(module: str, name: str) -> dict:
 
 def _definition(schema: dict, config: type) -> dict:
     return schema["definitions"][config.__name__]
+
+
+def test_the_configs_checked_here_include_those_inside_parameter_objects():
+    assert {Corpus, Detection, WindowConfig, PretrainConfig} <= set(CONFIGS)
 
 
 def test_every_flow_module_is_covered():
@@ -147,7 +152,12 @@ def _edges(bounds: dict, integer: bool) -> tuple[list[float], list[float]]:
     return inside, outside
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda config: config.__name__)
+# The shared parameter objects hold free text (Corpus) and configs (Detection): no bounds
+# of their own.
+BOUNDED = [config for config in CONFIGS if config not in (Corpus, Detection)]
+
+
+@pytest.mark.parametrize("config", BOUNDED, ids=lambda config: config.__name__)
 def test_the_form_and_the_command_line_check_the_same_bounds(config):
     """Every bound and choice the form shows is the one the config (and so the command
     line) enforces: a value on the edge is accepted, one past it is refused."""
@@ -183,16 +193,18 @@ def test_a_direct_call_is_validated_against_the_same_annotations():
     from flows.dynamics import dynamics
     from flows.encoding import encoding
 
-    with pytest.raises(ParameterTypeError, match=r"run_config\.batch_size"):
-        encoding.validate_parameters({"run_config": {"batch_size": 0}})
+    with pytest.raises(ParameterTypeError, match=r"detection\.run_config\.batch_size"):
+        encoding.validate_parameters({"detection": {"run_config": {"batch_size": 0}}})
     with pytest.raises(ParameterTypeError, match=r"refresh\.0"):
         encoding.validate_parameters({"refresh": ["regresion"]})
     # A check across fields, which no form can show, still speaks in the config's words.
     with pytest.raises(TokprobError, match="Invalid --heads: expected a divisor"):
         dynamics.validate_parameters({"pretrain_config": {"heads": 3}})
-    valid = encoding.validate_parameters({"run_config": {"batch_size": 2, "device": "cuda:1"},
-                                          "refresh": ["pca"]})
-    assert valid["run_config"] == RunConfig(batch_size=2, device="cuda:1")
+    valid = encoding.validate_parameters({
+        "detection": {"run_config": {"batch_size": 2, "device": "cuda:1"}},
+        "corpus": {"dataset": "x.txt"}, "refresh": ["pca"]})
+    assert valid["detection"].run_config == RunConfig(batch_size=2, device="cuda:1")
+    assert valid["corpus"] == Corpus(dataset="x.txt")
     assert valid["refresh"] == ["pca"]
 
 
@@ -215,34 +227,37 @@ def test_the_api_refuses_a_bad_value_before_a_run_starts(prefect_api):
     deployment_id = encoding.to_deployment(name="forms").apply()
     with get_client(sync_client=True) as client:
         assert client.read_deployment(deployment_id).enforce_parameter_schema
-        for bad in ({"run_config": {"batch_size": 0}},
-                    {"window_config": {"heldout_fraction": 1.0}},
-                    {"run_config": {"device": "tpu"}},
+        for bad in ({"detection": {"run_config": {"batch_size": 0}}},
+                    {"detection": {"window_config": {"heldout_fraction": 1.0}}},
+                    {"detection": {"run_config": {"device": "tpu"}}},
                     {"refresh": ["regresion"]}):
             with pytest.raises(PrefectHTTPStatusError) as refused:
                 client.create_flow_run_from_deployment(deployment_id, parameters=bad)
             assert refused.value.response.status_code == 409
         accepted = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"run_config": {"batch_size": 1, "device": "cuda:0"},
-                                       "refresh": ["pca"]})
-        assert accepted.parameters["run_config"]["batch_size"] == 1
+            deployment_id, parameters={
+                "detection": {"run_config": {"batch_size": 1, "device": "cuda:0"}},
+                "refresh": ["pca"]})
+        assert accepted.parameters["detection"]["run_config"]["batch_size"] == 1
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
             id=DeploymentFilterId(any_=[deployment_id])))
         assert [run.id for run in runs] == [accepted.id]
 
 
-def test_the_command_line_reads_the_same_declarations():
-    from cli.commands import config_from_arguments
+def test_the_command_line_reads_the_same_declarations(tmp_path, monkeypatch):
+    from cli.commands import _flow_inputs
     from cli.main import build_parser
 
+    monkeypatch.setattr("cli.commands.prepare_environment", lambda workspace: None)
+    data = ["--data-dir", str(tmp_path)]
     args = build_parser().parse_args(["run", "encoding", "--batch-size", "4", "--device",
-                                      "cuda:1", "--dtype", "bfloat16"])
-    assert config_from_arguments(RunConfig, args) == RunConfig(dtype="bfloat16", batch_size=4,
-                                                               device="cuda:1")
+                                      "cuda:1", "--dtype", "bfloat16", *data])
+    assert _flow_inputs(args, "encoding")["detection"].run_config == RunConfig(
+        dtype="bfloat16", batch_size=4, device="cuda:1")
     for device in ("cuda:x", "tpu"):
-        args = build_parser().parse_args(["run", "encoding", "--device", device])
+        args = build_parser().parse_args(["run", "encoding", "--device", device, *data])
         with pytest.raises(TokprobError, match="Invalid --device: expected cpu, cuda, cuda:N"):
-            config_from_arguments(RunConfig, args)
+            _flow_inputs(args, "encoding")
 
 
 def test_a_served_deployment_with_a_value_out_of_bounds_is_refused(monkeypatch):
@@ -253,9 +268,9 @@ def test_a_served_deployment_with_a_value_out_of_bounds_is_refused(monkeypatch):
 
     monkeypatch.setattr("prefect.serve", served)
     entry = Deployment(name="nightly", flow="encoding", schedules=[], tags=[],
-                       parameters={"run_config": {"batch_size": 0}})
+                       parameters={"detection": {"run_config": {"batch_size": 0}}})
     with pytest.raises(TokprobError) as refused:
         serve_deployments([entry], "/tmp/data")
-    assert "run_config.batch_size: Input should be greater than or equal to 1" in str(
+    assert "detection.run_config.batch_size: Input should be greater than or equal to 1" in str(
         refused.value)
     assert "\n" not in str(refused.value)

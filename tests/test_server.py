@@ -154,9 +154,10 @@ deployments:
     entrypoint: flows/encoding.py:encoding
     parameters:
       model: "{tiny_models['llama']}"
-      dataset: "{tiny_text_dir}"
-      window_config: {{window: 16, heldout_fraction: 0.2}}
-      probability_config: {{max_tokens: 160}}
+      corpus: {{dataset: "{tiny_text_dir}"}}
+      detection:
+        window_config: {{window: 16, heldout_fraction: 0.2}}
+        probability_config: {{max_tokens: 160}}
     schedules:
       - interval: 8
     work_pool: {{name: unused-by-serve}}
@@ -265,9 +266,10 @@ def test_prefect_deploy_and_a_process_worker_run_the_shipped_deployments(
                                "tokprob"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     data = tmp_path / "data"
-    parameters = {"model": str(tiny_models["gpt2"]), "dataset": str(tiny_text_dir),
-                  "window_config": {"window": 16, "heldout_fraction": 0.2},
-                  "probability_config": {"max_tokens": 160}, "data_dir": str(data)}
+    parameters = {"model": str(tiny_models["gpt2"]), "corpus": {"dataset": str(tiny_text_dir)},
+                  "detection": {"window_config": {"window": 16, "heldout_fraction": 0.2},
+                                "probability_config": {"max_tokens": 160}},
+                  "data_dir": str(data)}
     try:
         with _client(server) as client:
             deployments = {d.name: d for d in client.read_deployments()

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import last_flow_run_id
 
-from tokprob.config import ProbabilityConfig, RunConfig, WindowConfig
+from tokprob.config import Corpus, Detection, ProbabilityConfig, RunConfig, WindowConfig
 
 pytestmark = pytest.mark.prefect
 
@@ -22,11 +22,11 @@ def test_sharded_alpha_equals_single_process_alpha(prefect_api, tiny_models, tin
     runs = {}
     for shards in (1, 2):
         runs[shards] = encoding(
-            model=str(tiny_models["llama"]), dataset=str(tiny_text_dir),
-            data_dir=str(tmp_path / f"shards-{shards}"),
-            window_config=WindowConfig(window=16, heldout_fraction=0.2),
-            run_config=RunConfig(batch_size=3, shards=shards),
-            probability_config=ProbabilityConfig(max_tokens=160))
+            model=str(tiny_models["llama"]), corpus=Corpus(dataset=str(tiny_text_dir)),
+            data_dir=str(tmp_path / f"shards-{shards}"), detection=Detection(
+                window_config=WindowConfig(window=16, heldout_fraction=0.2),
+                run_config=RunConfig(batch_size=3, shards=shards),
+                probability_config=ProbabilityConfig(max_tokens=160)))
     single, sharded = (pq.read_table(runs[s]["artifacts"]["probabilities"]).to_pandas()
                        for s in (1, 2))
     np.testing.assert_allclose(sharded["alpha"], single["alpha"], rtol=1e-9, atol=0)
@@ -65,10 +65,11 @@ def test_alpha_on_a_running_dask_cluster_loads_the_model_in_the_workers_only(
     from flows.encoding import encoding
 
     def run(data: str, config: RunConfig):
-        return encoding(model=str(tiny_models["phi"]), dataset=str(tiny_text_dir),
-                        data_dir=str(tmp_path / data),
-                        window_config=WindowConfig(window=16, heldout_fraction=0.2),
-                        run_config=config, probability_config=ProbabilityConfig(max_tokens=160))
+        return encoding(model=str(tiny_models["phi"]), corpus=Corpus(dataset=str(tiny_text_dir)),
+                        data_dir=str(tmp_path / data), detection=Detection(
+                            window_config=WindowConfig(window=16, heldout_fraction=0.2),
+                            run_config=config,
+                            probability_config=ProbabilityConfig(max_tokens=160)))
 
     def refuse(*args, **kwargs):
         raise AssertionError("the flow's own process loaded the model")

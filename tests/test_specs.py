@@ -226,8 +226,12 @@ def test_short_names_of_specs(spec, short):
 
 def test_run_tags_name_every_model_and_the_dataset():
     from flows.labels import run_tags
+    from tokprob.config import Corpus
 
-    assert run_tags({"model": "EleutherAI/pythia-70m@step1000", "dataset": "wiki-leads"}) == [
+    # Called from Python the corpus is a Corpus; run from a deployment, a mapping.
+    assert run_tags({"model": "EleutherAI/pythia-70m@step1000",
+                     "corpus": Corpus(dataset="wiki-leads")}) == [
         "dataset:wiki-leads", "model:pythia-70m@step1000"]
-    assert run_tags({"models": ["a/b", "/m/c.gguf"], "dataset": "x.txt"}) == [
+    assert run_tags({"models": ["a/b", "/m/c.gguf"], "corpus": {"dataset": "x.txt"}}) == [
         "dataset:x", "model:b", "model:c"]
+    assert run_tags({"model": "a/b"}) == ["model:b"]

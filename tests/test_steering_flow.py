@@ -12,15 +12,22 @@ import torch
 from conftest import assert_saved_in_bfloat16, save_bfloat16_model
 
 from cli.main import main
-from tokprob.config import HiddenConfig, ProbabilityConfig, SteeringConfig, WindowConfig
+from tokprob.config import (
+    Corpus,
+    Detection,
+    HiddenConfig,
+    ProbabilityConfig,
+    SteeringConfig,
+    WindowConfig,
+)
 from tokprob.steering import method_errors
 from tokprob.windows import HELDOUT, Windows
 
 pytestmark = pytest.mark.prefect
 
 SMALL = {
-    "window_config": WindowConfig(window=16, heldout_fraction=0.3),
-    "probability_config": ProbabilityConfig(max_tokens=160),
+    "detection": Detection(window_config=WindowConfig(window=16, heldout_fraction=0.3),
+                           probability_config=ProbabilityConfig(max_tokens=160)),
     "hidden_config": HiddenConfig(heldout_tokens=64),
 }
 STEER = SteeringConfig(omega="all", ratios=(0.1, 0.5, 2.0, 10.0), tokens_per_percentile=2,
@@ -32,10 +39,9 @@ def test_steering_flow_reuses_the_encoding_stages(prefect_api, tiny_models, tiny
     from flows.encoding import encoding
     from flows.steering import steering
 
-    common = {"model": str(tiny_models["phi"]), "dataset": str(tiny_text_dir),
+    common = {"model": str(tiny_models["phi"]), "corpus": Corpus(dataset=str(tiny_text_dir)),
               "data_dir": str(tmp_path)}
-    encoding(**common, window_config=SMALL["window_config"],
-             probability_config=SMALL["probability_config"])
+    encoding(**common, detection=SMALL["detection"])
     result = steering(**common, **SMALL, steering_config=STEER)
     for stage in ("corpus", "windows", "embeddings", "probabilities", "regression"):
         assert result["stages"][stage] == "cached"

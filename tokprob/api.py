@@ -13,8 +13,6 @@ Prefect is imported only when `run` starts a flow.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,52 +28,27 @@ from tokprob.workspace import Workspace
 def run(flow: str = "encoding", **parameters: Any) -> dict[str, Any]:
     """Run one of tokprob's flows and return its result (the `--json` dict).
 
-    `parameters` are the flow's own (`model`, `dataset`, `data_dir`, `refresh`, …) or a
-    field of one of its configs by name (`max_tokens=4096`, `window=128`,
-    `target="frequency"`), gathered into that config; the rest keep their defaults.
+    `parameters` are the flow's own (`model`, `corpus`, `detection`, `data_dir`,
+    `refresh`, …) or a field of one of its parameter objects by name (`dataset="…"`,
+    `max_tokens=4096`, `window=128`, `target="frequency"`), gathered into that object;
+    the rest keep their defaults.
     """
     from cli.environment import configure_logging, prepare_environment
+    from flows.parameters import flow_inputs
     from flows.stages import FLOWS  # names only: no Prefect yet
 
     if flow not in FLOWS:
         raise TokprobError(f"Unknown flow {flow!r}; choose one of {', '.join(FLOWS)}.")
+    inputs = flow_inputs(flow, FLOWS[flow].parameters(), parameters)
+    if unknown := sorted(set(inputs.get("refresh") or ()) - set(FLOWS[flow].stages)):
+        raise TokprobError(f"The {flow} flow has no stage {', '.join(map(repr, unknown))} "
+                           f"to refresh; its stages: {', '.join(FLOWS[flow].stages)}.")
     workspace = Workspace.from_env(parameters.get("data_dir"))
     workspace.ensure_writable()
     prepare_environment(workspace)  # Prefect's settings, before Prefect is imported
     chosen = FLOWS[flow].load()
-    configs = FLOWS[flow].configs
-    own = set(inspect.signature(chosen.fn).parameters)
-    inputs = _flow_inputs(flow, own, configs, parameters) | {"data_dir": workspace.data_dir}
     configure_logging()
-    return chosen(**inputs)
-
-
-def _flow_inputs(flow: str, own: set[str], configs: dict[str, type],
-                 parameters: dict[str, Any]) -> dict[str, Any]:
-    """The flow's keyword arguments: its own parameters (`own`), and config fields
-    gathered into their configs."""
-    owner = {field.name: name for name, cls in configs.items()
-             for field in dataclasses.fields(cls)}
-    inputs: dict[str, Any] = {}
-    fields: dict[str, dict[str, Any]] = {}
-    for name, value in parameters.items():
-        if name in own:
-            inputs[name] = value
-        elif name in owner:
-            fields.setdefault(owner[name], {})[name] = value
-        else:
-            raise TokprobError(
-                f"The {flow} flow has no parameter {name!r}. Its parameters: "
-                f"{', '.join(sorted(own))}; and the fields of its configs: "
-                f"{', '.join(sorted(owner))}."
-            )
-    for config, values in fields.items():
-        if config in inputs:
-            raise TokprobError(
-                f"Give either {config} or its fields ({', '.join(sorted(values))}), not both."
-            )
-        inputs[config] = configs[config](**values)
-    return inputs
+    return chosen(**inputs | {"data_dir": workspace.data_dir})
 
 
 @dataclass(frozen=True)

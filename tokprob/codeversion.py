@@ -36,6 +36,9 @@ NOT_COMPUTATION = frozenset({
     # Parameter descriptions and checks: the values themselves are in every key.
     "tokprob.config",
     "tokprob.summary",  # text for people, not artifact content
+    # The Python API starts flows and reads results: `tokprob/__init__.py` names it, so
+    # without this every stage would re-version when it changes.
+    "tokprob.api",
     # What a spec names is identified by content (fingerprints), not by the code that
     # found or fetched it.
     "tokprob.specs",

@@ -27,6 +27,7 @@ from annotated_types import Ge, Gt, Le, Lt, MinLen
 from pydantic import StringConstraints
 
 from tokprob.errors import TokprobError
+from tokprob.specs import DEFAULT_DATASET, DatasetSpec
 
 CUDA_INDEX = r"cuda:\d+"
 """A device written with its index; the named devices are choices of their own."""
@@ -328,3 +329,33 @@ def _describe(bounds: list[Ge | Gt | Le | Lt]) -> str:
 def _require(ok: bool, flag: str, expected: str, got: Any) -> None:
     if not ok or (isinstance(got, float) and not math.isfinite(got)):
         raise TokprobError(f"Invalid {flag}: expected {expected}, got {got!r}.")
+
+
+@dataclass(frozen=True)
+class Corpus(Checked):
+    """The text a flow reads: a dataset, its split and the column that holds the text."""
+
+    dataset: str = DEFAULT_DATASET
+    """Built-in name (wiki-leads, shakespeare), .txt/.json/.jsonl/.parquet files, or hub
+    name[:config][@revision]."""
+
+    split: str = "train"
+    """Split of a hub dataset."""
+
+    text_column: str = "text"
+    """Column holding the text in .json/.jsonl/.parquet files and hub datasets."""
+
+    def spec(self) -> DatasetSpec:
+        """What `dataset` names, parsed (a malformed spec is refused here)."""
+        return DatasetSpec.parse(self.dataset, self.split, self.text_column)
+
+
+@dataclass(frozen=True)
+class Detection(Checked):
+    """How the encoding is found on the detecting split, where every analysis of a model
+    starts (paper §2.1): the windows, the forward passes, α and the regression."""
+
+    window_config: WindowConfig = WindowConfig()
+    run_config: RunConfig = RunConfig()
+    probability_config: ProbabilityConfig = ProbabilityConfig()
+    regression_config: RegressionConfig = RegressionConfig()
