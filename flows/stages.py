@@ -1,6 +1,6 @@
-"""Names of the flows' stages, their config parameters and the descriptions of their
-parameters, without importing Prefect (the command line needs them before the engine
-starts)."""
+"""The flows by name, their stages and the descriptions of their single-value parameters,
+without importing Prefect (the command line needs them before the engine starts; each
+flow's parameters are read from its signature, flows/parameters.py)."""
 
 from __future__ import annotations
 
