@@ -36,8 +36,10 @@ def publish_run(workspace: Workspace, flow: str, result: dict[str, Any]) -> dict
     scratch = path.with_suffix(".tmp")
     scratch.write_text(json.dumps(record, indent=2, default=str))
     scratch.replace(path)
-    html_path, md_path = write_report(workspace, [record],
-                                      f"{flow}-{record['flow_run_name']}")
+    # Run names start with their flow's (flows/labels.py); one started otherwise may not.
+    name = record["flow_run_name"]
+    html_path, md_path = write_report(workspace, [record], name if name.startswith(f"{flow}-")
+                                      else f"{flow}-{name}")
     # Set by the command line when a `tokprob server` serves this data folder's reports.
     served = os.environ.get("TOKPROB_REPORTS_URL")
     link = f"{served}/reports/{html_path.name}" if served else html_path.as_uri()

@@ -55,6 +55,9 @@ def test_first_run_computes_then_everything_is_cached(run):
         assert second[number] == first[number]
     assert first["n_tokens"] == 160 and first["window"] == 16
     assert (first["vocab_size"], first["hidden_size"], first["tied"]) == (VOCAB_ROWS, 32, False)
+    # Each run's report is named by its run, which names its flow once.
+    report = Path(first["report"])
+    assert report.is_file() and report.name.startswith("encoding-gpt_neox-")
 
 
 def test_artifacts_follow_the_documented_schemas(run):
