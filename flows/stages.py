@@ -54,7 +54,8 @@ PaperStage = Literal[tuple(PAPER_STAGES)]  # type: ignore[valid-type]
 
 PARAMETER_DOCS: dict[str, str] = {
     "model": "Built-in name, hub id[@revision], model folder or .gguf file.",
-    "models": "Model specs, each as for --model (comma-separated).",
+    "models": "Model specs, each as for --model (comma-separated; default: the built-in "
+              "model).",
     "ood_dataset": "Out-of-distribution corpus for pruning.",
     "keep_hidden": "Also store final hidden states of the held-out split.",
     "with_dynamics": "Include the training dynamics.",
