@@ -103,7 +103,15 @@ def rerun(args: argparse.Namespace) -> int:
     args.flow = next((name for name in ("steering", "pruning", "dynamics")
                       if args.stage in set(FLOWS[name].stages) - set(encoding.stages)),
                      encoding.name)
-    # Only the options of that flow: the others belong to flows that do not run.
+    # Only the options of that flow: one of another flow's would do nothing.
+    own = {parameter.name for parameter in FLOWS[args.flow].parameters()}
+    foreign = sorted("--" + parameter.name.replace("_", "-") for parameter in args.parameters
+                     if parameter.name not in own and parameter.group is None
+                     and getattr(args, parameter.name, None) not in (None, parameter.default))
+    if foreign:
+        raise TokprobError(f"The stage {args.stage} belongs to the {args.flow} flow, which "
+                           f"takes no {', '.join(foreign)}; leave "
+                           f"{'it' if len(foreign) == 1 else 'them'} out.")
     args.parameters = FLOWS[args.flow].parameters()
     return run_flow(args)
 

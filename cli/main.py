@@ -36,7 +36,8 @@ QUOTED = re.compile(r"(?<=[(\s,])'[^'\n]{1,40}'(?=[,)\s.:])")
 def paragraph(text: str, width: int = 88) -> str:
     """An error message wrapped to the terminal, never inside a quoted token."""
     kept = QUOTED.sub(lambda match: match.group().replace(" ", "\u00a0"), text)
-    return textwrap.fill(kept, width=width).replace("\u00a0", " ")
+    # An option (--heldout-tokens) is never split at its hyphens.
+    return textwrap.fill(kept, width=width, break_on_hyphens=False).replace("\u00a0", " ")
 
 
 class Parser(argparse.ArgumentParser):

@@ -62,6 +62,10 @@ def test_bad_input_is_one_paragraph_and_exit_code_2(capsys, tmp_path, arguments,
           "EleutherAI/pythia-70m@step0,EleutherAI/pythia-70m,EleutherAI/pythia-70m@step1000"],
          "The checkpoint EleutherAI/pythia-70m states no training step while the others do"),
         (["artifacts", "--stage", "nosuch"], "invalid choice: 'nosuch'"),
+        (["rerun", "steering", "--checkpoints", "a,b", "--no-alpha"],
+         "The stage steering belongs to the steering flow, which takes no --alpha, "
+         "--checkpoints; leave them out."),
+        (["rerun", "pca", "--ood-dataset", "x.txt"], "takes no --ood-dataset; leave it out"),
         (["run", "steering", "--ratios", "2,abc"], "comma-separated float"),
         (["run", "encoding", "--model", "{tmp}/garbage"], "is not valid JSON (line 1"),
         (["run", "encoding", "--model", "{tmp}/unknown-type"],
@@ -389,6 +393,17 @@ def test_error_paragraphs_never_break_inside_a_quoted_token():
         assert " ".join(wrapped.split()) == " ".join(message.split())
         assert "(' Paris'," in wrapped.replace("\n", " ") and "' is')" in wrapped
         assert "\u00a0" not in wrapped
+
+
+def test_error_paragraphs_never_break_an_option_at_its_hyphens():
+    from cli.main import paragraph
+
+    message = "tokprob: error: the pruning flow takes no --ood-dataset or --heldout-tokens."
+    for width in range(20, 80, 3):
+        lines = paragraph(message, width).splitlines()
+        assert all(not line.endswith("-") for line in lines), lines
+        assert {"--ood-dataset", "--heldout-tokens."} <= {w for line in lines
+                                                          for w in line.split()}
 
 
 def test_python_dash_m_tokprob_is_the_tokprob_command(tmp_path):
