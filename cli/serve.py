@@ -25,6 +25,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from flows.parameters import check_mapping
 from flows.stages import FLOWS
 from tokprob.errors import TokprobError
 
@@ -143,26 +144,15 @@ def check_parameters(flow: Any, name: str, parameters: dict[str, Any]) -> None:
         raise TokprobError(f"Deployment {name!r}: the {flow.name} flow has no parameter "
                            f"{', '.join(unknown)}; its parameters are {', '.join(known)}.")
     hints = typing.get_type_hints(flow.fn)
-    for key, value in parameters.items():
-        _check_fields(name, key, hints.get(key), value)
+    try:
+        for key, value in parameters.items():
+            check_mapping(key, hints.get(key), value)
+    except TokprobError as error:
+        raise TokprobError(f"Deployment {name!r}: {error}") from None
     try:
         flow.validate_parameters(parameters)
     except ParameterTypeError as error:
         raise TokprobError(f"Deployment {name!r}: {' '.join(str(error).split())}") from None
-
-
-def _check_fields(deployment: str, key: str, hint: Any, value: Any) -> None:
-    """A parameter object given as a mapping names only fields it has, at every depth
-    (pydantic would drop the others without a word)."""
-    if not (dataclasses.is_dataclass(hint) and isinstance(value, dict)):
-        return
-    fields = {field.name: field for field in dataclasses.fields(hint)}
-    if extra := sorted(set(value) - set(fields)):
-        raise TokprobError(f"Deployment {deployment!r}: {key} has no field "
-                           f"{', '.join(extra)}; its fields are {', '.join(fields)}.")
-    inner = typing.get_type_hints(hint)
-    for field, item in value.items():
-        _check_fields(deployment, f"{key}.{field}", inner[field], item)
 
 
 def serve_deployments(deployments: list[Deployment], data_dir: str) -> None:

@@ -70,9 +70,9 @@ def is_group(hint: Any) -> bool:
 
 
 @cache
-def flow_signature(module: str, name: str | None = None) -> tuple[Parameter, ...]:
-    """The parameters of the flow `name` (default: `module`) of flows/<module>.py, with
-    every field of its parameter objects after the object, read without importing it."""
+def _flow_definition(module: str, name: str | None) -> tuple[Path, ast.Module, ast.FunctionDef]:
+    """flows/<module>.py, its syntax tree and the definition of its flow `name` (default:
+    `module`), parsed once."""
     path = Path(__file__).with_name(f"{module}.py")
     tree = ast.parse(path.read_text())
     name = name or module
@@ -80,6 +80,14 @@ def flow_signature(module: str, name: str | None = None) -> tuple[Parameter, ...
                      if isinstance(node, ast.FunctionDef) and node.name == name), None)
     if function is None:
         raise TokprobError(f"{path} defines no flow {name!r}.")
+    return path, tree, function
+
+
+@cache
+def flow_signature(module: str, name: str | None = None) -> tuple[Parameter, ...]:
+    """The parameters of the flow `name` (default: `module`) of flows/<module>.py, with
+    every field of its parameter objects after the object, read without importing it."""
+    path, tree, function = _flow_definition(module, name)
     namespace = _prefect_free_names(tree)
     docs = own_docs(ast.get_docstring(function) or "")
     arguments = function.args.args + function.args.kwonlyargs
@@ -95,12 +103,9 @@ def flow_signature(module: str, name: str | None = None) -> tuple[Parameter, ...
     return tuple(found)
 
 
-@cache
 def flow_summary(module: str, name: str | None = None) -> str:
     """The first sentence of the flow's docstring, as one line (the command's help)."""
-    tree = ast.parse(Path(__file__).with_name(f"{module}.py").read_text())
-    function = next(node for node in tree.body
-                    if isinstance(node, ast.FunctionDef) and node.name == (name or module))
+    _, _, function = _flow_definition(module, name)
     first = " ".join((ast.get_docstring(function) or "").split("\n\n")[0].split())
     return first.split(": ")[0].rstrip(".")
 
@@ -161,18 +166,12 @@ def _evaluate(node: ast.expr | None, namespace: dict[str, Any], path: Path,
         ) from None
 
 
-def names(parameters: tuple[Parameter, ...]) -> dict[str, Parameter]:
-    """Each name a flow takes, once: a parameter, a parameter object or one of its fields."""
-    return {parameter.name: parameter for parameter in parameters}
-
-
 def flow_inputs(flow: str, parameters: tuple[Parameter, ...],
                 given: dict[str, Any]) -> dict[str, Any]:
     """The flow's keyword arguments from names given flat (`max_tokens=4096`) or whole
     (`detection=Detection(…)`, `corpus={"dataset": …}`); what is not given keeps the flow's
     defaults."""
-    known = names(parameters)
-    if unknown := sorted(set(given) - set(known)):
+    if unknown := sorted(set(given) - {parameter.name for parameter in parameters}):
         raise TokprobError(
             f"The {flow} flow has no parameter {', '.join(map(repr, unknown))}. It takes "
             f"{', '.join(p.name for p in parameters if len(p.path) == 1)}, and the fields of "
@@ -201,8 +200,23 @@ def _gather(parameter: Parameter, parameters: tuple[Parameter, ...],
                                f"({', '.join(inner)}), not both.")
         value = given[parameter.name]
         if parameter.group and isinstance(value, dict):  # as a deployment's YAML gives it
+            check_mapping(parameter.name, parameter.group, value)
             return pydantic.TypeAdapter(parameter.group).validate_python(value)
         return value
     values = {child.name: value for child in children
               if (value := _gather(child, parameters, given)) is not _MISSING}
     return parameter.group(**values) if values else _MISSING
+
+
+def check_mapping(key: str, hint: Any, value: Any) -> None:
+    """A parameter object given as a mapping names only fields it has, at every depth
+    (pydantic would drop the others without a word)."""
+    if not (dataclasses.is_dataclass(hint) and isinstance(value, dict)):
+        return
+    fields = [field.name for field in dataclasses.fields(hint)]
+    if extra := sorted(set(value) - set(fields)):
+        raise TokprobError(f"{key} has no field {', '.join(extra)}; its fields are "
+                           f"{', '.join(fields)}.")
+    inner = typing.get_type_hints(hint)
+    for field, item in value.items():
+        check_mapping(f"{key}.{field}", inner[field], item)

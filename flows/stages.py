@@ -23,12 +23,10 @@ EncodingStage = Literal[tuple(ENCODING_STAGES)]  # type: ignore[valid-type]
 Prefect's forms offer and its API enforces."""
 
 
-
 STEERING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "regression", "hidden",
                    "steering", "steering-figures"]
 
 SteeringStage = Literal[tuple(STEERING_STAGES)]  # type: ignore[valid-type]
-
 
 
 PRUNING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "regression", "hidden",
@@ -37,19 +35,15 @@ PRUNING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "regressio
 PruningStage = Literal[tuple(PRUNING_STAGES)]  # type: ignore[valid-type]
 
 
-
 DYNAMICS_STAGES = ["corpus", "pretrain", "unigram", "windows", "embeddings", "probabilities",
                    "checkpoint", "dynamics"]
 
 DynamicsStage = Literal[tuple(DYNAMICS_STAGES)]  # type: ignore[valid-type]
 
 
-
-
 PAPER_STAGES = list(dict.fromkeys(ENCODING_STAGES + STEERING_STAGES + PRUNING_STAGES
                                   + DYNAMICS_STAGES))
 PaperStage = Literal[tuple(PAPER_STAGES)]  # type: ignore[valid-type]
-
 
 
 PARAMETER_DOCS: dict[str, str] = {

@@ -70,6 +70,14 @@ def test_flow_inputs_refuses_unknown_names_and_an_object_given_twice():
         flow_inputs("encoding", parameters, {"max_tokenz": 5})
     with pytest.raises(TokprobError, match=r"either detection or its fields \(max_tokens\)"):
         flow_inputs("encoding", parameters, {"detection": Detection(), "max_tokens": 5})
+    # A mapping's misspelt field, at any depth, is refused rather than dropped.
+    with pytest.raises(TokprobError, match=r"^corpus has no field datasett; its fields are "
+                                           r"dataset, split, text_column\.$"):
+        flow_inputs("encoding", parameters, {"corpus": {"datasett": "a.txt"}})
+    with pytest.raises(TokprobError, match=r"detection\.probability_config has no field "
+                                           r"max_tokenz"):
+        flow_inputs("encoding", parameters,
+                    {"detection": {"probability_config": {"max_tokenz": 5}}})
     # A bound is checked where the object is made, naming the option.
     with pytest.raises(TokprobError, match="--max-tokens"):
         flow_inputs("encoding", parameters, {"max_tokens": 0})
