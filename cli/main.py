@@ -227,7 +227,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 SWEEP_ONLY = frozenset({"ratios", "percentiles", "tokens_per_percentile", "targets",
-                        "fewshot", "target_seed"})
+                        "fewshot", "target_seed", "exact_kl"})
 """SteeringConfig fields that only the steering sweep reads, not `tokprob steer`."""
 
 RERUN_FLOWS = ("encoding", "steering", "pruning", "dynamics")

@@ -80,7 +80,7 @@ def pruning(
                   regression=found.regression, embeddings=found.embeddings,
                   probabilities=found.probabilities, hidden_detect=calibration, hidden=held,
                   hidden_ood=ood_held, windows=found.windows, windows_ood=ood_windows,
-                  config=pruning_config)
+                  config=pruning_config, run=run_config)
     stage(pruning_figures, workspace=workspace, pruning=sweep)
     return summarize_pruning(workspace, found.model, found.corpus, ood_text, stage.refs,
                              stage.states)

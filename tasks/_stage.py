@@ -305,7 +305,7 @@ class StagePolicy(CachePolicy):
         identity = _identified.get((self.stage, task_ctx.task_run.id))
         if identity is None:
             identity = identify(self.stage, inputs)
-            _identified[(self.stage, task_ctx.task_run.id)] = identity
+            _remember(_identified, (self.stage, task_ctx.task_run.id), identity)
         prefect_key = f"{self.stage}-{identity.key}-{sha256_json(workspace.data_dir)[:8]}"
         intact = ArtifactStore(workspace.artifacts).verify(self.stage, identity.key)
         if intact is None and task_ctx.result_store.exists(prefect_key):
@@ -313,7 +313,7 @@ class StagePolicy(CachePolicy):
             # stage (uncached) so it rebuilds the artifact the reference names. Prefect
             # asks for the key several times per task run: the warning is said once.
             if (task_ctx.task_run.id, prefect_key) not in _damage_reported:
-                _damage_reported.add((task_ctx.task_run.id, prefect_key))
+                _remember(_damage_reported, (task_ctx.task_run.id, prefect_key), True)
                 log.warning("%s: artifact %s is missing or damaged; recomputing",
                             self.stage, identity.key)
             return None
@@ -325,6 +325,17 @@ _identified: dict[tuple[str, Any], StageIdentity] = {}
 identifies its call once: the body reuses it (Prefect asks for the key before the
 run starts, from the same arguments)."""
 
+REMEMBERED_TASK_RUNS = 4096
+"""How many task runs the per-task-run memories keep: a served process runs flows for
+days, and only a task run in progress needs its entry."""
+
+
+def _remember(memory: dict, key: Any, value: Any) -> None:
+    """Store key → value, forgetting the oldest entries beyond `REMEMBERED_TASK_RUNS`."""
+    memory[key] = value
+    while len(memory) > REMEMBERED_TASK_RUNS:
+        del memory[next(iter(memory))]
+
 
 def _identified_by_policy(stage: str) -> StageIdentity | None:
     context = TaskRunContext.get()
@@ -333,7 +344,7 @@ def _identified_by_policy(stage: str) -> StageIdentity | None:
     return _identified.get((stage, context.task_run.id))
 
 
-_damage_reported: set[tuple[Any, str]] = set()
+_damage_reported: dict[tuple[Any, str], bool] = {}
 """(task run, cache key) pairs whose damaged artifact has been reported."""
 
 

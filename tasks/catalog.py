@@ -158,7 +158,8 @@ class SteeringSummary(StageSummary):
     omega: str
     omega_dims: int
     median_abs_log_error: float
-    median_kl_other: dict[str, float]
+    median_kl_other: dict[str, float | None]
+    median_kl_other_bound: dict[str, float]
     fewshot_median_error: dict[str, Any]
     spread: dict[str, Any]
     calibrated_windows_for_goal: int | None
@@ -244,7 +245,7 @@ PC_SCORES = Table("scores.parquet", ("token_id", "pc1", "pc2", "alpha"),
                   "every token's first two principal-component scores")
 STEERING_SWEEP = Table("steering.parquet", (
     "method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error", "feasible",
-    "reachable_ratio", "step", "kl_other", "n_fit", "omega", "percentile"),
+    "reachable_ratio", "step", "kl_other", "kl_other_bound", "n_fit", "omega", "percentile"),
     "one row per method, target token, ratio r and fit size")
 PRUNING_METRICS = Table("pruning.parquet", (
     "method", "seed", "fraction", "split", "dims_deleted", "kl", "js", "top1_agreement",

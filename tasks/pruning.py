@@ -22,7 +22,7 @@ from tasks.catalog import (
     read_windows,
     summary_of,
 )
-from tokprob.config import PruningConfig
+from tokprob.config import PruningConfig, RunConfig
 from tokprob.head import output_head, untie_output_embeddings
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model
@@ -71,11 +71,15 @@ def plan_deletions(regression: ArtifactRef, embeddings: ArtifactRef,
 def pruning(out: ArtifactWriter, model: ModelSource, regression: ArtifactRef,
             embeddings: ArtifactRef, probabilities: ArtifactRef, hidden_detect: ArtifactRef,
             hidden: ArtifactRef, hidden_ood: ArtifactRef, windows: ArtifactRef,
-            windows_ood: ArtifactRef, config: PruningConfig) -> None:
+            windows_ood: ArtifactRef, config: PruningConfig, run: RunConfig) -> None:
     """Delete 0–90% of the dimensions of E by each method and compare the outputs."""
     weight, plans = plan_deletions(regression, embeddings, probabilities, hidden_detect,
                                    config, config.random_seeds)
     bias = read_bias(embeddings)
+    lm = None
+    if config.new_tokens:  # generation runs the whole model, as the forward passes do
+        lm = load_model(model.path, dtype=run.dtype, device=run.device)
+        untie_output_embeddings(lm)
     frames = []
     for split, states, texts in (("id", hidden, windows), ("ood", hidden_ood, windows_ood)):
         stored = read_hidden(states)
@@ -84,8 +88,8 @@ def pruning(out: ArtifactWriter, model: ModelSource, regression: ArtifactRef,
                              f"{len(config.fractions)} fractions)", unit="positions") as bar:
             metrics = sweep(stored.hidden[:count], stored.targets[:count], weight, bias,
                             plans, config.fractions, progress=bar)
-        if config.new_tokens:
-            metrics = metrics.merge(_generations(model, weight, plans, config, texts),
+        if lm is not None:
+            metrics = metrics.merge(_generations(lm, weight, plans, config, texts),
                                     on=["method", "seed", "fraction"], how="left")
         frames.append(metrics.assign(split=split, positions=count))
     table = metrics_table(frames)
@@ -100,15 +104,13 @@ def pruning(out: ArtifactWriter, model: ModelSource, regression: ArtifactRef,
                       f"{k} {v:.0%}" for k, v in headline.items()))
 
 
-def _generations(model: ModelSource, weight: np.ndarray, plans: list[DeletionPlan],
+def _generations(lm, weight: np.ndarray, plans: list[DeletionPlan],
                  config: PruningConfig, texts: ArtifactRef) -> pd.DataFrame:
     """Greedy continuations of held-out prompts by the pruned models against the
     original's (one random seed: generation needs the whole model, so it is the
     expensive part)."""
     heldout = read_windows(texts).take(HELDOUT)[: config.prompts, : config.prompt_tokens]
     prompts = torch.as_tensor(heldout, dtype=torch.long)
-    lm = load_model(model.path, dtype="float32", device="cpu")
-    untie_output_embeddings(lm)
     chosen = one_random_seed(plans)
     with Progress(len(chosen) * len(config.fractions), "greedy generations",
                   unit="runs") as bar:

@@ -91,6 +91,7 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
         "errors": sweep["errors"], "comparison": sweep["comparison"],
         "median_abs_log_error": sweep["median_abs_log_error"],
         "median_kl_other": sweep["median_kl_other"],
+        "median_kl_other_bound": sweep["median_kl_other_bound"],
         "fewshot_median_error": sweep["fewshot_median_error"], "spread": sweep["spread"],
         "calibrated_windows_for_goal": sweep["calibrated_windows_for_goal"],
         "heldout_positions": sweep["heldout_positions"],

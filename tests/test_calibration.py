@@ -216,7 +216,7 @@ def counted_passes(monkeypatch, weight) -> list[int]:
     return calls
 
 
-def test_sweep_of_every_method_and_fit_costs_three_lm_head_passes(monkeypatch):
+def test_sweep_of_every_method_and_fit_costs_two_lm_head_passes(monkeypatch):
     hidden, weight, bias = synthetic(positions=512, seed=7)
     passes = counted_passes(monkeypatch, weight)
     tokens = np.repeat([3, 11, 40], 4)
@@ -228,15 +228,21 @@ def test_sweep_of_every_method_and_fit_costs_three_lm_head_passes(monkeypatch):
             for n in (1, 2, 4)]
     fits += calibrated_fits(evaluator, detect, hidden, window, tokens, ratios, [1, 2, 8])
     sweep = evaluate_fits(evaluator, fits, tokens, ratios)
-    assert len(passes) == 3
+    assert len(passes) == 2
     assert set(sweep["method"]) == {"closed_form", "calibrated", "logit_bias"}
     # Calibrated on the very positions it is evaluated on: exact; the closed form is not.
     full = sweep[sweep["n_fit"] == 8]
     np.testing.assert_allclose(full["abs_log_error"], 0.0, atol=1e-8)
     closed = sweep[(sweep["method"] == "closed_form") & (sweep["n_fit"] == 4)]
     assert closed["abs_log_error"].median() > 0.01
-    assert full["kl_other"].notna().all() and closed["kl_other"].notna().all()
-    assert sweep.loc[sweep["n_fit"] < 4, "kl_other"].isna().all()
+    assert sweep["kl_other_bound"].notna().all() and sweep["kl_other"].isna().all()
+    # The exact KL: one more pass, for each method's largest fit only, within its bound.
+    exact = evaluate_fits(evaluator, fits, tokens, ratios, exact_kl=True)
+    assert len(passes) == 3
+    largest = exact["n_fit"] == exact.groupby("method")["n_fit"].transform("max")
+    assert exact.loc[largest, "kl_other"].notna().all()
+    assert exact.loc[~largest, "kl_other"].isna().all()
+    assert (exact["kl_other"][largest] <= exact["kl_other_bound"][largest] * (1 + 1e-9)).all()
     # The few-shot fits are those of the first windows only.
     first = sweep[(sweep["method"] == "calibrated") & (sweep["n_fit"] == 1)]
     u = calibration_direction(hidden[:64], detect.probabilities()[:64, 0])
@@ -300,3 +306,63 @@ def test_kl_of_a_rare_target_keeps_its_digits():
         second_order = 0.5 * np.sum(p * (relative - p @ relative) ** 2)  # exact to O(δ³)
         assert effects.kl_other[k] == pytest.approx(second_order, rel=1e-3, abs=0)
     assert 0 < effects.kl_other[0] < 1e-14
+
+
+def direct_mixture_weight_kl(hidden, weight, bias, token: int, delta: np.ndarray) -> float:
+    """KL over positions between the shares of non-target mass before and after the edit."""
+    z = hidden.astype(np.float64) @ weight.astype(np.float64).T + bias
+    before = 1.0 - softmax(z, axis=1)[:, token]
+    z[:, token] += hidden.astype(np.float64) @ delta
+    after = 1.0 - softmax(z, axis=1)[:, token]
+    a, b = before / before.sum(), after / after.sum()
+    return float(np.sum(a * np.log(a / b)))
+
+
+def test_kl_bound_is_the_kl_of_the_position_weights_and_bounds_the_exact_kl():
+    hidden, weight, bias = synthetic(positions=300, seed=5)
+    bias[7] = 3.0  # a frequent target, p_7 up to about 0.9
+    mean = hidden.astype(np.float64).mean(0)
+    direction = mean / (mean @ mean)
+    tokens, ratios = np.array([7, 7, 7, 20, 20]), np.array([0.05, 0.5, 1.5, 0.1, 20.0])
+    effects = SteeringEvaluator(hidden, weight, bias, tokens).evaluate(tokens, ratios,
+                                                                       direction)
+    for k, (token, ratio) in enumerate(zip(tokens, ratios, strict=True)):
+        delta = -np.log(ratio) * direction
+        assert effects.kl_other_bound[k] == pytest.approx(
+            direct_mixture_weight_kl(hidden, weight, bias, token, delta), rel=1e-6)
+    assert (effects.kl_other <= effects.kl_other_bound * (1 + 1e-9)).all()
+    assert (effects.kl_other > 0).all()
+
+
+def test_kl_bound_is_reached_when_positions_predict_disjoint_tokens():
+    # Each position puts almost all of its non-target mass on a token of its own.
+    positions, vocab = 6, 8
+    hidden = np.zeros((positions, positions + 1), dtype=np.float32)
+    hidden[:, :positions] = np.eye(positions) * 30.0  # position x predicts token x
+    hidden[:, -1] = np.linspace(1.0, 3.0, positions)  # the target's logit varies
+    weight = np.zeros((vocab, positions + 1), dtype=np.float32)
+    weight[:positions, :positions] = np.eye(positions)
+    weight[vocab - 1, -1] = 12.0  # the target, probable at every position
+    bias = np.zeros(vocab, dtype=np.float32)
+    target = np.array([vocab - 1])
+    effects = SteeringEvaluator(hidden, weight, bias, target).evaluate(
+        target, np.array([0.3]), np.eye(hidden.shape[1])[-1])
+    assert effects.kl_other[0] > 1e-3
+    assert effects.kl_other_bound[0] == pytest.approx(effects.kl_other[0], rel=1e-6)
+
+
+def test_kl_bound_of_a_rare_target_keeps_its_digits():
+    hidden, weight, bias = synthetic(positions=256, seed=3)
+    bias[5] = -30.0  # p_5 about 1e-14 or less
+    mean = hidden.astype(np.float64).mean(0)
+    direction = mean / (mean @ mean)
+    effects = SteeringEvaluator(hidden, weight, bias, np.array([5])).evaluate(
+        np.array([5]), np.array([10.0]), direction)
+    z = hidden.astype(np.float64) @ weight.astype(np.float64).T + bias
+    p = softmax(z, axis=1)[:, 5]
+    shift = hidden.astype(np.float64) @ (-np.log(10.0) * direction)
+    # g = log(1 − p + p·e^s) ≈ p·(e^s − 1); KL(a ‖ b) ≈ Var_a(g) / 2 to O(g³).
+    g = p * np.expm1(shift)
+    second_order = 0.5 * np.mean((g - g.mean()) ** 2)
+    assert 0 < effects.kl_other_bound[0] < 1e-20
+    assert effects.kl_other_bound[0] == pytest.approx(second_order, rel=1e-4)

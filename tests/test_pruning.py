@@ -315,6 +315,27 @@ def test_generation_agreement_compares_each_pruned_model_with_the_original(tiny_
     assert (table[table["fraction"] == 0.0]["generation_match"] == 1.0).all()
 
 
+def test_generation_agreement_runs_the_model_in_its_own_dtype(tiny_models):
+    # The pruning stage generates with the run's dtype (a bfloat16 model stays bfloat16):
+    # each float32 pruned E is written into the bfloat16 head, rounded as the model runs.
+    model = load_model(tiny_models["llama"], dtype="bfloat16")
+    untie_output_embeddings(model)
+    head = output_head(model).weight
+    weight = head.float().numpy().copy()
+    prompts = torch.randint(0, 300, (2, 6), generator=torch.Generator().manual_seed(4))
+    original = greedy_continuations(model, prompts, 4)
+    plans = deletion_plans(np.arange(32.0), np.linalg.norm(weight, axis=0), seeds=(0,))
+    before = head.detach().clone()
+    table = generation_agreement(model, head, weight, plans, (0.0, 0.9), prompts, 4)
+    assert head.dtype == torch.bfloat16 and torch.equal(head, before)  # put back
+    assert (table[table["fraction"] == 0.0]["generation_match"] == 1.0).all()
+    with torch.no_grad():
+        head.copy_(torch.from_numpy(plans[0].pruned_weight(weight, 0.9)))
+    row = table[(table["method"] == plans[0].method) & (table["fraction"] == 0.9)].iloc[0]
+    assert (row["generation_match"], row["first_divergence"]) == greedy_agreement(
+        original, _argmax_loop(model, prompts, 4))
+
+
 def test_generation_keeps_only_the_last_random_seed():
     plans = deletion_plans(np.arange(4.0), np.arange(4.0), seeds=(3, 5, 7))
     assert [(p.method, p.seed) for p in one_random_seed(plans)] == [

@@ -57,9 +57,9 @@ def edited_model_setup(tiny_models):
     return model, weight, bias, detect_windows, held_windows, detect, held, alpha, regression
 
 
-def run_small_sweep(setup, tokens, ratios, fewshot):
+def run_small_sweep(setup, tokens, ratios, fewshot, exact_kl=False):
     _, weight, bias, _, _, detect, held, alpha, regression = setup
-    config = SteeringConfig(omega="all", ratios=ratios, fewshot=fewshot)
+    config = SteeringConfig(omega="all", ratios=ratios, fewshot=fewshot, exact_kl=exact_kl)
     pairs = target_pairs([(token, 50.0) for token in tokens], ratios)
     sweep = run_sweep(held, detect, weight, bias, pairs, {8: regression}, 8, config, 0.05)
     text = np.array([f"t{i}" for i in range(len(weight))], dtype=object)
@@ -119,7 +119,8 @@ def test_every_method_matches_the_edited_models_forward(edited_model_setup):
 
 def test_kl_over_other_tokens_matches_the_edited_models_forward(edited_model_setup):
     model, weight, _, _, held_windows, _, _, _, regression = edited_model_setup
-    _, _, table = run_small_sweep(edited_model_setup, [40], (5.0,), fewshot=False)
+    _, _, table = run_small_sweep(edited_model_setup, [40], (5.0,), fewshot=False,
+                                  exact_kl=True)
     row = table[table["method"] == "closed_form"].iloc[0]
     direction = steering_direction(regression["slope"].to_numpy(),
                                    omega_mask(regression, "all"))
@@ -133,6 +134,7 @@ def test_kl_over_other_tokens_matches_the_edited_models_forward(edited_model_set
     keep = np.arange(len(before)) != 40
     p, q = before[keep] / before[keep].sum(), after[keep] / after[keep].sum()
     assert row["kl_other"] == pytest.approx(np.sum(p * np.log(p / q)), rel=1e-3)
+    assert row["kl_other"] <= row["kl_other_bound"]
 
 
 def test_few_shot_fits_use_the_first_windows_only(edited_model_setup):

@@ -9,6 +9,7 @@ from tokprob.summary import (
     dynamics_text,
     frequency_note,
     steering_markdown,
+    steering_text,
 )
 
 
@@ -38,7 +39,31 @@ def test_the_steering_table_shows_a_ratio_no_pair_reaches():
               for m in ("closed_form", "calibrated") for r in ("0.5", "10", "all")]
     result = {"model": "m", "dataset": "d", "targets": 4, "omega": "all", "omega_dims": 3,
               "errors": errors, "comparison": {"pairs": 4, "closed_form_median": 0.5,
-                                               "calibrated_median": 0.1}}
-    row = next(line for line in steering_markdown(result).splitlines()
-               if line.startswith("| 10 |"))
+                                               "calibrated_median": 0.1},
+              "median_kl_other_bound": {"closed_form": 1e-9, "calibrated": 2.5e-8}}
+    markdown = steering_markdown(result)
+    row = next(line for line in markdown.splitlines() if line.startswith("| 10 |"))
     assert row == "| 10 | 0.1000 | 0.2000 | nan | nan |"
+    assert "at most: closed_form 1.00e-09, calibrated 2.50e-08." in markdown
+
+
+def test_the_steering_summary_gives_the_kl_bound_and_the_exact_kl_when_computed():
+    errors = [{"method": m, "r": r, "median": 0.1, "p90": 0.2, "feasible": 4, "infeasible": 0}
+              for m in ("closed_form", "calibrated") for r in ("0.5", "all")]
+    result = {"model": "m", "dataset": "d", "targets": 4, "omega": "all", "omega_dims": 3,
+              "heldout_positions": 64, "detect_positions": 64, "errors": errors,
+              "comparison": {"pairs": 4, "closed_form_median": 0.5, "calibrated_median": 0.1,
+                             "improvement": 5.0},
+              "spread": {"closed_form": 0.3, "calibrated": 0.1},
+              "median_kl_other_bound": {"closed_form": 1e-9, "calibrated": 2.5e-8},
+              "median_kl_other": {"closed_form": None, "calibrated": None},
+              "fewshot_median_error": {}, "calibrated_windows_for_goal": None,
+              "stages": {}, "plots": {}, "artifacts": {"steering": "s.parquet"}}
+
+    def kl_line(result):
+        return next(line for line in steering_text(result).splitlines() if "KL" in line)
+
+    assert kl_line(result).endswith("closed_form ≤ 1.00e-09, calibrated ≤ 2.50e-08")
+    result["median_kl_other"] = {"closed_form": 2e-10, "calibrated": 5e-9}
+    assert kl_line(result).endswith("closed_form ≤ 1.00e-09 (exact 2.00e-10), "
+                                    "calibrated ≤ 2.50e-08 (exact 5.00e-09)")

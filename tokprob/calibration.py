@@ -31,6 +31,7 @@ from tokprob.steering import (
     SteeringEvaluator,
     TargetLogits,
     kl_over_other_tokens,
+    kl_over_other_tokens_bound,
     steered_alpha,
     target_logits,
 )
@@ -264,32 +265,36 @@ def calibrated_fits(evaluator: SteeringEvaluator, detect: TargetLogits,
 
 
 def evaluate_fits(evaluator: SteeringEvaluator, fits: list[Fit], tokens: np.ndarray,
-                  ratios: np.ndarray) -> pd.DataFrame:
-    """Every fit's pairs on held-out text; the KL over other tokens for each method's
-    largest fit only (one LM-head pass for all of them)."""
+                  ratios: np.ndarray, exact_kl: bool = False) -> pd.DataFrame:
+    """Every fit's pairs on held-out text, with the bound on the KL over other tokens, at a
+    cost independent of |V|. With `exact_kl`, also the exact KL for each method's largest
+    fit (one more LM-head pass for all of them, plus pairs / d passes' work)."""
     columns = evaluator.columns(tokens)
+    alpha = evaluator.stats.probabilities()[:, columns].mean(axis=0)
     frames, full_shifts, full_rows = [], [], []
     largest = {f.method: max(g.n_fit for g in fits if g.method == f.method) for f in fits}
     for fit in fits:
         shifts = np.nan_to_num(fit.steps) * fit.heldout_slope
-        achieved = (steered_alpha(evaluator.stats, columns, shifts)
-                    / evaluator.stats.probabilities()[:, columns].mean(axis=0))
-        achieved = np.where(fit.feasible, achieved, np.nan)
+        shifts = np.broadcast_to(shifts, (len(evaluator.hidden), len(columns)))
+        achieved = np.where(fit.feasible,
+                            steered_alpha(evaluator.stats, columns, shifts) / alpha, np.nan)
+        bound = kl_over_other_tokens_bound(evaluator.stats, columns, shifts)
         frames.append(pd.DataFrame({
             "method": fit.method, "n_fit": fit.n_fit, "token_id": tokens, "r": ratios,
             "achieved": achieved, "abs_log_error": np.abs(np.log(achieved) - np.log(ratios)),
             "feasible": fit.feasible, "reachable_ratio": fit.reachable, "step": fit.steps,
-            "kl_other": np.nan,
+            "kl_other": np.nan, "kl_other_bound": np.where(fit.feasible, bound, np.nan),
         }))
-        if fit.n_fit == largest[fit.method]:
+        if exact_kl and fit.n_fit == largest[fit.method]:
             full_shifts.append(shifts)
             full_rows.append(len(frames) - 1)
-    kl = np.split(kl_over_other_tokens(evaluator.hidden, evaluator.weight, evaluator.bias,
-                                       evaluator.stats, np.tile(columns, len(full_shifts)),
-                                       np.concatenate(full_shifts, axis=1),
-                                       evaluator.rows_per_chunk), len(full_shifts))
-    for row, values in zip(full_rows, kl, strict=True):
-        frames[row]["kl_other"] = np.where(frames[row]["feasible"], values, np.nan)
+    if full_shifts:
+        kl = np.split(kl_over_other_tokens(evaluator.hidden, evaluator.weight, evaluator.bias,
+                                           evaluator.stats, np.tile(columns, len(full_shifts)),
+                                           np.concatenate(full_shifts, axis=1),
+                                           evaluator.rows_per_chunk), len(full_shifts))
+        for row, values in zip(full_rows, kl, strict=True):
+            frames[row]["kl_other"] = np.where(frames[row]["feasible"], values, np.nan)
     return pd.concat(frames, ignore_index=True)
 
 

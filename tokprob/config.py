@@ -174,6 +174,11 @@ class SteeringConfig(Checked):
     target_seed: Seed = 0
     """Seed of the target sampling."""
 
+    exact_kl: bool = False
+    """Also compute the exact KL over the other tokens of each method's full-data fit:
+    one more LM-head pass, plus pairs / d passes' work. Without it only its upper bound,
+    which costs no pass, is reported."""
+
 
 @dataclass(frozen=True)
 class PruningConfig(Checked):

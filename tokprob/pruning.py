@@ -410,11 +410,12 @@ def greedy_continuations(lm, prompts: torch.Tensor, new_tokens: int) -> np.ndarr
     """The model's greedy continuation of every prompt, exactly `new_tokens` long (the end
     of sequence is never chosen): prompts (n_prompts, prompt_tokens) → tokens
     (n_prompts, new_tokens)."""
+    prompts = prompts.to(lm.device)
     with torch.inference_mode():
         generated = lm.generate(prompts, attention_mask=torch.ones_like(prompts),
                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                 do_sample=False, pad_token_id=0)
-    return generated[:, prompts.shape[1]:].numpy()
+    return generated[:, prompts.shape[1]:].cpu().numpy()
 
 
 def generation_agreement(lm, head: torch.Tensor, weight: np.ndarray,
@@ -423,18 +424,23 @@ def generation_agreement(lm, head: torch.Tensor, weight: np.ndarray,
                          progress: Progress | None = None) -> pd.DataFrame:
     """Greedy continuations of the prompts by each plan's pruned model against the
     original model's (`greedy_agreement`), per plan and fraction. `head` is the model's
-    untied output weight: each pruned E is written into it, so the model is left pruned
-    by the last plan."""
+    untied output weight: each pruned E is written into it, and the original is put back
+    at the end."""
+    original = head.detach().clone()
     reference = greedy_continuations(lm, prompts, new_tokens)
     rows = []
-    for plan in plans:
-        for fraction in fractions:
-            with torch.no_grad():
-                head.copy_(torch.from_numpy(plan.pruned_weight(weight, fraction)))
-            match, first = greedy_agreement(reference,
-                                            greedy_continuations(lm, prompts, new_tokens))
-            rows.append({"method": plan.method, "seed": plan.seed, "fraction": fraction,
-                         "generation_match": match, "first_divergence": first})
-            if progress is not None:
-                progress.update(1)
+    try:
+        for plan in plans:
+            for fraction in fractions:
+                with torch.no_grad():  # in the model's own dtype and device, as it runs
+                    head.copy_(torch.from_numpy(plan.pruned_weight(weight, fraction)))
+                match, first = greedy_agreement(reference,
+                                                greedy_continuations(lm, prompts, new_tokens))
+                rows.append({"method": plan.method, "seed": plan.seed, "fraction": fraction,
+                             "generation_match": match, "first_divergence": first})
+                if progress is not None:
+                    progress.update(1)
+    finally:
+        with torch.no_grad():
+            head.copy_(original)
     return pd.DataFrame(rows)

@@ -213,6 +213,8 @@ class SteeringEffects:
     kl_other: np.ndarray
     """KL(α ‖ α') between the averaged distributions over the non-target tokens
     (each renormalized): how much the edit disturbs every other token."""
+    kl_other_bound: np.ndarray
+    """An upper bound on kl_other that costs no LM-head pass (`kl_over_other_tokens_bound`)."""
 
     @property
     def achieved(self) -> np.ndarray:
@@ -304,6 +306,52 @@ def steered_alpha(stats: TargetLogits, columns: np.ndarray, shifts: np.ndarray) 
     return np.exp(moved - steered_log_normalizer(stats, columns, shifts)).mean(axis=0)
 
 
+def kl_over_other_tokens_bound(stats: TargetLogits, columns: np.ndarray,
+                               shifts: np.ndarray, pairs_per_chunk: int = 64) -> np.ndarray:
+    """An upper bound on `kl_over_other_tokens` of each pair at a cost independent of |V|.
+
+    Editing row w leaves every position's distribution over the other tokens, renormalized,
+    as it was: only the position's share of non-target mass, 1 − p_w(x), changes. The
+    averaged non-target distributions before and after are therefore mixtures of the same
+    per-position distributions, with weights a(x) ∝ 1 − p_w(x) and b(x) ∝ 1 − p'_w(x), and
+    by the data-processing inequality their KL is at most KL(a ‖ b), a sum over positions.
+    The bound is reached when positions predict disjoint sets of tokens; the more they
+    share, the looser it is."""
+    bounds = [_mixture_weight_kl(stats, columns[start:start + pairs_per_chunk],
+                                 shifts[:, start:start + pairs_per_chunk])
+              for start in range(0, len(columns), pairs_per_chunk)]
+    return np.concatenate(bounds) if bounds else np.empty(0)
+
+
+def _mixture_weight_kl(stats: TargetLogits, columns: np.ndarray,
+                       shifts: np.ndarray) -> np.ndarray:
+    """KL(a ‖ b) over positions for each pair, a ∝ 1 − p_w, b ∝ 1 − p'_w = a·exp(−g) up
+    to normalization, with g = lse' − lse the change of the log-normalizer.
+
+    With m the a-weighted mean of g and y = g − m, KL(a ‖ b) = log Σ a·exp(−y)
+    = log1p(Σ a·(expm1(−y) + y)): a sum of non-negative second-order terms, so a rare
+    target's KL of 1e-30 keeps its digits."""
+    log_p = stats.logit[:, columns] - stats.lse[:, None]
+    log_rest = stats.log_rest[:, columns] - stats.lse[:, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # g = log(1 − p + p·e^s): log1p is exact where p ≤ 1/2; above, 1 − p is kept as
+        # the log-mass of the other tokens, which the LM-head pass computed directly.
+        g = np.where(log_p <= -np.log(2.0),
+                     np.log1p(np.exp(log_p) * np.expm1(shifts)),
+                     np.logaddexp(log_rest, log_p + shifts))
+    weight = np.exp(log_rest - log_rest.max(axis=0))
+    weight /= weight.sum(axis=0)
+    y = g - np.sum(weight * g, axis=0)
+    return np.log1p(np.sum(weight * _expm1_neg_plus(y), axis=0))
+
+
+def _expm1_neg_plus(y: np.ndarray) -> np.ndarray:
+    """exp(−y) − 1 + y, without the cancellation of its terms near y = 0 (Taylor series
+    to y⁵ below |y| = 1e-2, where the next term is below 1e-16 of the sum)."""
+    series = y * y * (1 / 2 - y * (1 / 6 - y * (1 / 24 - y / 120)))
+    return np.where(np.abs(y) < 1e-2, series, np.expm1(-y) + y)
+
+
 def kl_over_other_tokens(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                          stats: TargetLogits, columns: np.ndarray, shifts: np.ndarray,
                          rows_per_chunk: int = 1024) -> np.ndarray:
@@ -357,14 +405,17 @@ class SteeringEvaluator:
     def effects(self, tokens: np.ndarray, shifts: np.ndarray,
                 with_kl: bool = True) -> SteeringEffects:
         """Effects of moving logit tokens[k] by shifts[:, k] (positions × pairs), one edit
-        at a time. Without `with_kl`, kl_other is NaN and no LM-head pass is made."""
+        at a time. Without `with_kl`, kl_other is NaN and no LM-head pass is made (its
+        bound is always computed)."""
         columns = self.columns(tokens)
         kl = (kl_over_other_tokens(self.hidden, self.weight, self.bias, self.stats, columns,
                                    shifts, self.rows_per_chunk)
               if with_kl else np.full(len(columns), np.nan))
         return SteeringEffects(alpha=self.stats.probabilities()[:, columns].mean(axis=0),
                                steered_alpha=steered_alpha(self.stats, columns, shifts),
-                               kl_other=kl)
+                               kl_other=kl,
+                               kl_other_bound=kl_over_other_tokens_bound(self.stats, columns,
+                                                                         shifts))
 
     def evaluate(self, tokens: np.ndarray, ratios: np.ndarray, directions: np.ndarray,
                  with_kl: bool = True) -> SteeringEffects:

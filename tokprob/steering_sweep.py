@@ -45,8 +45,8 @@ from tokprob.steering import (
 )
 
 SWEEP_COLUMNS = ["method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error",
-                 "feasible", "reachable_ratio", "step", "kl_other", "n_fit", "omega",
-                 "percentile", "alpha_percentile"]
+                 "feasible", "reachable_ratio", "step", "kl_other", "kl_other_bound", "n_fit",
+                 "omega", "percentile", "alpha_percentile"]
 """Columns of the sweep table, one row per (method, token, r, n_fit)."""
 log = logging.getLogger("tokprob")
 
@@ -127,15 +127,17 @@ def run_sweep(held: HiddenStates, detect: HiddenStates, weight: np.ndarray,
     `regressions` holds the regression table of every fit of A, keyed by the detecting
     windows it used (`n_detect`: all of them); the calibrated edits are solved on the
     hidden states of `detect`, on its first 1, 2, 4, … windows with `config.fewshot`.
-    Three LM-head passes in all: the held-out and detecting statistics, then the KL."""
+    Two LM-head passes in all, for the held-out and the detecting statistics; a third
+    with `config.exact_kl`, for the exact KL over other tokens."""
     tokens, ratios = pairs["token_id"].to_numpy(), pairs["r"].to_numpy()
     window = window_of_positions(detect.targets)
     n_windows = int(window.max()) + 1
     windows_used = powers_of_two(n_windows) if config.fewshot else [n_windows]
     targets = len(pairs) // len(config.ratios)
+    kl_pass = ", then the exact KL's pass" if config.exact_kl else ""
     with Progress(3, f"steering sweep ({targets} tokens × {len(config.ratios)} ratios, "
-                     "3 methods: held-out and detecting "
-                     "LM-head passes, then the fits and the KL pass)", unit="steps") as bar:
+                     "3 methods: held-out and detecting LM-head passes, then the fits"
+                     f"{kl_pass})", unit="steps") as bar:
         evaluator = SteeringEvaluator(held.hidden, weight, bias, tokens)
         bar.update(1)
         detect_logits = target_logits(detect.hidden, weight, bias, evaluator.stats.tokens)
@@ -144,7 +146,7 @@ def run_sweep(held: HiddenStates, detect: HiddenStates, weight: np.ndarray,
                                             significance)
         fits += calibrated_fits(evaluator, detect_logits, detect.hidden, window, tokens,
                                 ratios, windows_used)
-        table = evaluate_fits(evaluator, fits, tokens, ratios)
+        table = evaluate_fits(evaluator, fits, tokens, ratios, config.exact_kl)
         bar.update(1)
     return Sweep(table, omega_dims, edit_spreads(fits, evaluator, tokens), targets,
                  heldout_positions=len(held.targets), detect_positions=len(detect.targets))
@@ -175,8 +177,11 @@ def sweep_summary(table: pd.DataFrame, sweep: Sweep, n_detect: int) -> dict:
         "targets": sweep.targets,
         "omega_dims": sweep.omega_dims,
         "median_abs_log_error": float(full["abs_log_error"].median()),
-        "median_kl_other": {m: float(g["kl_other"].median())
+        "median_kl_other": {m: _median_or_none(g["kl_other"])
                             for m, g in table.groupby("method", sort=False)},
+        "median_kl_other_bound": {m: float(g.loc[g["n_fit"] == g["n_fit"].max(),
+                                                 "kl_other_bound"].median())
+                                  for m, g in table.groupby("method", sort=False)},
         "fewshot_median_error": fewshot,
         "calibrated_windows_for_goal": windows_to_reach(fewshot["calibrated"],
                                                         CALIBRATED_GOAL),
@@ -184,6 +189,11 @@ def sweep_summary(table: pd.DataFrame, sweep: Sweep, n_detect: int) -> dict:
         "heldout_positions": sweep.heldout_positions,
         "detect_positions": sweep.detect_positions,
     }
+
+
+def _median_or_none(values: pd.Series) -> float | None:
+    """The median of the values computed; None where none was (JSON has no NaN)."""
+    return float(values.median()) if values.notna().any() else None
 
 
 def edit_spreads(fits: list[Fit], evaluator: SteeringEvaluator,

@@ -109,8 +109,11 @@ def steering_text(result: dict[str, Any]) -> str:
         f"{comparison['improvement']:.0f}× lower",
         "  spread std/|mean| of the logit shift h·direction on held-out text: " + ", ".join(
             f"{method} {value:.3f}" for method, value in result["spread"].items()),
-        "  side effect on other tokens, median KL: " + ", ".join(
-            f"{method} {value:.2e}" for method, value in result["median_kl_other"].items()),
+        "  side effect on other tokens, median KL of the averaged distributions (a bound; "
+        "exact with --exact-kl): " + ", ".join(
+            f"{method} ≤ {bound:.2e}" + ("" if exact is None else f" (exact {exact:.2e})")
+            for (method, bound), exact in zip(result["median_kl_other_bound"].items(),
+                                              result["median_kl_other"].values(), strict=True)),
         *(f"  few-shot {method} (detecting windows → median error): "
           + ", ".join(f"{n}: {e:.3f}" for n, e in errors.items())
           for method, errors in result["fewshot_median_error"].items()),
@@ -137,7 +140,10 @@ def steering_markdown(result: dict[str, Any]) -> str:
             f"{result['targets']} targets; closed form with Ω = {result['omega']} "
             f"({result['omega_dims']} dimensions). On the {comparison['pairs']} pairs the "
             f"calibrated edit reaches, median |log error| {comparison['closed_form_median']:.3f}"
-            f" (closed form) → {comparison['calibrated_median']:.4f} (calibrated).\n\n"
+            f" (closed form) → {comparison['calibrated_median']:.4f} (calibrated). "
+            "Median KL over the other tokens, at most: " + ", ".join(
+                f"{method} {bound:.2e}"
+                for method, bound in result["median_kl_other_bound"].items()) + ".\n\n"
             f"| r | {header} |\n|---:|" + "---:|" * (2 * len(methods)) + f"\n{rows}\n")
 
 
