@@ -19,7 +19,7 @@ import logging
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,8 @@ class StageSpec:
     """The task module; its source and the project modules it imports version the stage."""
     environment: tuple[str, ...] = ()
     """Packages whose versions change the stage's numbers (torch, transformers)."""
+    reads: dict[str, str] = field(default_factory=dict)
+    """Input name → the one part of that upstream artifact the stage reads (see `stage`)."""
 
 
 STAGES: dict[str, StageSpec] = {}
@@ -102,9 +104,9 @@ sets one of 1) keeps two runs from loading models at once on one machine."""
 
 
 def register(name: str, module: str, environment: tuple[str, ...] = (),
-             loads_model: bool = False) -> dict[str, Any]:
+             loads_model: bool = False, reads: dict[str, str] | None = None) -> dict[str, Any]:
     """Register a stage and return the @task options that cache it by content."""
-    STAGES[name] = StageSpec(name, module, environment)
+    STAGES[name] = StageSpec(name, module, environment, dict(reads or {}))
     return {
         "name": name,
         "cache_policy": StagePolicy(stage=name),
@@ -126,7 +128,7 @@ def identify(stage: str, arguments: dict[str, Any]) -> StageIdentity:
         if name in NOT_IN_KEY:
             continue
         if isinstance(value, ArtifactRef):
-            inputs[name], (subject, dataset) = _upstream(value)
+            inputs[name], (subject, dataset) = _upstream(value, spec.reads.get(name))
             subjects.append(subject)
             datasets.append(dataset)
         elif isinstance(value, list | tuple) and value and all(
@@ -159,10 +161,16 @@ def identify(stage: str, arguments: dict[str, Any]) -> StageIdentity:
     return StageIdentity(key, params, inputs, version, subject, dataset)
 
 
-def _upstream(ref: ArtifactRef) -> tuple[dict[str, str], tuple[str, str]]:
-    """An upstream artifact's identity (its content hash), subject and dataset."""
+def _upstream(ref: ArtifactRef, part: str | None = None,
+              ) -> tuple[dict[str, str], tuple[str, str]]:
+    """An upstream artifact's identity (its content hash, or that of the one `part` read,
+    where the artifact's summary reports it under split_sha256), subject and dataset."""
     manifest = store_of(ref).manifest(ref)
-    return ({"stage": ref.stage, "key": ref.key, "content": manifest.content_sha256},
+    identity = {"stage": ref.stage, "key": ref.key, "content": manifest.content_sha256}
+    parts = manifest.summary.get("split_sha256", {})
+    if part is not None and part in parts:
+        identity |= {"part": part, "content": parts[part]}
+    return (identity,
             (manifest.summary.get("subject", ""), manifest.summary.get("dataset_name", "")))
 
 
@@ -203,6 +211,7 @@ def run_stage(
 
 
 def stage(name: str, environment: tuple[str, ...] = (), loads_model: bool = False,
+          reads: dict[str, str] | None = None,
           ) -> Callable[[Callable[..., None]], Task[..., ArtifactRef]]:
     """A stage written as one function; the Prefect task that runs it, cached by content.
 
@@ -216,7 +225,10 @@ def stage(name: str, environment: tuple[str, ...] = (), loads_model: bool = Fals
     key come from the one signature and cannot drift apart. The body runs only when the
     store holds no intact artifact for that key, and gets the writer of a new one.
     `environment` names packages whose versions change the numbers; `loads_model` tags
-    the task for the model-loading concurrency limit.
+    the task for the model-loading concurrency limit. `reads` names inputs of which the
+    body reads one part only ({"windows": "detect"}): the key hashes that part's content,
+    as the upstream artifact reports it, so that a change elsewhere in that artifact (more
+    held-out windows) does not recompute the stage.
     """
 
     def decorate(body: Callable[..., None]) -> Task[..., ArtifactRef]:
@@ -234,7 +246,7 @@ def stage(name: str, environment: tuple[str, ...] = (), loads_model: bool = Fals
         run.__signature__ = signature  # type: ignore[attr-defined]
         functools.update_wrapper(run, body, updated=())
         del run.__wrapped__  # type: ignore[attr-defined] # Prefect reads __signature__
-        made = task(**register(name, body.__module__, environment, loads_model))(run)
+        made = task(**register(name, body.__module__, environment, loads_model, reads))(run)
         made.body = body  # type: ignore[attr-defined] # the computation, for direct tests
         return made
 

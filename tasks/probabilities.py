@@ -34,7 +34,8 @@ CHECKPOINT_FILE = "alpha-partial-sums.npz"
 log = logging.getLogger("tokprob")
 
 
-@stage(STAGE, environment=("torch", "transformers"), loads_model=True)
+@stage(STAGE, environment=("torch", "transformers"), loads_model=True,
+       reads={"windows": DETECT})  # α reads the detecting windows only
 def probabilities(out: ArtifactWriter, windows: ArtifactRef, model: ModelSource, run: RunConfig,
                   config: ProbabilityConfig) -> None:
     """Stream the model over the detecting windows and average its softmax."""

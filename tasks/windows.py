@@ -32,7 +32,8 @@ def windows(out: ArtifactWriter, workspace: Workspace, corpus: ArtifactRef, mode
     counts = {s: int((packed.split == s).sum()) for s in (DETECT, HELDOUT)}
     out.summary.update(windows=len(packed.tokens), window=config.window,
                        detect_windows=counts[DETECT], heldout_windows=counts[HELDOUT],
-                       tokens=int(packed.tokens.size))
+                       tokens=int(packed.tokens.size),
+                       split_sha256={s: packed.digest(s) for s in (DETECT, HELDOUT)})
     publish_table(STAGE, out, [out.summary | {"subject": model.display_name}],
                   "Packed windows and their split")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+import pandas as pd
 import pytest
 from prefect import flow
 
@@ -68,6 +69,48 @@ def test_the_body_is_reachable_for_direct_tests(workspace):
         scaled.body(out, 7, Settings(scale=0.5))
         assert out.summary["value"] == 3.5
     assert calls == [{"number": 7, "settings": Settings(scale=0.5)}]
+
+
+@stage("parts-example")
+def with_parts(out: ArtifactWriter, parts: dict[str, int]) -> None:
+    """An upstream artifact that reports the content of each of its parts."""
+    out.summary["split_sha256"] = {name: f"sha-{value}" for name, value in parts.items()}
+    out.write_table("parts.parquet", pd.DataFrame({"part": list(parts),
+                                                   "value": list(parts.values())}))
+
+
+@stage("no-parts-example")
+def without_parts(out: ArtifactWriter, value: int) -> None:
+    out.write_table("value.parquet", pd.DataFrame({"value": [value]}))
+
+
+@stage("reads-one-part", reads={"upstream": "first"})
+def reads_one_part(out: ArtifactWriter, upstream: ArtifactRef) -> None:
+    calls.append({"upstream": upstream.key})
+
+
+@stage("reads-all")
+def reads_all(out: ArtifactWriter, upstream: ArtifactRef) -> None:
+    calls.append({"upstream": upstream.key})
+
+
+def test_a_stage_reading_one_part_of_an_input_is_keyed_by_that_part_alone(workspace):
+    calls.clear()
+    base = with_parts.fn(workspace, {"first": 1, "second": 2})
+    other_second = with_parts.fn(workspace, {"first": 1, "second": 3})
+    other_first = with_parts.fn(workspace, {"first": 4, "second": 2})
+    assert len({base.key, other_second.key, other_first.key}) == 3
+    one = [reads_one_part.fn(workspace, ref) for ref in (base, other_second, other_first)]
+    assert one[0].key == one[1].key != one[2].key
+    assert len(calls) == 2  # the change of the other part reused the stored artifact
+    manifest = ArtifactStore(workspace.artifacts).manifest(one[0])
+    assert manifest.inputs["upstream"]["part"] == "first"
+    # A stage that reads the whole input is keyed by all of its content.
+    whole = [reads_all.fn(workspace, ref) for ref in (base, other_second)]
+    assert whole[0].key != whole[1].key
+    # An upstream artifact that reports no parts keys the reader by its whole content.
+    plain = [without_parts.fn(workspace, 1), without_parts.fn(workspace, 2)]
+    assert len({reads_one_part.fn(workspace, ref).key for ref in plain}) == 2
 
 
 def test_a_stage_function_without_the_writer_first_is_refused():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -11,6 +13,7 @@ from tokprob.errors import TokprobError
 from tokprob.windows import (
     DETECT,
     HELDOUT,
+    TokenBudget,
     Windows,
     build_windows,
     document_separator,
@@ -163,6 +166,23 @@ def test_build_windows_with_a_real_tokenizer(tokenizer):
         np.testing.assert_array_equal(windows.tokens[windows.split == name], expected)
     assert 0.15 < (windows.split == HELDOUT).mean() < 0.35
     assert tokenizer.decode(windows.tokens[0][:5].tolist()) in documents[0]
+
+
+def test_the_detecting_digest_ignores_how_far_the_held_out_split_reaches(tokenizer):
+    documents = tiny_corpus(200)
+    build = functools.partial(build_windows, tokenizer, documents, 16, 0.2, 0, 320)
+    # The detecting split fills first: more held-out tokens only read on for that split.
+    small = build(budget=TokenBudget(detect=256, heldout=96))
+    large = build(budget=TokenBudget(detect=256, heldout=256))
+    assert (large.split == HELDOUT).sum() > (small.split == HELDOUT).sum()
+    assert small.digest(DETECT) == large.digest(DETECT)
+    assert small.digest(HELDOUT) != large.digest(HELDOUT)
+    np.testing.assert_array_equal(small.take(DETECT), large.take(DETECT))
+    # Other detecting windows, another digest: a seed, or a budget that takes more.
+    assert build_windows(tokenizer, documents, 16, 0.2, 1, 320, TokenBudget(
+        detect=256, heldout=96)).digest(DETECT) != small.digest(DETECT)
+    assert build(budget=TokenBudget(detect=640, heldout=96)).digest(DETECT) != small.digest(
+        DETECT)
 
 
 def _bos_tokenizer():

@@ -16,6 +16,7 @@ each split are shuffled by seed.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
@@ -47,6 +48,14 @@ class Windows:
         if max_tokens is not None:
             chosen = chosen[: max_tokens // self.tokens.shape[1]]
         return self.tokens[chosen]
+
+    def digest(self, split: str) -> str:
+        """sha256 of one split's windows in their shuffled order: all that a stage reading
+        only that split depends on."""
+        chosen = np.ascontiguousarray(self.take(split), dtype=np.int32)
+        digest = hashlib.sha256(str(chosen.shape).encode())
+        digest.update(chosen.tobytes())
+        return digest.hexdigest()
 
     def to_arrow(self) -> pa.Table:
         n, window = self.tokens.shape
