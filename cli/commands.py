@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tokprob.model_export import new_model_folder
 from tokprob.models import check_window_fits, model_config
 from tokprob.pruning import check_fractions, check_regression_target
 from tokprob.specs import DEFAULT_MODEL, DatasetSpec, ModelSpec
-from tokprob.steering import check_edits
+from tokprob.steering import STEER_TOLERANCE, check_edits
 from tokprob.store import ArtifactStore
 from tokprob.workspace import Workspace
 
@@ -176,9 +177,28 @@ def steer(args: argparse.Namespace) -> int:
            f"calibrated jointly on {result['detect_positions']:,} detecting positions")
     print(f"wrote the steered model to {result['out']} ({how})")
     for edit in result["edits"]:
+        where = ("" if "detect_effective_positions" not in edit else
+                 f" (calibrated on about {edit['detect_effective_positions']:.0f} positions "
+                 "where it is probable)")
         print(f"  {edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested, "
-              f"× {edit['predicted_ratio_heldout']:.3f} on held-out text")
+              f"× {edit['predicted_ratio_heldout']:.3f} on held-out text{where}")
+    missed = [repr(e["token"]) for e in result["edits"]
+              if e["heldout_log_error"] > STEER_TOLERANCE]
+    if missed:
+        note = (f"note: {', '.join(missed)} missed the requested ratio on held-out text by "
+                f"more than {STEER_TOLERANCE:g} in log. {_why_missed(result['method'])}")
+        print(textwrap.fill(note, width=88, break_on_hyphens=False))
     return 0
+
+
+def _why_missed(method: str) -> str:
+    if method == "closed_form":
+        return ("The closed-form edit is right only on average over positions; "
+                "--method calibrated solves each step on the detecting split.")
+    return ("A calibrated edit lands on held-out text only as well as the detecting "
+            "positions where the token is probable resemble other text; with few of "
+            "them, raise --heldout-tokens (it sets how many detecting positions the "
+            "calibration reads).")
 
 
 def _check_tokens(tokens: list[str], spec: ModelSpec, workspace: Workspace) -> None:

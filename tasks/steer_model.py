@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks._stage import MODEL_TAG
 from tasks.catalog import ALPHA, SLOPES, read_bias, read_embeddings, read_hidden
-from tokprob.calibration import jointly_calibrated_edits
+from tokprob.calibration import effective_positions, jointly_calibrated_edits
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
 from tokprob.head import OutputHead, float32_head, output_head
@@ -25,6 +26,7 @@ from tokprob.steering import (
     resolve_targets,
     steer_model,
     steering_direction,
+    target_logits,
 )
 from tokprob.store import ArtifactRef
 
@@ -47,11 +49,15 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     ids = resolve_targets(tuple(tokens), tokenizer, len(weight))
     if len(set(ids)) != len(ids):
         raise TokprobError("A token is given twice; give each token once with its ratio.")
+    per_edit: dict[str, list[float]] = {}
     if method == "calibrated":
         detect = read_hidden(detect_hidden).hidden
+        stats = target_logits(detect, weight, bias, np.asarray(ids), jointly=True)
         edits = jointly_calibrated_edits(detect, weight, bias, ids, ratios,
-                                         [tokenizer.decode([token]) for token in ids])
+                                         [tokenizer.decode([token]) for token in ids], stats)
         details = {"detect_positions": len(detect)}
+        per_edit["detect_effective_positions"] = [
+            effective_positions(p) for p in stats.probabilities().T]
     else:
         table = SLOPES.read(regression)
         mask = omega_mask(table, config.omega, significance.significance, config.top_k)
@@ -75,8 +81,10 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
             {"token": tokenizer.decode([token]), "token_id": token, "ratio": ratio,
              "delta": edits[token].tolist(), "alpha_detect": float(detect_alpha[token]),
              "alpha_heldout": float(before[token]),
-             "predicted_ratio_heldout": float(after[token] / before[token])}
-            for token, ratio in zip(ids, ratios, strict=True)
+             "predicted_ratio_heldout": float(after[token] / before[token]),
+             "heldout_log_error": abs(float(np.log(after[token] / before[token] / ratio)))}
+            | {name: values[k] for name, values in per_edit.items()}
+            for k, (token, ratio) in enumerate(zip(ids, ratios, strict=True))
         ],
     }
     save_model_folder(lm, tokenizer, target, RECORD, record)

@@ -14,6 +14,7 @@ from tokprob.calibration import (
     calibrated_fits,
     calibration_direction,
     closed_form_fit,
+    effective_positions,
     evaluate_fits,
     jointly_calibrated_edits,
     relative_spread,
@@ -366,3 +367,12 @@ def test_kl_bound_of_a_rare_target_keeps_its_digits():
     second_order = 0.5 * np.mean((g - g.mean()) ** 2)
     assert 0 < effects.kl_other_bound[0] < 1e-20
     assert effects.kl_other_bound[0] == pytest.approx(second_order, rel=1e-4)
+
+
+def test_effective_positions_counts_the_positions_the_weights_rest_on():
+    assert effective_positions(np.full(40, 0.3)) == pytest.approx(40.0)
+    assert effective_positions(np.eye(1, 50)[0] * 1e-9) == pytest.approx(1.0)
+    weights = np.random.default_rng(0).random(100) ** 4
+    assert effective_positions(weights) == pytest.approx(
+        weights.sum() ** 2 / (weights ** 2).sum(), rel=1e-12)
+    assert effective_positions(weights * 1e-6) == pytest.approx(effective_positions(weights))

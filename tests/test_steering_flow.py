@@ -119,6 +119,27 @@ def test_steered_model_loads_and_shows_the_predicted_change(prefect_api, tiny_mo
         token = edit["token_id"]
         assert float(after[token] / before[token]) == pytest.approx(
             edit["predicted_ratio_heldout"], rel=1e-5)
+        assert edit["heldout_log_error"] == pytest.approx(
+            abs(np.log(edit["predicted_ratio_heldout"] / edit["ratio"])), rel=1e-9)
+        if method == "calibrated":
+            assert 1.0 <= edit["detect_effective_positions"] <= saved["detect_positions"]
+        else:
+            assert "detect_effective_positions" not in edit
+
+    # Without --json: a line per edit, and a note naming each edit that misses its ratio.
+    code = main(["steer", "--model", str(source), "--dataset", str(tiny_text_dir),
+                 "--data-dir", str(tmp_path / "data"), "--window", "16",
+                 "--heldout-fraction", "0.3", "--max-tokens", "160", "--heldout-tokens", "64",
+                 "--omega", "all", "--token", " the", "--ratio", "4", "--token", "42",
+                 "--ratio", "0.25", "--out", str(tmp_path / "again"), "--method", method])
+    text = capsys.readouterr().out
+    assert code == 0
+    missed = [repr(e["token"]) for e in record["edits"] if e["heldout_log_error"] > 0.05]
+    for edit in record["edits"]:
+        assert f"{edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested" in text
+    note = " ".join(text[text.index("note:"):].split()) if "note:" in text else ""
+    assert bool(note) == bool(missed)
+    assert note.startswith(f"note: {', '.join(missed)} missed") or not missed
 
 
 def test_steered_bfloat16_model_is_saved_in_bfloat16(prefect_api, tiny_text_dir, tmp_path,

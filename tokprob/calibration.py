@@ -107,6 +107,14 @@ def _ridge_direction(mean: np.ndarray, values: np.ndarray, vectors: np.ndarray,
     return u / denominator
 
 
+def effective_positions(weights: np.ndarray) -> float:
+    """Kish's effective number of positions under `weights`, (Σw)² / Σw²: weighted by p_w,
+    how many positions the calibration of w rests on (a token probable at a handful of
+    positions is calibrated on a handful, whatever the split's size)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    return float(weights.sum() ** 2 / np.sum(weights ** 2))
+
+
 def relative_spread(projection: np.ndarray, weights: np.ndarray | None = None) -> float:
     """std(h·u)/|mean(h·u)| (optionally weighted): how unevenly one edit shifts the logit
     across positions."""
@@ -299,12 +307,14 @@ def evaluate_fits(evaluator: SteeringEvaluator, fits: list[Fit], tokens: np.ndar
 
 
 def jointly_calibrated_edits(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                             tokens: list[int], ratios: list[float],
-                             names: list[str]) -> dict[int, np.ndarray]:
+                             tokens: list[int], ratios: list[float], names: list[str],
+                             stats: TargetLogits | None = None) -> dict[int, np.ndarray]:
     """δ_w = c_w·u_w for every target, u_w its direction weighted by p_w and the c's solved
     jointly on `hidden` (the detecting split) so that each α'_w/α_w = r_w there; an
-    unreachable ratio is an error naming the ratio that can be reached."""
-    stats = target_logits(hidden, weight, bias, np.asarray(tokens), jointly=True)
+    unreachable ratio is an error naming the ratio that can be reached. `stats`: the
+    targets' `target_logits(..., jointly=True)` on `hidden`, when already computed."""
+    if stats is None:
+        stats = target_logits(hidden, weight, bias, np.asarray(tokens), jointly=True)
     h = hidden.astype(np.float64)
     directions = np.stack([calibration_direction(h, p) for p in stats.probabilities().T])
     solved = calibrate_jointly(stats.logit, stats.log_rest[:, 0], h @ directions.T, ratios)

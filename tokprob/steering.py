@@ -27,6 +27,10 @@ from tokprob.probabilities import alpha_percentile
 from tokprob.tensors import read_only_tensor
 
 OMEGAS = ("bonferroni", "all", "top-k")
+STEER_TOLERANCE = 0.05
+"""|log(α'/α) − log r| on held-out text within which an edit of `tokprob steer` lands on
+its ratio; beyond it the command says so."""
+
 CALIBRATED_GOAL = 0.03
 """Median |log(α'/α) − log r| the calibrated edit aims at on held-out text; the sweep
 reports how many detecting windows it needs to get there."""
