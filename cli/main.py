@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--greedy", action="store_true",
                        help="with --compensate: delete the dimensions that add the least "
                             "compensated logit error first, instead of the least salient")
-    add_flow_options(prune, flow_signature("pruning", "prune"), own={"method"})
+    add_flow_options(prune, flow_signature("pruning", "prune"), own={"method"},
+                     unlisted=PRUNING_SWEEP_ONLY)
     prune.set_defaults(handler=handlers.prune)
 
     pretrain = commands.add_parser(
@@ -230,6 +231,12 @@ SWEEP_ONLY = frozenset({"ratios", "percentiles", "tokens_per_percentile", "targe
                         "fewshot", "target_seed", "exact_kl"})
 """SteeringConfig fields that only the steering sweep reads, not `tokprob steer`."""
 
+PRUNING_SWEEP_ONLY = frozenset({"fractions", "random_seeds", "js_threshold", "eval_tokens",
+                                "prompts", "prompt_tokens", "new_tokens"})
+"""PruningConfig fields of the pruning sweep that `tokprob prune` accepts, so that a
+`run pruning` command line can be reused with it (the prompts set how many held-out
+windows are cut), but does not list: they do not change the model it writes."""
+
 RERUN_FLOWS = ("encoding", "steering", "pruning", "dynamics")
 """The flows `tokprob rerun` chooses from: every stage is one of theirs."""
 
@@ -240,11 +247,13 @@ NOT_OPTIONS = frozenset({"data_dir", "refresh"})
 
 def add_flow_options(parser: argparse.ArgumentParser, parameters: tuple[Parameter, ...],
                      hidden: frozenset[str] = frozenset(),
-                     own: frozenset[str] | set[str] = frozenset()) -> None:
+                     own: frozenset[str] | set[str] = frozenset(),
+                     unlisted: frozenset[str] = frozenset()) -> None:
     """One --option per value the flow takes: each single-value parameter of its
     signature and each field of its parameter objects, documented by the field's
-    docstring or the flow's (`hidden` ones keep their defaults and stay out of --help;
-    `own` ones the command gives its own way)."""
+    docstring or the flow's (`hidden` ones keep their defaults and are refused;
+    `unlisted` ones are accepted but stay out of --help; `own` ones the command gives its
+    own way)."""
     # --help shows each object's options under its description.
     sections: dict[tuple[str, ...], Any] = {(): parser}
     for parameter in parameters:
@@ -258,7 +267,10 @@ def add_flow_options(parser: argparse.ArgumentParser, parameters: tuple[Paramete
             parser.set_defaults(**{parameter.name: parameter.default})
             continue
         section = sections.get(parameter.path[:-1], parser)
-        section.add_argument("--" + parameter.name.replace("_", "-"), **_option(parameter))
+        option = _option(parameter)
+        if parameter.name in unlisted:
+            option["help"] = argparse.SUPPRESS
+        section.add_argument("--" + parameter.name.replace("_", "-"), **option)
     parser.set_defaults(parameters=parameters)
     _add_common(parser)
 

@@ -467,3 +467,24 @@ def test_run_killed_during_alpha_resumes_from_its_checkpoint(tmp_path, prefect_a
     uninterrupted = averaged_probabilities(model, output_head(model), windows, batch_size=8,
                                            prefixes=prefix_grid(len(windows)))
     np.testing.assert_allclose(alpha, uninterrupted.alpha, rtol=0, atol=1e-12)
+
+
+def test_prune_accepts_the_pruning_sweeps_options_without_listing_them(capsys):
+    from cli.main import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prune", "--help"])
+    usage = capsys.readouterr().out
+    assert "--saliency" in usage and "--fraction " in usage
+    for option in ("--fractions", "--random-seeds", "--eval-tokens", "--new-tokens"):
+        assert option not in usage
+    # A `run pruning` command line reused with `prune`: its sweep options are accepted.
+    args = parser.parse_args(["prune", "--fraction", "0.3", "--out", "x", "--fractions",
+                              "0,0.1", "--eval-tokens", "256", "--prompts", "2"])
+    assert (args.fractions, args.eval_tokens, args.prompts) == ((0.0, 0.1), 256, 2)
+    # `steer` refuses the steering sweep's own options instead.
+    with pytest.raises(SystemExit):
+        parser.parse_args(["steer", "--token", "a", "--ratio", "2", "--out", "x",
+                           "--percentiles", "50"])
+    assert "unrecognized arguments: --percentiles" in " ".join(capsys.readouterr().err.split())
