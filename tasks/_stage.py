@@ -72,6 +72,11 @@ NOT_IN_KEY = ("workspace", "force")
 """Task arguments that never change what a stage computes."""
 
 
+Part = str | Callable[[dict[str, Any]], str]
+"""The part of an input a stage reads: its name, or a function of the call's arguments
+that gives it (a stage told which split to read)."""
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
@@ -79,7 +84,7 @@ class StageSpec:
     """The task module; its source and the project modules it imports version the stage."""
     environment: tuple[str, ...] = ()
     """Packages whose versions change the stage's numbers (torch, transformers)."""
-    reads: dict[str, str] = field(default_factory=dict)
+    reads: dict[str, Part] = field(default_factory=dict)
     """Input name → the one part of that upstream artifact the stage reads (see `stage`)."""
 
 
@@ -104,7 +109,7 @@ sets one of 1) keeps two runs from loading models at once on one machine."""
 
 
 def register(name: str, module: str, environment: tuple[str, ...] = (),
-             loads_model: bool = False, reads: dict[str, str] | None = None) -> dict[str, Any]:
+             loads_model: bool = False, reads: dict[str, Part] | None = None) -> dict[str, Any]:
     """Register a stage and return the @task options that cache it by content."""
     STAGES[name] = StageSpec(name, module, environment, dict(reads or {}))
     return {
@@ -128,7 +133,7 @@ def identify(stage: str, arguments: dict[str, Any]) -> StageIdentity:
         if name in NOT_IN_KEY:
             continue
         if isinstance(value, ArtifactRef):
-            inputs[name], (subject, dataset) = _upstream(value, spec.reads.get(name))
+            inputs[name], (subject, dataset) = _upstream(value, _part(spec, name, arguments))
             subjects.append(subject)
             datasets.append(dataset)
         elif isinstance(value, list | tuple) and value and all(
@@ -159,6 +164,11 @@ def identify(stage: str, arguments: dict[str, Any]) -> StageIdentity:
     subject = next((s for s in models + subjects if s), "")
     dataset = next((d for d in datasets if d), "")
     return StageIdentity(key, params, inputs, version, subject, dataset)
+
+
+def _part(spec: StageSpec, name: str, arguments: dict[str, Any]) -> str | None:
+    part = spec.reads.get(name)
+    return part(arguments) if callable(part) else part
 
 
 def _upstream(ref: ArtifactRef, part: str | None = None,
@@ -211,7 +221,7 @@ def run_stage(
 
 
 def stage(name: str, environment: tuple[str, ...] = (), loads_model: bool = False,
-          reads: dict[str, str] | None = None,
+          reads: dict[str, Part] | None = None,
           ) -> Callable[[Callable[..., None]], Task[..., ArtifactRef]]:
     """A stage written as one function; the Prefect task that runs it, cached by content.
 
@@ -226,9 +236,10 @@ def stage(name: str, environment: tuple[str, ...] = (), loads_model: bool = Fals
     store holds no intact artifact for that key, and gets the writer of a new one.
     `environment` names packages whose versions change the numbers; `loads_model` tags
     the task for the model-loading concurrency limit. `reads` names inputs of which the
-    body reads one part only ({"windows": "detect"}): the key hashes that part's content,
-    as the upstream artifact reports it, so that a change elsewhere in that artifact (more
-    held-out windows) does not recompute the stage.
+    body reads one part only ({"windows": "detect"}, or a function of the call's arguments
+    naming the part): the key hashes that part's content, as the upstream artifact reports
+    it, so that a change elsewhere in that artifact (more held-out windows) does not
+    recompute the stage.
     """
 
     def decorate(body: Callable[..., None]) -> Task[..., ArtifactRef]:

@@ -5,6 +5,8 @@ step size of a calibrated steering edit, the compensation of pruned dimensions).
 
 from __future__ import annotations
 
+from typing import Any
+
 from tasks._stage import publish_table, stage
 from tasks.catalog import HIDDEN_STATES, read_windows
 from tokprob.config import HiddenConfig, RunConfig
@@ -19,7 +21,12 @@ from tokprob.windows import DETECT, HELDOUT
 STAGE = "hidden"
 
 
-@stage(STAGE, environment=("torch", "transformers"), loads_model=True)
+def _split_read(arguments: dict[str, Any]) -> str:
+    return arguments.get("split", HELDOUT)
+
+
+@stage(STAGE, environment=("torch", "transformers"), loads_model=True,
+       reads={"windows": _split_read})  # the windows of one split only
 def hidden_states(out: ArtifactWriter, windows: ArtifactRef, model: ModelSource,
                   run: RunConfig, config: HiddenConfig, split: str = HELDOUT) -> None:
     """Store h for every position of the first `config.heldout_tokens` tokens of `split`

@@ -89,6 +89,11 @@ def reads_one_part(out: ArtifactWriter, upstream: ArtifactRef) -> None:
     calls.append({"upstream": upstream.key})
 
 
+@stage("reads-the-part-asked", reads={"upstream": lambda arguments: arguments["part"]})
+def reads_the_part_asked(out: ArtifactWriter, upstream: ArtifactRef, part: str) -> None:
+    calls.append({"upstream": upstream.key, "part": part})
+
+
 @stage("reads-all")
 def reads_all(out: ArtifactWriter, upstream: ArtifactRef) -> None:
     calls.append({"upstream": upstream.key})
@@ -105,6 +110,10 @@ def test_a_stage_reading_one_part_of_an_input_is_keyed_by_that_part_alone(worksp
     assert len(calls) == 2  # the change of the other part reused the stored artifact
     manifest = ArtifactStore(workspace.artifacts).manifest(one[0])
     assert manifest.inputs["upstream"]["part"] == "first"
+    # The part may be named by an argument of the call (the split a stage is told to read).
+    asked = [reads_the_part_asked.fn(workspace, ref, "second")
+             for ref in (base, other_second, other_first)]
+    assert asked[0].key == asked[2].key != asked[1].key
     # A stage that reads the whole input is keyed by all of its content.
     whole = [reads_all.fn(workspace, ref) for ref in (base, other_second)]
     assert whole[0].key != whole[1].key
