@@ -61,9 +61,11 @@ def test_steering_flow_reuses_the_encoding_stages(prefect_api, tiny_models, tiny
     for column in ("method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error",
                    "feasible", "reachable_ratio", "kl_other", "n_fit", "omega"):
         assert column in sweep.columns
-    for _, rows in sweep.groupby("method"):
+    for method, rows in sweep.groupby("method"):
         full = rows[rows["n_fit"] == rows["n_fit"].max()]
         reached = full[full["feasible"]]
+        assert method_errors(result["errors"], method)["median_kl_other_bound"] == (
+            pytest.approx(reached["kl_other_bound"].median(), rel=1e-12))
         np.testing.assert_allclose(reached["abs_log_error"],
                                    np.abs(np.log(reached["achieved"]) - np.log(reached["r"])))
         assert (reached["kl_other_bound"] >= 0).all()

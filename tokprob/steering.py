@@ -121,8 +121,9 @@ def sample_targets(alpha: np.ndarray, usable: np.ndarray, percentiles: tuple[flo
 
 def error_summary(sweep: pd.DataFrame) -> list[dict]:
     """Per method, for its fit on the most detecting data: median and 90th percentile of
-    |log(α'/α) − log r| over the feasible pairs, with the counts of feasible and
-    infeasible pairs; one row per r and one for all r together."""
+    |log(α'/α) − log r| over the feasible pairs, the median bound on the KL over other
+    tokens, and the counts of feasible and infeasible pairs; one row per r and one for
+    all r together."""
     rows = []
     for method, pairs in sweep.groupby("method", sort=False):
         full = pairs[pairs["n_fit"] == pairs["n_fit"].max()]
@@ -142,6 +143,7 @@ def _error_stats(pairs: pd.DataFrame) -> dict[str, float]:
     errors = feasible["abs_log_error"]
     return {"median": float(errors.median()), "p90": float(errors.quantile(0.9)),
             "median_achieved": float(feasible["achieved"].median()),
+            "median_kl_other_bound": float(feasible["kl_other_bound"].median()),
             "feasible": len(feasible), "infeasible": int(len(pairs) - len(feasible))}
 
 
