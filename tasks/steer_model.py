@@ -49,15 +49,14 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     ids = resolve_targets(tuple(tokens), tokenizer, len(weight))
     if len(set(ids)) != len(ids):
         raise TokprobError("A token is given twice; give each token once with its ratio.")
-    per_edit: dict[str, list[float]] = {}
+    rests_on = None  # per calibrated edit, the detecting positions it effectively rests on
     if method == "calibrated":
         detect = read_hidden(detect_hidden).hidden
         stats = target_logits(detect, weight, bias, np.asarray(ids), jointly=True)
         edits = jointly_calibrated_edits(detect, weight, bias, ids, ratios,
                                          [tokenizer.decode([token]) for token in ids], stats)
         details = {"detect_positions": len(detect)}
-        per_edit["detect_effective_positions"] = [
-            effective_positions(p) for p in stats.probabilities().T]
+        rests_on = [effective_positions(p) for p in stats.probabilities().T]
     else:
         table = SLOPES.read(regression)
         mask = omega_mask(table, config.omega, significance.significance, config.top_k)
@@ -74,6 +73,7 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
                                OutputHead(torch.from_numpy(weight), torch_bias, False))
     after = alpha_from_hidden(hidden_states, float32_head(output_head(lm)))
     detect_alpha = ALPHA.read(probabilities, ["alpha"])["alpha"].to_numpy()
+    predicted = {token: float(after[token] / before[token]) for token in ids}
     record = {
         "source_model": model.spec, "source_fingerprint": model.fingerprint,
         "method": method, **details,
@@ -81,9 +81,9 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
             {"token": tokenizer.decode([token]), "token_id": token, "ratio": ratio,
              "delta": edits[token].tolist(), "alpha_detect": float(detect_alpha[token]),
              "alpha_heldout": float(before[token]),
-             "predicted_ratio_heldout": float(after[token] / before[token]),
-             "heldout_log_error": abs(float(np.log(after[token] / before[token] / ratio)))}
-            | {name: values[k] for name, values in per_edit.items()}
+             "predicted_ratio_heldout": predicted[token],
+             "heldout_log_error": abs(float(np.log(predicted[token] / ratio)))}
+            | ({} if rests_on is None else {"detect_effective_positions": rests_on[k]})
             for k, (token, ratio) in enumerate(zip(ids, ratios, strict=True))
         ],
     }

@@ -282,8 +282,7 @@ def evaluate_fits(evaluator: SteeringEvaluator, fits: list[Fit], tokens: np.ndar
     frames, full_shifts, full_rows = [], [], []
     largest = {f.method: max(g.n_fit for g in fits if g.method == f.method) for f in fits}
     for fit in fits:
-        shifts = np.nan_to_num(fit.steps) * fit.heldout_slope
-        shifts = np.broadcast_to(shifts, (len(evaluator.hidden), len(columns)))
+        shifts = np.nan_to_num(fit.steps) * fit.heldout_slope  # (positions, pairs)
         achieved = np.where(fit.feasible,
                             steered_alpha(evaluator.stats, columns, shifts) / alpha, np.nan)
         bound = kl_over_other_tokens_bound(evaluator.stats, columns, shifts)

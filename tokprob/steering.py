@@ -394,8 +394,8 @@ class SteeringEvaluator:
     With the logits z = hEᵀ + b of a position, editing row w by δ moves only z_w, to
     z_w + h·δ; the normalizer follows in closed form. One LM-head pass at construction
     keeps, per position, the log-sum-exp and the targets' logits; any number of edits is
-    then evaluated at a cost independent of |V| (the KL over other tokens takes one more
-    pass for all of them together).
+    then evaluated at a cost independent of |V|, with the bound on the KL over other
+    tokens (the exact KL takes one more pass for all of them together).
     """
 
     def __init__(self, hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,

@@ -172,16 +172,16 @@ def sweep_summary(table: pd.DataFrame, sweep: Sweep, n_detect: int) -> dict:
     the windows the calibrated edit needs to reach its goal."""
     full = table[(table["method"] == "closed_form") & (table["n_fit"] == n_detect)]
     fewshot = fewshot_errors(table)
+    errors = error_summary(table)
     return {
-        "errors": error_summary(table), "comparison": paired_comparison(table),
+        "errors": errors, "comparison": paired_comparison(table),
         "targets": sweep.targets,
         "omega_dims": sweep.omega_dims,
         "median_abs_log_error": float(full["abs_log_error"].median()),
         "median_kl_other": {m: _median_or_none(g["kl_other"])
                             for m, g in table.groupby("method", sort=False)},
-        "median_kl_other_bound": {m: float(g.loc[g["n_fit"] == g["n_fit"].max(),
-                                                 "kl_other_bound"].median())
-                                  for m, g in table.groupby("method", sort=False)},
+        "median_kl_other_bound": {row["method"]: row["median_kl_other_bound"]
+                                  for row in errors if row["r"] == "all"},
         "fewshot_median_error": fewshot,
         "calibrated_windows_for_goal": windows_to_reach(fewshot["calibrated"],
                                                         CALIBRATED_GOAL),
