@@ -43,14 +43,19 @@ def hidden_states(model, windows: torch.Tensor) -> HiddenStates:
 
 @pytest.fixture(scope="module")
 def edited_model_setup(tiny_models):
-    model = load_model(tiny_models["phi"])  # untied, with an output bias
+    return sweep_setup(load_model(tiny_models["phi"]))  # untied, with an output bias
+
+
+def sweep_setup(model):
+    """The model (untied), its head, and the hidden states, α and regression of random
+    detecting and held-out windows."""
     untie_output_embeddings(model)
     generator = torch.Generator().manual_seed(11)
     detect_windows = torch.randint(0, 300, (8, WINDOW), generator=generator)
     held_windows = torch.randint(0, 300, (4, WINDOW), generator=generator)
     head = output_head(model)
     weight = head.weight.detach().numpy().copy()
-    bias = head.bias.detach().numpy().copy()
+    bias = None if head.bias is None else head.bias.detach().numpy().copy()
     detect, held = hidden_states(model, detect_windows), hidden_states(model, held_windows)
     alpha = forward_probabilities(model, detect_windows).mean(0)
     regression = fit_ols(weight, -np.log(alpha)).table()
@@ -115,6 +120,36 @@ def test_every_method_matches_the_edited_models_forward(edited_model_setup):
             p = np.exp(z - z.max(1, keepdims=True))
             after = (p / p.sum(1, keepdims=True))[:, row.token_id].mean()
             assert after / before == pytest.approx(expected, rel=1e-6)
+
+
+def test_after_a_layer_norm_with_bias_the_calibrated_edit_is_as_exact_as_a_logit_bias(
+        tiny_models):
+    """GPT-2's final LayerNorm with a bias makes h·(1/γ) the same at every position, so the
+    calibrated edit of the row shifts logit w by a constant, as the logit bias does, and
+    lands on r on held-out windows it was not solved on (a freshly initialised model has
+    β = 0, where that direction moves nothing: a trained one has β ≠ 0)."""
+    model = load_model(tiny_models["gpt2"])
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        norm = model.transformer.ln_f
+        norm.weight.copy_(1.0 + 0.2 * torch.randn(norm.weight.shape, generator=generator))
+        norm.bias.copy_(0.5 * torch.randn(norm.bias.shape, generator=generator))
+    setup = sweep_setup(model)
+    _, weight, _, _, held_windows, detect, _, _, _ = setup
+    tokens, ratios = [7, 40, 123], (0.1, 0.5, 2.0, 10.0)
+    _, _, table = run_small_sweep(setup, tokens, ratios, fewshot=False)
+    error = table.pivot_table(index=["token_id", "r"], columns="method",
+                              values="abs_log_error")
+    # Both miss only by what differs between the two sets of windows (saturation).
+    np.testing.assert_allclose(error["calibrated"], error["logit_bias"], atol=1e-5)
+    assert error["closed_form"].median() > 100 * error["calibrated"].median()
+    # Checked against the edited model's own forward pass on the held-out windows.
+    row = table[(table["method"] == "calibrated") & (table["r"] == 10.0)].iloc[0]
+    column = sorted(tokens).index(row["token_id"])
+    p = target_logits(detect.hidden, weight, None, np.array(sorted(tokens))).probabilities()
+    u = calibration_direction(detect.hidden.astype(np.float64), p[:, column])
+    assert edited_ratio(model, weight, int(row["token_id"]), row["step"] * u,
+                        held_windows) == pytest.approx(10.0, rel=1e-3)
 
 
 def test_kl_over_other_tokens_matches_the_edited_models_forward(edited_model_setup):
