@@ -154,6 +154,8 @@ class FiguresSummary(StageSummary):
 class SteeringSummary(StageSummary):
     errors: list[dict[str, Any]]
     comparison: dict[str, Any]
+    errors_by_support: list[dict[str, Any]]
+    comparison_well_measured: dict[str, Any] | None
     targets: int
     omega: str
     omega_dims: int
@@ -245,7 +247,8 @@ PC_SCORES = Table("scores.parquet", ("token_id", "pc1", "pc2", "alpha"),
                   "every token's first two principal-component scores")
 STEERING_SWEEP = Table("steering.parquet", (
     "method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error", "feasible",
-    "reachable_ratio", "step", "kl_other", "kl_other_bound", "n_fit", "omega", "percentile"),
+    "reachable_ratio", "step", "kl_other", "kl_other_bound", "n_fit", "omega", "percentile",
+    "detect_effective_positions", "heldout_effective_positions"),
     "one row per method, target token, ratio r and fit size")
 PRUNING_METRICS = Table("pruning.parquet", (
     "method", "seed", "fraction", "split", "dims_deleted", "kl", "js", "top1_agreement",

@@ -28,6 +28,8 @@ def comparison_row(encoding: dict[str, Any], steering: dict[str, Any],
         "steering_error_r2": closed_form.get("2"),
         "steering_error_r20": closed_form.get("20"),
         "steering_calibrated_error": method_errors(steering["errors"], "calibrated")["median"],
+        "steering_calibrated_error_well_measured": (
+            steering.get("comparison_well_measured") or {}).get("calibrated_median"),
         "steering_kl_other_bound": steering["median_kl_other_bound"]["closed_form"],
         "prunable_saliency_id": pruning["headline"]["saliency/id"],
         "prunable_saliency_ood": pruning["headline"]["saliency/ood"],

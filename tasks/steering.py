@@ -69,7 +69,10 @@ def steering(out: ArtifactWriter, model: ModelSource, regression: ArtifactRef,
     table = sweep_table(sweep.table, pairs, alpha, probs["token"].to_numpy(), config.omega)
     out.write_table(STEERING_SWEEP.file, table)
     out.summary.update(sweep_summary(table, sweep, n_detect), omega=config.omega)
-    publish_table(STAGE, out, out.summary["errors"],
+    publish_table(STAGE, out, [row | {"support": "all"} for row in out.summary["errors"]]
+                  + out.summary["errors_by_support"],
                   f"Steering accuracy: |log(α'/α) − log r| per method and r over "
-                  f"{sweep.targets} tokens (feasible pairs), Ω = {config.omega} "
-                  f"({sweep.omega_dims} dimensions) for the closed form")
+                  f"{sweep.targets} tokens (feasible pairs), then over all r by the targets' "
+                  "support (effective positions their α rests on, the fewer of the two "
+                  f"splits), Ω = {config.omega} ({sweep.omega_dims} dimensions) for the "
+                  "closed form")

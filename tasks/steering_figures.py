@@ -6,6 +6,7 @@ from __future__ import annotations
 from tasks._stage import publish_markdown, stage
 from tasks.catalog import STEERING_SWEEP
 from tokprob import plots
+from tokprob.steering import WELL_MEASURED
 from tokprob.store import ArtifactRef, ArtifactWriter
 
 STAGE = "steering-figures"
@@ -13,6 +14,7 @@ FIGURES = {
     "accuracy": "steering_accuracy.png",
     "by_percentile": "steering_error_by_percentile.png",
     "by_fewshot": "steering_error_by_fewshot.png",
+    "by_support": "steering_error_by_support.png",
 }
 
 
@@ -29,6 +31,9 @@ def steering_figures(out: ArtifactWriter, steering: ArtifactRef) -> None:
                                        out.path(FIGURES["by_percentile"]))
     plots.steering_error_by_fewshot(sweep, f"{subject}: steering from few detecting windows",
                                     out.path(FIGURES["by_fewshot"]))
+    plots.steering_error_by_support(full, WELL_MEASURED,
+                                    f"{subject}: steering error by the targets' support",
+                                    out.path(FIGURES["by_support"]))
     out.summary["figures"] = FIGURES
     publish_markdown(STAGE, out, "\n".join(f"- `{name}`" for name in FIGURES.values()),
                      "Plots of the steering sweep (PNG files in the artifact folder)")

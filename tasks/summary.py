@@ -89,6 +89,8 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
         "model": model.display_name, "model_spec": model.spec, "dataset": corpus.spec,
         "omega": sweep["omega"], "omega_dims": sweep["omega_dims"], "targets": sweep["targets"],
         "errors": sweep["errors"], "comparison": sweep["comparison"],
+        "errors_by_support": sweep["errors_by_support"],
+        "comparison_well_measured": sweep["comparison_well_measured"],
         "median_abs_log_error": sweep["median_abs_log_error"],
         "median_kl_other": sweep["median_kl_other"],
         "median_kl_other_bound": sweep["median_kl_other_bound"],

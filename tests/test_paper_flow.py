@@ -31,6 +31,8 @@ def test_paper_for_two_models_then_their_report(prefect_api, tiny_models, tiny_t
     assert [row["model"] for row in result["comparison"]] == ["gpt2", "phi"]
     for row in result["comparison"]:
         assert 0 <= row["adj_r2"] <= 1 and row["steering_error_r2"] >= 0
+        measured = row["steering_calibrated_error_well_measured"]
+        assert measured is None or measured >= 0  # None: no target with enough support
         assert 0 <= row["prunable_saliency_id"] < 1
     assert result["freq_half_step"] is not None or result["distance_half_step"] is not None
     report = Path(result["report"])

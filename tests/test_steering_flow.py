@@ -56,6 +56,10 @@ def test_steering_flow_reuses_the_encoding_stages(prefect_api, tiny_models, tiny
     assert result["targets"] == 3 * 2 + 2
     calibrated = method_errors(result["errors"], "calibrated")
     assert result["comparison"]["pairs"] == calibrated["feasible"]
+    for method in ("closed_form", "calibrated", "logit_bias"):  # the bins share out the pairs
+        assert sum(row["feasible"] for row in result["errors_by_support"]
+                   if row["method"] == method) == method_errors(result["errors"],
+                                                                method)["feasible"]
 
     sweep = pq.read_table(result["artifacts"]["steering"]).to_pandas()
     for column in ("method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error",
@@ -80,6 +84,7 @@ def test_steering_flow_reuses_the_encoding_stages(prefect_api, tiny_models, tiny
     assert set(again["stages"].values()) == {"cached"}
     for path in result["plots"].values():
         assert Path(path).read_bytes()[:4] == b"\x89PNG"
+    assert "steering_error_by_support.png" in {Path(p).name for p in result["plots"].values()}
 
 
 @pytest.mark.parametrize("method", ["calibrated", "closed_form"])

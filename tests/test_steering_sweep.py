@@ -13,7 +13,14 @@ from tokprob.head import final_hidden_states, output_head, untie_output_embeddin
 from tokprob.hidden import HiddenStates
 from tokprob.models import load_model
 from tokprob.regression import CenteredGram, fit_ols
-from tokprob.steering import omega_mask, steering_direction, target_logits
+from tokprob.steering import (
+    errors_by_support,
+    omega_mask,
+    paired_comparison,
+    steering_direction,
+    target_logits,
+    well_measured,
+)
 from tokprob.steering_sweep import (
     SWEEP_COLUMNS,
     fewshot_regressions,
@@ -150,6 +157,45 @@ def test_after_a_layer_norm_with_bias_the_calibrated_edit_is_as_exact_as_a_logit
     u = calibration_direction(detect.hidden.astype(np.float64), p[:, column])
     assert edited_ratio(model, weight, int(row["token_id"]), row["step"] * u,
                         held_windows) == pytest.approx(10.0, rel=1e-3)
+
+
+def test_each_row_gives_the_positions_its_targets_alpha_rests_on(edited_model_setup):
+    model, _, _, detect_windows, held_windows, *_ = edited_model_setup
+    tokens = [40, 123]
+    _, _, table = run_small_sweep(edited_model_setup, tokens, (0.5, 2.0), fewshot=False)
+    for split, windows in (("detect", detect_windows), ("heldout", held_windows)):
+        p = forward_probabilities(model, windows)
+        for token in tokens:
+            kish = p[:, token].sum() ** 2 / np.sum(p[:, token] ** 2)
+            rows = table.loc[table["token_id"] == token, f"{split}_effective_positions"]
+            np.testing.assert_allclose(rows, kish, rtol=1e-4)
+            assert 1.0 <= kish <= len(p)
+
+
+def test_errors_are_binned_by_the_support_of_each_target():
+    """Support: the fewer effective positions of the two splits. Only the fit on the most
+    detecting windows counts, as in the other error summaries."""
+    support = {1: (2.0, 50.0), 2: (40.0, 5.0), 3: (80.0, 12.0), 4: (300.0, 400.0)}
+    error = {"closed_form": {1: 0.9, 2: 0.5, 3: 0.4, 4: 0.2},
+             "calibrated": {1: 0.8, 2: 0.3, 3: 0.02, 4: 0.01}}
+    rows = [{"method": method, "n_fit": n_fit, "token_id": token, "r": r,
+             "abs_log_error": error[method][token] * (1 if n_fit == 8 else 10),
+             "achieved": r, "feasible": not (method == "calibrated" and token == 3 and r == 2),
+             "kl_other_bound": 0.0, "detect_effective_positions": support[token][0],
+             "heldout_effective_positions": support[token][1]}
+            for method in error for n_fit in (2, 8) for token in support for r in (0.5, 2.0)]
+    sweep = pd.DataFrame(rows)
+    by_support = {(row["method"], row["support"]): row for row in errors_by_support(sweep)}
+    assert set(by_support) == {(m, b) for m in error for b in ("0–3", "3–10", "10–30", "≥ 30")}
+    assert by_support["calibrated", "0–3"]["median"] == pytest.approx(0.8)
+    assert by_support["calibrated", "3–10"]["median"] == pytest.approx(0.3)
+    assert by_support["calibrated", "10–30"]["feasible"] == 1
+    assert by_support["calibrated", "10–30"]["infeasible"] == 1
+    assert by_support["closed_form", "≥ 30"]["p90"] == pytest.approx(0.2)
+    measured = paired_comparison(well_measured(sweep))
+    assert measured["pairs"] == 3  # tokens 3 and 4, less the unreachable pair
+    assert measured["calibrated_median"] == pytest.approx(0.01)
+    assert measured["closed_form_median"] == pytest.approx(0.2)
 
 
 def test_kl_over_other_tokens_matches_the_edited_models_forward(edited_model_setup):

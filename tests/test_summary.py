@@ -64,6 +64,22 @@ def test_the_steering_summary_gives_the_kl_bound_and_the_exact_kl_when_computed(
         return next(line for line in steering_text(result).splitlines() if "KL" in line)
 
     assert kl_line(result).endswith("closed_form ≤ 1.00e-09, calibrated ≤ 2.50e-08")
+    assert "by support" not in steering_text(result)  # a summary from before the bins
+    result["errors_by_support"] = [
+        {"method": m, "r": "all", "support": b, "median": e, "p90": 2 * e}
+        for m, b, e in (("closed_form", "0–3", 0.9), ("closed_form", "≥ 30", 0.3),
+                        ("calibrated", "≥ 30", 0.01))]
+    result["comparison_well_measured"] = {"pairs": 16, "closed_form_median": 0.3,
+                                          "calibrated_median": 0.01}
+    result["errors_by_support"][2]["median"] = 3.4e-6  # an exact edit is not shown as 0
+    lines = steering_text(result).splitlines()
+    assert "  ≥ 30     " + f"{'0.3000 / 0.6000':>22}" + f"{'3.4e-06 / 0.0200':>22}" in lines
+    result["errors_by_support"][2]["median"] = 0.01
+    lines = steering_text(result).splitlines()
+    assert "  0–3      " + f"{'0.9000 / 1.8000':>22}" + f"{'-':>22}" in lines
+    assert "  ≥ 30     " + f"{'0.3000 / 0.6000':>22}" + f"{'0.0100 / 0.0200':>22}" in lines
+    assert ("  targets with support ≥ 10: median error 0.300 (closed form) → 0.0100 "
+            "(calibrated) on 16 pairs") in lines
     result["median_kl_other"] = {"closed_form": 2e-10, "calibrated": 5e-9}
     assert kl_line(result).endswith("closed_form ≤ 1.00e-09 (exact 2.00e-10), "
                                     "calibrated ≤ 2.50e-08 (exact 5.00e-09)")

@@ -140,11 +140,36 @@ def steering_error_by_percentile(sweep: pd.DataFrame, title: str, path: Path) ->
         points = ax.scatter(rows["alpha_percentile"], rows["abs_log_error"], c=magnitude,
                             s=14, cmap="viridis")
         ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_ylim(bottom=0)  # errors are absolute values
         ax.set_xlabel("α percentile of the target token")
         ax.set_title(STEERING_METHODS[method], fontsize=9)
     fig.colorbar(points, ax=panels[-1][2], label="|log r|")
     panels[0][2].set_ylabel("|log(α'/α) − log r|")
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def steering_error_by_support(sweep: pd.DataFrame, well_measured: float, title: str,
+                              path: Path) -> None:
+    """Each target's median error over r against its support (the fewer effective positions
+    of the two splits that its α rests on), one colour per method; the dashed line marks
+    the support from which a target counts as well measured."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    support = np.minimum(sweep["detect_effective_positions"],
+                         sweep["heldout_effective_positions"])
+    per_target = sweep.assign(support=support).groupby(["method", "token_id"], sort=False)
+    medians = per_target.agg(support=("support", "first"), error=("abs_log_error", "median"))
+    for method in [m for m in STEERING_METHODS if m in set(sweep["method"])]:
+        rows = medians.loc[method]
+        ax.scatter(rows["support"], rows["error"], s=18, label=STEERING_METHODS[method])
+    ax.axvline(well_measured, color="black", ls="--", lw=1, label="well measured from here")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(bottom=0)  # errors are absolute values
+    ax.set_xlabel("support: effective positions the target's α rests on (fewer split)")
+    ax.set_ylabel("median |log(α'/α) − log r| over r")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
     _save(fig, path)
 
 

@@ -17,6 +17,7 @@ the logit of w moves by −log(r)·(h·v) with v = ΩAᵀ/(AΩAᵀ), the other l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,16 @@ its ratio; beyond it the command says so."""
 CALIBRATED_GOAL = 0.03
 """Median |log(α'/α) − log r| the calibrated edit aims at on held-out text; the sweep
 reports how many detecting windows it needs to get there."""
+
+SUPPORT_BINS = (0.0, 3.0, 10.0, 30.0, np.inf)
+"""Edges of the bins of a target's support: the effective number of positions (Kish, under
+p_w) its α rests on, the fewer of the detecting and the held-out split's."""
+WELL_MEASURED = 10.0
+"""Support from which a target's α is an average over enough positions to be steered
+measurably. Below it, α on each split is carried by a handful of positions (often one or
+two where the token is near certain), so α'/α on held-out text depends on which positions
+the split happens to hold more than on the edit: even the logit-bias ceiling misses there.
+Errors of the targets below it are reported apart, never dropped."""
 
 
 def omega_mask(regression: pd.DataFrame, omega: str, significance: float = 0.05,
@@ -131,6 +142,31 @@ def error_summary(sweep: pd.DataFrame) -> list[dict]:
                  for r, group in full.groupby("r")]
         rows.append({"method": method, "r": "all"} | _error_stats(full))
     return rows
+
+
+def support(sweep: pd.DataFrame) -> pd.Series:
+    """Per row, the target's support (`SUPPORT_BINS`)."""
+    return np.minimum(sweep["detect_effective_positions"], sweep["heldout_effective_positions"])
+
+
+def errors_by_support(sweep: pd.DataFrame) -> list[dict]:
+    """`error_summary`'s statistics over all r, per method and bin of the targets' support:
+    how the error depends on how many positions the target's α rests on."""
+    edges = SUPPORT_BINS
+    labels = [f"{low:g}–{high:g}" if np.isfinite(high) else f"≥ {low:g}"
+              for low, high in pairwise(edges)]
+    rows = []
+    for method, pairs in sweep.groupby("method", sort=False):
+        full = pairs[pairs["n_fit"] == pairs["n_fit"].max()]
+        bins = pd.cut(support(full), edges, right=False, labels=labels)
+        rows += [{"method": method, "r": "all", "support": str(label)} | _error_stats(group)
+                 for label, group in full.groupby(bins, observed=True)]
+    return rows
+
+
+def well_measured(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the targets whose support reaches `WELL_MEASURED`."""
+    return sweep[support(sweep) >= WELL_MEASURED]
 
 
 def method_errors(rows: list[dict], method: str, r: str = "all") -> dict:

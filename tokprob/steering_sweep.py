@@ -22,6 +22,7 @@ from tokprob.calibration import (
     Fit,
     calibrated_fits,
     closed_form_fit,
+    effective_positions,
     evaluate_fits,
     relative_spread,
 )
@@ -34,19 +35,23 @@ from tokprob.regression import CenteredGram, slopes_from_gram
 from tokprob.steering import (
     CALIBRATED_GOAL,
     SteeringEvaluator,
+    TargetLogits,
     error_summary,
+    errors_by_support,
     fewshot_errors,
     omega_mask,
     paired_comparison,
     steering_direction,
     target_logits,
+    well_measured,
     window_of_positions,
     windows_to_reach,
 )
 
 SWEEP_COLUMNS = ["method", "token_id", "token", "alpha", "r", "achieved", "abs_log_error",
                  "feasible", "reachable_ratio", "step", "kl_other", "kl_other_bound", "n_fit",
-                 "omega", "percentile", "alpha_percentile"]
+                 "omega", "percentile", "alpha_percentile", "detect_effective_positions",
+                 "heldout_effective_positions"]
 """Columns of the sweep table, one row per (method, token, r, n_fit)."""
 log = logging.getLogger("tokprob")
 
@@ -147,9 +152,19 @@ def run_sweep(held: HiddenStates, detect: HiddenStates, weight: np.ndarray,
         fits += calibrated_fits(evaluator, detect_logits, detect.hidden, window, tokens,
                                 ratios, windows_used)
         table = evaluate_fits(evaluator, fits, tokens, ratios, config.exact_kl)
+        table = table.assign(**{
+            f"{split}_effective_positions": effective_positions_of(stats, table["token_id"])
+            for split, stats in (("detect", detect_logits), ("heldout", evaluator.stats))})
         bar.update(1)
     return Sweep(table, omega_dims, edit_spreads(fits, evaluator, tokens), targets,
                  heldout_positions=len(held.targets), detect_positions=len(detect.targets))
+
+
+def effective_positions_of(stats: TargetLogits, tokens: pd.Series) -> np.ndarray:
+    """Per row, the effective number of positions (Kish, under p_w) that the α of its
+    target token rests on in the split of `stats`."""
+    per_target = [effective_positions(p) for p in stats.probabilities().T]
+    return np.asarray(per_target)[np.searchsorted(stats.tokens, tokens.to_numpy())]
 
 
 def sweep_table(rows: pd.DataFrame, pairs: pd.DataFrame, alpha: np.ndarray,
@@ -173,8 +188,11 @@ def sweep_summary(table: pd.DataFrame, sweep: Sweep, n_detect: int) -> dict:
     full = table[(table["method"] == "closed_form") & (table["n_fit"] == n_detect)]
     fewshot = fewshot_errors(table)
     errors = error_summary(table)
+    measured = well_measured(table)
     return {
         "errors": errors, "comparison": paired_comparison(table),
+        "errors_by_support": errors_by_support(table),
+        "comparison_well_measured": paired_comparison(measured) if len(measured) else None,
         "targets": sweep.targets,
         "omega_dims": sweep.omega_dims,
         "median_abs_log_error": float(full["abs_log_error"].median()),

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from tokprob.steering import CALIBRATED_GOAL
+from tokprob.steering import CALIBRATED_GOAL, WELL_MEASURED
 
 
 def regression_markdown(statistics: dict[str, Any], table: pd.DataFrame, top: int = 10) -> str:
@@ -105,8 +105,9 @@ def steering_text(result: dict[str, Any]) -> str:
                                            for m in methods),
         f"  on the {comparison['pairs']} pairs the calibrated edit reaches: median error "
         f"{comparison['closed_form_median']:.3f} (closed form) → "
-        f"{comparison['calibrated_median']:.4f} (calibrated), "
+        f"{_error(comparison['calibrated_median'])} (calibrated), "
         f"{comparison['improvement']:.0f}× lower",
+        *_support_lines(result),
         "  spread std/|mean| of the logit shift h·direction on held-out text: " + ", ".join(
             f"{method} {value:.3f}" for method, value in result["spread"].items()),
         "  side effect on other tokens, median KL of the averaged distributions (a bound; "
@@ -125,26 +126,62 @@ def steering_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _support_lines(result: dict[str, Any]) -> list[str]:
+    """The errors by the targets' support, and the comparison on the well-measured ones."""
+    rows = result.get("errors_by_support") or []
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    bins = list(dict.fromkeys(row["support"] for row in rows))
+    grid = {(row["method"], row["support"]): row for row in rows}
+    lines = ["  by support (effective positions where the target is probable, the fewer of "
+             "the two splits), all r:",
+             "  support  " + "".join(f"{method:>22}" for method in methods),
+             *(f"  {b:<7}  " + "".join(f"{_median_p90(grid[m, b]):>22}" if (m, b) in grid
+                                       else f"{'-':>22}" for m in methods) for b in bins)]
+    measured = result.get("comparison_well_measured")
+    if measured:
+        lines.append(f"  targets with support ≥ {WELL_MEASURED:g}: median error "
+                     f"{measured['closed_form_median']:.3f} (closed form) → "
+                     f"{_error(measured['calibrated_median'])} (calibrated) on "
+                     f"{measured['pairs']} pairs")
+    return lines if rows else []
+
+
+def _error(value: float) -> str:
+    """An error to four decimals, or in scientific notation where that would show 0.0000
+    (a calibrated edit of a LayerNorm model misses by about 1e-6)."""
+    return f"{value:.4f}" if not 0 < value < 5e-5 else f"{value:.1e}"
+
+
 def _median_p90(stats: dict[str, Any]) -> str:
-    return f"{stats['median']:.4f} / {stats['p90']:.4f}"
+    return f"{_error(stats['median'])} / {_error(stats['p90'])}"
 
 
 def steering_markdown(result: dict[str, Any]) -> str:
     methods, ratios, grid = _error_grid(result["errors"])
     header = " | ".join(f"{method} median | 90th pct" for method in methods)
-    rows = "\n".join(f"| {r} | " + " | ".join(f"{grid[m, r]['median']:.4f} | "
-                                              f"{grid[m, r]['p90']:.4f}" for m in methods)
+    rows = "\n".join(f"| {r} | " + " | ".join(f"{_error(grid[m, r]['median'])} | "
+                                              f"{_error(grid[m, r]['p90'])}" for m in methods)
                      + " |" for r in ratios)
     comparison = result["comparison"]
     return (f"# Steering: {result['model']} on {result['dataset']}\n\n"
             f"{result['targets']} targets; closed form with Ω = {result['omega']} "
             f"({result['omega_dims']} dimensions). On the {comparison['pairs']} pairs the "
             f"calibrated edit reaches, median |log error| {comparison['closed_form_median']:.3f}"
-            f" (closed form) → {comparison['calibrated_median']:.4f} (calibrated). "
+            f" (closed form) → {_error(comparison['calibrated_median'])} (calibrated). "
             "Median KL over the other tokens, at most: " + ", ".join(
                 f"{method} {bound:.2e}"
-                for method, bound in result["median_kl_other_bound"].items()) + ".\n\n"
+                for method, bound in result["median_kl_other_bound"].items()) + "."
+            + _well_measured_sentence(result) + "\n\n"
             f"| r | {header} |\n|---:|" + "---:|" * (2 * len(methods)) + f"\n{rows}\n")
+
+
+def _well_measured_sentence(result: dict[str, Any]) -> str:
+    measured = result.get("comparison_well_measured")
+    if not measured:
+        return ""
+    return (f" On the {measured['pairs']} pairs of targets whose α rests on at least "
+            f"{WELL_MEASURED:g} effective positions in both splits: "
+            f"{measured['closed_form_median']:.3f} → {_error(measured['calibrated_median'])}.")
 
 
 def _pruning_rows(result: dict[str, Any]) -> list[tuple[str, str, float, dict[str, Any]]]:
