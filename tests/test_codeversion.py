@@ -244,3 +244,22 @@ def test_an_edit_to_the_python_api_or_the_flow_parameters_keeps_every_stage(tmp_
     for module in (root / "tokprob" / "api.py", root / "flows" / "parameters.py"):
         module.write_text(module.read_text() + "\n\ndef added(x):\n    return 2 * x\n")
     assert _stage_versions(root) == before
+
+
+def test_declaring_a_new_summary_field_keeps_every_stage(tmp_path):
+    """What a stage's summary holds is declared apart from the catalog of its files, so a
+    new field recomputes nothing cached; a new column every artifact must have does."""
+    root = tmp_path / "repo"
+    for folder in ("tokprob", "tasks", "flows", "cli"):
+        shutil.copytree(REPO / folder, root / folder)
+    before = _stage_versions(root)
+    summaries = root / "tasks" / "stage_summaries.py"
+    old = "class SteeringSummary(StageSummary):\n"
+    assert old in summaries.read_text()
+    summaries.write_text(summaries.read_text().replace(old, old + "    added: int\n"))
+    assert _stage_versions(root) == before
+    catalog = root / "tasks" / "catalog.py"
+    assert '"heldout_effective_positions"),' in catalog.read_text()
+    catalog.write_text(catalog.read_text().replace('"heldout_effective_positions"),',
+                                                   '"heldout_effective_positions", "added"),'))
+    assert _stage_versions(root)["steering"] != before["steering"]

@@ -36,6 +36,7 @@ NOT_COMPUTATION = frozenset({
     # Parameter descriptions and checks: the values themselves are in every key.
     "tokprob.config",
     "tokprob.summary",  # text for people, not artifact content
+    "tasks.stage_summaries",  # declarations of what summaries hold, not their values
     # The Python API starts flows and reads results: `tokprob/__init__.py` names it, so
     # without this every stage would re-version when it changes.
     "tokprob.api",
