@@ -179,7 +179,8 @@ def steer(args: argparse.Namespace) -> int:
     for edit in result["edits"]:
         where = ("" if "detect_effective_positions" not in edit else
                  f" (calibrated on about {edit['detect_effective_positions']:.0f} positions "
-                 "where it is probable)")
+                 f"where it is probable, measured on about "
+                 f"{edit['heldout_effective_positions']:.0f})")
         print(f"  {edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested, "
               f"× {edit['predicted_ratio_heldout']:.3f} on held-out text{where}")
     missed = [repr(e["token"]) for e in result["edits"]
@@ -196,9 +197,10 @@ def _why_missed(method: str) -> str:
         return ("The closed-form edit is right only on average over positions; "
                 "--method calibrated solves each step on the detecting split.")
     return ("A calibrated edit lands on held-out text only as well as the detecting "
-            "positions where the token is probable resemble other text; with few of "
-            "them, raise --heldout-tokens (it sets how many detecting positions the "
-            "calibration reads).")
+            "positions where the token is probable resemble other text, and a ratio "
+            "measured on a few held-out positions is itself uncertain; with few of "
+            "them (under about 10), raise --heldout-tokens (it sets how many positions "
+            "of each split are read).")
 
 
 def _check_tokens(tokens: list[str], spec: ModelSpec, workspace: Workspace) -> None:

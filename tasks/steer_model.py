@@ -67,7 +67,10 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     lm = load_model(model.path, dtype="auto", device="cpu")  # exported in its own dtype
     steer_model(lm, edits)
     # The edits act together (one normalizer), so the prediction uses the whole new head.
-    hidden_states = torch.from_numpy(read_hidden(hidden).hidden)
+    held = read_hidden(hidden).hidden
+    held_support = [effective_positions(p) for p in target_logits(
+        held, weight, bias, np.asarray(ids), jointly=True).probabilities().T]
+    hidden_states = torch.from_numpy(held)
     torch_bias = None if bias is None else torch.from_numpy(bias)
     before = alpha_from_hidden(hidden_states,
                                OutputHead(torch.from_numpy(weight), torch_bias, False))
@@ -82,7 +85,8 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
              "delta": edits[token].tolist(), "alpha_detect": float(detect_alpha[token]),
              "alpha_heldout": float(before[token]),
              "predicted_ratio_heldout": predicted[token],
-             "heldout_log_error": abs(float(np.log(predicted[token] / ratio)))}
+             "heldout_log_error": abs(float(np.log(predicted[token] / ratio))),
+             "heldout_effective_positions": held_support[k]}
             | ({} if rests_on is None else {"detect_effective_positions": rests_on[k]})
             for k, (token, ratio) in enumerate(zip(ids, ratios, strict=True))
         ],

@@ -128,6 +128,10 @@ def test_steered_model_loads_and_shows_the_predicted_change(prefect_api, tiny_mo
             edit["predicted_ratio_heldout"], rel=1e-5)
         assert edit["heldout_log_error"] == pytest.approx(
             abs(np.log(edit["predicted_ratio_heldout"] / edit["ratio"])), rel=1e-9)
+        p = (torch.softmax(original(input_ids=ids).logits.double(), -1)[..., token]
+             .flatten().detach().numpy())
+        assert edit["heldout_effective_positions"] == pytest.approx(
+            p.sum() ** 2 / np.sum(p ** 2), rel=1e-4)  # Kish's number under p_w
         if method == "calibrated":
             assert 1.0 <= edit["detect_effective_positions"] <= saved["detect_positions"]
         else:
