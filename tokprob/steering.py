@@ -145,7 +145,8 @@ def error_summary(sweep: pd.DataFrame) -> list[dict]:
 
 
 def support(sweep: pd.DataFrame) -> pd.Series:
-    """Per row, the target's support (`SUPPORT_BINS`)."""
+    """Per row, the target's support: the effective positions its α rests on, the fewer of
+    the two splits (a ratio is only as precise as the split with fewer of them)."""
     return np.minimum(sweep["detect_effective_positions"], sweep["heldout_effective_positions"])
 
 

@@ -128,7 +128,9 @@ def steering_text(result: dict[str, Any]) -> str:
 
 def _support_lines(result: dict[str, Any]) -> list[str]:
     """The errors by the targets' support, and the comparison on the well-measured ones."""
-    rows = result.get("errors_by_support") or []
+    rows = result.get("errors_by_support") or []  # absent from summaries before the bins
+    if not rows:
+        return []
     methods = list(dict.fromkeys(row["method"] for row in rows))
     bins = list(dict.fromkeys(row["support"] for row in rows))
     grid = {(row["method"], row["support"]): row for row in rows}
@@ -143,7 +145,7 @@ def _support_lines(result: dict[str, Any]) -> list[str]:
                      f"{measured['closed_form_median']:.3f} (closed form) → "
                      f"{_error(measured['calibrated_median'])} (calibrated) on "
                      f"{measured['pairs']} pairs")
-    return lines if rows else []
+    return lines
 
 
 def _error(value: float) -> str:
