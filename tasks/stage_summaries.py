@@ -106,6 +106,8 @@ class SteeringSummary(StageSummary):
     fewshot_median_error: dict[str, Any]
     spread: dict[str, Any]
     calibrated_windows_for_goal: int | None
+    calibrated_windows_for_goal_well_measured: int | None
+    """The same on the targets whose support reaches tokprob.steering.WELL_MEASURED."""
     heldout_positions: int
     detect_positions: int
 

@@ -96,6 +96,8 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
         "median_kl_other_bound": sweep["median_kl_other_bound"],
         "fewshot_median_error": sweep["fewshot_median_error"], "spread": sweep["spread"],
         "calibrated_windows_for_goal": sweep["calibrated_windows_for_goal"],
+        "calibrated_windows_for_goal_well_measured":
+            sweep["calibrated_windows_for_goal_well_measured"],
         "heldout_positions": sweep["heldout_positions"],
         "detect_positions": sweep["detect_positions"],
         "stages": stages,

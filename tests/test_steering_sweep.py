@@ -23,6 +23,7 @@ from tokprob.steering import (
 )
 from tokprob.steering_sweep import (
     SWEEP_COLUMNS,
+    Sweep,
     fewshot_regressions,
     powers_of_two,
     run_sweep,
@@ -196,6 +197,13 @@ def test_errors_are_binned_by_the_support_of_each_target():
     assert measured["pairs"] == 3  # tokens 3 and 4, less the unreachable pair
     assert measured["calibrated_median"] == pytest.approx(0.01)
     assert measured["closed_form_median"] == pytest.approx(0.2)
+    # Few-shot: from 2 windows the well-measured median is 0.1, from 8 it is 0.01 ≤ 0.03;
+    # over every target it stays at 0.3.
+    summary = sweep_summary(sweep.assign(kl_other=np.nan),
+                            Sweep(sweep, 1, {}, 4, heldout_positions=1, detect_positions=1), 8)
+    assert summary["calibrated_windows_for_goal_well_measured"] == 8
+    assert summary["calibrated_windows_for_goal"] is None
+    assert summary["comparison_well_measured"] == measured
 
 
 def test_kl_over_other_tokens_matches_the_edited_models_forward(edited_model_setup):

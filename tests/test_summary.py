@@ -80,6 +80,9 @@ def test_the_steering_summary_gives_the_kl_bound_and_the_exact_kl_when_computed(
     assert "  ≥ 30     " + f"{'0.3000 / 0.6000':>22}" + f"{'0.0100 / 0.0200':>22}" in lines
     assert ("  targets with support ≥ 10: median error 0.300 (closed form) → 0.0100 "
             "(calibrated) on 16 pairs") in lines
+    result["calibrated_windows_for_goal_well_measured"] = 16
+    assert any(line.endswith("≤ 0.03: more than stored; on the targets with support ≥ 10: 16")
+               for line in steering_text(result).splitlines())
     result["median_kl_other"] = {"closed_form": 2e-10, "calibrated": 5e-9}
     assert kl_line(result).endswith("closed_form ≤ 1.00e-09 (exact 2.00e-10), "
                                     "calibrated ≤ 2.50e-08 (exact 5.00e-09)")

@@ -203,6 +203,8 @@ def sweep_summary(table: pd.DataFrame, sweep: Sweep, n_detect: int) -> dict:
         "fewshot_median_error": fewshot,
         "calibrated_windows_for_goal": windows_to_reach(fewshot["calibrated"],
                                                         CALIBRATED_GOAL),
+        "calibrated_windows_for_goal_well_measured": windows_to_reach(
+            fewshot_errors(measured).get("calibrated", {}), CALIBRATED_GOAL),
         "spread": sweep.spread,
         "heldout_positions": sweep.heldout_positions,
         "detect_positions": sweep.detect_positions,

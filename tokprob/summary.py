@@ -119,7 +119,10 @@ def steering_text(result: dict[str, Any]) -> str:
           + ", ".join(f"{n}: {e:.3f}" for n, e in errors.items())
           for method, errors in result["fewshot_median_error"].items()),
         "  detecting windows the calibrated edit needs for a median error ≤ "
-        f"{CALIBRATED_GOAL:g}: {result['calibrated_windows_for_goal'] or 'more than stored'}",
+        f"{CALIBRATED_GOAL:g}: {result['calibrated_windows_for_goal'] or 'more than stored'}"
+        + ("" if "calibrated_windows_for_goal_well_measured" not in result else
+           f"; on the targets with support ≥ {WELL_MEASURED:g}: "
+           f"{result['calibrated_windows_for_goal_well_measured'] or 'more than stored'}"),
         *_stages_and_plots(result),
         f"  sweep: {result['artifacts']['steering']}",
     ]
