@@ -6,7 +6,7 @@ from __future__ import annotations
 from tasks._stage import publish_markdown, stage
 from tasks.catalog import STEERING_SWEEP
 from tokprob import plots
-from tokprob.steering import WELL_MEASURED
+from tokprob.steering import WELL_MEASURED, support
 from tokprob.store import ArtifactRef, ArtifactWriter
 
 STAGE = "steering-figures"
@@ -31,7 +31,7 @@ def steering_figures(out: ArtifactWriter, steering: ArtifactRef) -> None:
                                        out.path(FIGURES["by_percentile"]))
     plots.steering_error_by_fewshot(sweep, f"{subject}: steering from few detecting windows",
                                     out.path(FIGURES["by_fewshot"]))
-    plots.steering_error_by_support(full, WELL_MEASURED,
+    plots.steering_error_by_support(full.assign(support=support(full)), WELL_MEASURED,
                                     f"{subject}: steering error by the targets' support",
                                     out.path(FIGURES["by_support"]))
     out.summary["figures"] = FIGURES

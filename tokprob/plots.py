@@ -151,13 +151,11 @@ def steering_error_by_percentile(sweep: pd.DataFrame, title: str, path: Path) ->
 
 def steering_error_by_support(sweep: pd.DataFrame, well_measured: float, title: str,
                               path: Path) -> None:
-    """Each target's median error over r against its support (the fewer effective positions
-    of the two splits that its α rests on), one colour per method; the dashed line marks
-    the support from which a target counts as well measured."""
+    """Each target's median error over r against its support (column `support`: the fewer
+    effective positions of the two splits that its α rests on), one colour per method; the
+    dashed line marks the support from which a target counts as well measured."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    support = np.minimum(sweep["detect_effective_positions"],
-                         sweep["heldout_effective_positions"])
-    per_target = sweep.assign(support=support).groupby(["method", "token_id"], sort=False)
+    per_target = sweep.groupby(["method", "token_id"], sort=False)
     medians = per_target.agg(support=("support", "first"), error=("abs_log_error", "median"))
     for method in [m for m in STEERING_METHODS if m in set(sweep["method"])]:
         rows = medians.loc[method]
