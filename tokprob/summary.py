@@ -77,12 +77,14 @@ def _at_k(values: dict[str, float]) -> str:
     return ", ".join(f"k={k}: {v:.3f}" for k, v in values.items())
 
 
-def _error_grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict]:
-    """Methods, r values (in order) and (method, r) → row of the steering error rows; a
-    statistic over no feasible pair (stored as null) reads NaN."""
+def _error_grid(rows: list[dict[str, Any]], by: str = "r",
+                ) -> tuple[list[str], list[str], dict]:
+    """Methods, values of `by` (r, or the support bin; in order) and (method, value) → row
+    of the steering error rows; a statistic over no feasible pair (stored as null) reads
+    NaN."""
     methods = list(dict.fromkeys(row["method"] for row in rows))
-    ratios = list(dict.fromkeys(row["r"] for row in rows))
-    return methods, ratios, {(row["method"], row["r"]): {
+    values = list(dict.fromkeys(row[by] for row in rows))
+    return methods, values, {(row["method"], row[by]): {
         key: float("nan") if value is None else value for key, value in row.items()}
         for row in rows}
 
@@ -134,9 +136,7 @@ def _support_lines(result: dict[str, Any]) -> list[str]:
     rows = result.get("errors_by_support") or []  # absent from summaries before the bins
     if not rows:
         return []
-    methods = list(dict.fromkeys(row["method"] for row in rows))
-    bins = list(dict.fromkeys(row["support"] for row in rows))
-    grid = {(row["method"], row["support"]): row for row in rows}
+    methods, bins, grid = _error_grid(rows, by="support")
     lines = ["  by support (effective positions where the target is probable, the fewer of "
              "the two splits), all r:",
              "  support  " + "".join(f"{method:>22}" for method in methods),
