@@ -14,7 +14,7 @@ from tasks.catalog import ALPHA, SLOPES, read_bias, read_embeddings, read_hidden
 from tokprob.calibration import effective_positions, jointly_calibrated_edits
 from tokprob.config import SparsityConfig, SteeringConfig
 from tokprob.errors import TokprobError
-from tokprob.head import OutputHead, float32_head, output_head
+from tokprob.head import float32_head, output_head
 from tokprob.model_export import new_model_folder, save_model_folder
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model, load_tokenizer
@@ -66,15 +66,12 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
                    "direction": direction.tolist()}
     lm = load_model(model.path, dtype="auto", device="cpu")  # exported in its own dtype
     steer_model(lm, edits)
-    # The edits act together (one normalizer), so the prediction uses the whole new head.
+    # One pass of the original head gives the targets' held-out α and their support; the
+    # edits act together (one normalizer), so the prediction uses the whole new head.
     held = read_hidden(hidden).hidden
-    held_support = [effective_positions(p) for p in target_logits(
-        held, weight, bias, np.asarray(ids), jointly=True).probabilities().T]
-    hidden_states = torch.from_numpy(held)
-    torch_bias = None if bias is None else torch.from_numpy(bias)
-    before = alpha_from_hidden(hidden_states,
-                               OutputHead(torch.from_numpy(weight), torch_bias, False))
-    after = alpha_from_hidden(hidden_states, float32_head(output_head(lm)))
+    held_p = target_logits(held, weight, bias, np.asarray(ids), jointly=True).probabilities()
+    before = dict(zip(ids, held_p.mean(axis=0), strict=True))
+    after = alpha_from_hidden(torch.from_numpy(held), float32_head(output_head(lm)))
     detect_alpha = ALPHA.read(probabilities, ["alpha"])["alpha"].to_numpy()
     predicted = {token: float(after[token] / before[token]) for token in ids}
     record = {
@@ -86,7 +83,7 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
              "alpha_heldout": float(before[token]),
              "predicted_ratio_heldout": predicted[token],
              "heldout_log_error": abs(float(np.log(predicted[token] / ratio))),
-             "heldout_effective_positions": held_support[k]}
+             "heldout_effective_positions": effective_positions(held_p[:, k])}
             | ({} if rests_on is None else {"detect_effective_positions": rests_on[k]})
             for k, (token, ratio) in enumerate(zip(ids, ratios, strict=True))
         ],
