@@ -80,6 +80,93 @@ def test_an_edit_changes_the_version_only_through_the_imports(package, file, cha
     assert (after != before) is changes
 
 
+DEFINITIONS = """\
+from {name} import numbers
+from {name}.io import WHERE
+
+SCALE = 2
+TABLE = {{"a": 1}}
+TABLE["b"] = 3
+REGISTRY = []
+
+
+def _double(x):
+    return x * SCALE
+
+
+def used(x):
+    return _double(x) + numbers.OFFSET + TABLE["b"]
+
+
+def unused(x):
+    return x - 1
+
+
+def register(function):
+    REGISTRY.append(function)
+    return function
+
+
+@register
+def plugin():
+    return 3
+
+
+class Shape:
+    sides = 4
+
+
+TABLE.update(c=5)  # a statement that binds nothing
+"""
+
+
+@pytest.fixture
+def by_name(package):
+    """`pkg.user` imports `used` and `REGISTRY` by name from `pkg.definitions`."""
+    name, root = package
+    (root / "definitions.py").write_text(DEFINITIONS.format(name=name))
+    (root / "user.py").write_text(f"from {name}.definitions import REGISTRY, used\n")
+    return name, root
+
+
+@pytest.mark.parametrize(("old", "new", "changes"), [
+    ("return x - 1", "return x - 2", False),  # a function nothing uses
+    ("sides = 4", "sides = 5", False),  # a class nothing uses
+    ("return x * SCALE", "return x * SCALE * 2", True),  # a helper the used name calls
+    ("SCALE = 2", "SCALE = 3", True),  # a constant the helper reads
+    ('TABLE["b"] = 3', 'TABLE["b"] = 4', True),  # a later assignment to a used name
+    ("return 3", "return 4", True),  # a function that registers itself in REGISTRY
+    ("# a statement that binds nothing", "# a comment", False),
+    ("TABLE.update(c=5)", "TABLE.update(c=6)", True),  # a statement that binds nothing
+])
+def test_a_module_imported_by_name_counts_with_what_those_names_need(by_name, old, new,
+                                                                     changes):
+    name, root = by_name
+    before = code_version(f"{name}.user")
+    definitions = root / "definitions.py"
+    assert definitions.read_text().count(old) == 1
+    definitions.write_text(definitions.read_text().replace(old, new))
+    code_version.cache_clear()
+    assert (code_version(f"{name}.user") != before) is changes
+
+
+def test_a_module_imported_whole_or_by_both_counts_whole(by_name):
+    name, root = by_name
+    (root / "whole.py").write_text(f"from {name} import definitions\n")
+    (root / "both.py").write_text(f"from {name}.definitions import used\nimport {name}.user\n"
+                                  f"from {name} import whole\n")
+    before = {module: code_version(f"{name}.{module}") for module in ("whole", "both", "user")}
+    definitions = root / "definitions.py"
+    definitions.write_text(definitions.read_text().replace("return x - 1", "return x - 2"))
+    code_version.cache_clear()
+    after = {module: code_version(f"{name}.{module}") for module in before}
+    assert after["whole"] != before["whole"] and after["both"] != before["both"]
+    assert after["user"] == before["user"]
+    # `used` reaches numbers by the module (whole) and io not at all (orchestration).
+    closure = _closure(f"{name}.user")
+    assert f"{name}.numbers" in closure and f"{name}.io" not in closure
+
+
 def test_an_orchestration_module_has_a_version_of_its_own(package):
     name, root = package
     before = code_version(f"{name}.io")
@@ -199,6 +286,10 @@ def test_prose_edits_to_every_module_keep_every_stage_version(tmp_path):
     assert _stage_versions(root) == before
     pca = root / "tokprob" / "pca.py"
     pca.write_text(pca.read_text() + "\n\ndef added(x):\n    return 2 * x\n")
+    assert _stage_versions(root) == before  # a function no stage uses
+    old = "    order = np.argsort(values)[::-1]\n"
+    assert pca.read_text().count(old) == 1
+    pca.write_text(pca.read_text().replace(old, old.replace("[::-1]", "[::-1].copy()")))
     after = _stage_versions(root)
     assert after["pca"] != before["pca"] and after["regression"] == before["regression"]
 
@@ -248,7 +339,8 @@ def test_an_edit_to_the_python_api_or_the_flow_parameters_keeps_every_stage(tmp_
 
 def test_declaring_a_new_summary_field_keeps_every_stage(tmp_path):
     """What a stage's summary holds is declared apart from the catalog of its files, so a
-    new field recomputes nothing cached; a new column every artifact must have does."""
+    new field recomputes nothing cached; a new column every artifact must have recomputes
+    the stages that use that table, and only those."""
     root = tmp_path / "repo"
     for folder in ("tokprob", "tasks", "flows", "cli"):
         shutil.copytree(REPO / folder, root / folder)
@@ -262,4 +354,7 @@ def test_declaring_a_new_summary_field_keeps_every_stage(tmp_path):
     assert '"heldout_effective_positions"),' in catalog.read_text()
     catalog.write_text(catalog.read_text().replace('"heldout_effective_positions"),',
                                                    '"heldout_effective_positions", "added"),'))
-    assert _stage_versions(root)["steering"] != before["steering"]
+    after = _stage_versions(root)
+    # Only the stages that use the steering table: the catalog counts by the names used.
+    assert {stage for stage in before if after[stage] != before[stage]} == {
+        "steering", "steering-figures"}

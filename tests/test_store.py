@@ -271,9 +271,12 @@ def test_progress_of_an_unfinished_artifact_outlives_a_failure_and_goes_once_pub
     assert artifacts.verify("alpha", "k1") is not None
 
 
-def test_a_forced_stage_starts_over_without_the_interrupted_runs_progress(workspace):
-    from tasks._stage import register, run_stage
+def test_a_forced_stage_starts_over_without_the_interrupted_runs_progress(workspace,
+                                                                         monkeypatch):
+    from tasks._stage import STAGES, register, run_stage
 
+    # Recorded so that the registration is undone after the test: no stray stage.
+    monkeypatch.setitem(STAGES, "progress-demo", STAGES.get("progress-demo"))
     register("progress-demo", "tasks.embeddings")
     seen = []
 

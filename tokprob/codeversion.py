@@ -9,6 +9,13 @@ a progress bar must not throw away hours of cached forward passes.
 What is hashed is the syntax tree, not the text: comments, formatting, docstrings (of
 modules, classes, functions and config fields) and the messages of raised errors cannot
 change a result, so editing them keeps every cached stage; a changed formula does not.
+
+A module imported by name (`from tasks.catalog import ALPHA`) counts only with what those
+names need: the top-level statements that bind them and, transitively, every top-level
+name they use, plus the statements that bind nothing (they may act on anything). Adding a
+column to the steering table then re-versions the stages that use that table, not the
+corpus and the forward passes that every stage's catalog import would otherwise reach.
+A module imported whole (`import x`, `from pkg import module`) counts whole.
 """
 
 from __future__ import annotations
@@ -47,36 +54,104 @@ NOT_COMPUTATION = frozenset({
 })
 
 
+Names = frozenset[str] | None
+"""The top-level names of a module a stage uses; None: the whole module."""
+
+
 @cache
 def code_version(module: str) -> str:
-    """Hash of `module`'s source and of every project module it imports, transitively."""
-    sources = {name: _computation(name) for name in sorted(_closure(module))}
+    """Hash of `module`'s source and of what it uses of the project modules it imports,
+    transitively."""
+    sources = {name: _computation(name, names) for name, names in sorted(_uses(module).items())}
     return sha256_json(sources)[:16]
 
 
 def _closure(root: str) -> set[str]:
-    seen: set[str] = set()
-    pending = [root]
+    """The project modules whose code (some of it, at least) is in `root`'s version."""
+    return set(_uses(root))
+
+
+def _uses(root: str) -> dict[str, Names]:
+    """Each project module `root` reaches, with the names it uses of it."""
+    uses: dict[str, Names] = {}
+    pending: list[tuple[str, Names]] = [(root, None)]
     while pending:
-        name = pending.pop()
-        if name in seen or _origin(name) is None or (name in NOT_COMPUTATION and name != root):
+        name, names = pending.pop()
+        if _origin(name) is None or (name in NOT_COMPUTATION and name != root):
             continue
-        seen.add(name)
-        pending.extend(_project_imports(name))
-    return seen
+        if name in uses:
+            known = uses[name]
+            merged = None if known is None or names is None else known | names
+            if merged == known:
+                continue
+            names = merged
+        uses[name] = names
+        pending.extend(_project_imports(_statements(name, names)))
+    return uses
 
 
-def _project_imports(module: str) -> list[str]:
-    tree = ast.parse(_source(module))
-    found = []
-    for node in ast.walk(tree):
+def _statements(module: str, names: Names) -> list[ast.stmt]:
+    """The top-level statements of `module` that `names` need (all of them for None)."""
+    body = ast.parse(_source(module)).body
+    if names is None:
+        return body
+    local = {name for statement in body if not isinstance(statement, ast.Import | ast.ImportFrom)
+             for name in _bound(statement)}
+    needed = set(names)
+    chosen = [not _bound(statement) or _may_register(statement, local) for statement in body]
+    grown = True
+    while grown:
+        grown = False
+        for index, statement in enumerate(body):
+            if chosen[index] or not _bound(statement) & needed:
+                continue
+            chosen[index] = grown = True
+        used = {node.id for index, statement in enumerate(body) if chosen[index]
+                for node in ast.walk(statement) if isinstance(node, ast.Name)}
+        grown = grown or not used <= needed
+        needed |= used
+    return [statement for index, statement in enumerate(body) if chosen[index]]
+
+
+def _bound(statement: ast.stmt) -> set[str]:
+    """The names a top-level definition, assignment or import binds; empty for anything
+    else, which is therefore always kept."""
+    if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return {statement.name}
+    if isinstance(statement, ast.Import | ast.ImportFrom):
+        if any(alias.name == "*" for alias in statement.names):
+            return set()
+        return {(alias.asname or alias.name).split(".")[0] for alias in statement.names}
+    if isinstance(statement, ast.Assign | ast.AnnAssign | ast.AugAssign):
+        targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+        return {node.id for target in targets for node in ast.walk(target)
+                if isinstance(node, ast.Name)}
+    return set()
+
+
+def _may_register(statement: ast.stmt, local: set[str]) -> bool:
+    """A definition whose decorators or bases are the module's own may add itself to
+    something else of the module (a registry), so it is kept like a bare statement."""
+    if not isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return False
+    heads = [*statement.decorator_list]
+    if isinstance(statement, ast.ClassDef):
+        heads += [*statement.bases, *(keyword.value for keyword in statement.keywords)]
+    return any(isinstance(node, ast.Name) and node.id in local
+               for head in heads for node in ast.walk(head))
+
+
+def _project_imports(statements: list[ast.stmt]) -> list[tuple[str, Names]]:
+    found: list[tuple[str, Names]] = []
+    for node in (node for statement in statements for node in ast.walk(statement)):
         if isinstance(node, ast.Import):
-            found.extend(alias.name for alias in node.names)
+            found.extend((alias.name, None) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append(node.module)
+            imported = frozenset(alias.name for alias in node.names)
+            found.append((node.module, None if "*" in imported else imported))
             # `from tokprob import regression` imports a module, not a name.
-            found.extend(f"{node.module}.{alias.name}" for alias in node.names)
-    return [name for name in found if name.split(".")[0] in PROJECT_PACKAGES]
+            found.extend((f"{node.module}.{alias.name}", None) for alias in node.names)
+    return [(name, names) for name, names in found if name.split(".")[0] in PROJECT_PACKAGES]
 
 
 def _origin(module: str) -> Path | None:
@@ -94,12 +169,12 @@ def _source(module: str) -> str:
     return origin.read_text() if origin else ""
 
 
-def _computation(module: str) -> str:
-    """The module's syntax tree without what only people read (see the module docstring)."""
-    source = _source(module)
-    if not source:
+def _computation(module: str, names: Names) -> str:
+    """The syntax tree of what is used of the module, without what only people read (see
+    the module docstring)."""
+    if not _source(module):
         return ""
-    tree = _WithoutProse().visit(ast.parse(source))
+    tree = _WithoutProse().visit(ast.Module(_statements(module, names), type_ignores=[]))
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
