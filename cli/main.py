@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "columns")
     prune.add_argument("--greedy", action="store_true",
                        help="with --compensate: delete the dimensions that add the least "
-                            "compensated logit error first, instead of the least salient")
+                            "compensated logit error first, instead of the least salient "
+                            "(the order that also holds on text unlike the detecting split)")
     add_flow_options(prune, flow_signature("pruning", "prune"), own={"method"},
                      unlisted=PRUNING_SWEEP_ONLY)
     prune.set_defaults(handler=handlers.prune)
