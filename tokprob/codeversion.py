@@ -12,10 +12,12 @@ change a result, so editing them keeps every cached stage; a changed formula doe
 
 A module imported by name (`from tasks.catalog import ALPHA`) counts only with what those
 names need: the top-level statements that bind them and, transitively, every top-level
-name they use, plus the statements that bind nothing (they may act on anything). Adding a
-column to the steering table then re-versions the stages that use that table, not the
-corpus and the forward passes that every stage's catalog import would otherwise reach.
-A module imported whole (`import x`, `from pkg import module`) counts whole.
+name they use, plus the statements that bind nothing (they may act on anything) and the
+definitions decorated by or derived from the module's own code (they may register
+themselves). Adding a column to the steering table then re-versions the stages that use
+that table, not the corpus and the forward passes that every stage's catalog import would
+otherwise reach. A module imported whole (`import x`, `from pkg import module`) counts
+whole.
 """
 
 from __future__ import annotations
