@@ -64,6 +64,15 @@ def test_the_steering_summary_gives_the_kl_bound_and_the_exact_kl_when_computed(
         return next(line for line in steering_text(result).splitlines() if "KL" in line)
 
     assert kl_line(result).endswith("closed_form ≤ 1.00e-09, calibrated ≤ 2.50e-08")
+
+    def comparison_line(improvement):
+        result["comparison"]["improvement"] = improvement
+        return next(line for line in steering_text(result).splitlines() if "pairs the" in line)
+
+    assert comparison_line(5.0).endswith("(calibrated), 5.0× lower")
+    # Just short of a 10× goal reads as such, not rounded up to it.
+    assert comparison_line(9.78).endswith("9.8× lower")
+    assert comparison_line(19.3).endswith("19× lower")
     assert "by support" not in steering_text(result)  # a summary from before the bins
     result["errors_by_support"] = [
         {"method": m, "r": "all", "support": b, "median": e, "p90": 2 * e}

@@ -108,7 +108,7 @@ def steering_text(result: dict[str, Any]) -> str:
         f"  on the {comparison['pairs']} pairs the calibrated edit reaches: median error "
         f"{comparison['closed_form_median']:.3f} (closed form) → "
         f"{_error(comparison['calibrated_median'])} (calibrated), "
-        f"{comparison['improvement']:.0f}× lower",
+        f"{_factor(comparison['improvement'])} lower",
         *_support_lines(result),
         "  spread std/|mean| of the logit shift h·direction on held-out text: " + ", ".join(
             f"{method} {value:.3f}" for method, value in result["spread"].items()),
@@ -155,6 +155,11 @@ def _error(value: float) -> str:
     """An error to four decimals, or in scientific notation where that would show 0.0000
     (a calibrated edit of a LayerNorm model misses by about 1e-6)."""
     return f"{value:.4f}" if not 0 < value < 5e-5 else f"{value:.1e}"
+
+
+def _factor(value: float) -> str:
+    """A ratio such as 9.8× (not rounded up to a goal of 10×), whole from 10 on."""
+    return f"{value:.1f}×" if value < 10 else f"{value:.0f}×"
 
 
 def _median_p90(stats: dict[str, Any]) -> str:
