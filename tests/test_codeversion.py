@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tokprob import codeversion
-from tokprob.codeversion import _closure, code_version
+from tokprob.codeversion import _uses, code_version
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def _version_after_edit(name: str, path: Path, text: str) -> str:
 
 def test_closure_follows_imports_through_project_modules(package):
     name, _ = package
-    closure = _closure(f"{name}.stage")
+    closure = set(_uses(f"{name}.stage"))
     assert {f"{name}.stage", f"{name}.helper", f"{name}.numbers", "tokprob.regression"} <= closure
     assert f"{name}.io" not in closure and f"{name}.unused" not in closure
     assert "json" not in closure and "numpy" not in closure
@@ -163,7 +163,7 @@ def test_a_module_imported_whole_or_by_both_counts_whole(by_name):
     assert after["whole"] != before["whole"] and after["both"] != before["both"]
     assert after["user"] == before["user"]
     # `used` reaches numbers by the module (whole) and io not at all (orchestration).
-    closure = _closure(f"{name}.user")
+    closure = set(_uses(f"{name}.user"))
     assert f"{name}.numbers" in closure and f"{name}.io" not in closure
 
 
@@ -191,9 +191,9 @@ def test_version_is_a_short_hex_digest_and_deterministic():
 
 def test_project_stages_have_distinct_versions_covering_their_library_code():
     assert code_version("tasks.regression") != code_version("tasks.sparsity")
-    regression = _closure("tasks.regression")
+    regression = set(_uses("tasks.regression"))
     assert {"tasks.regression", "tokprob.regression"} <= regression
-    sparsity = _closure("tasks.sparsity")
+    sparsity = set(_uses("tasks.sparsity"))
     assert {"tokprob.sparsity", "tokprob.regression"} <= sparsity
     # Orchestration does not reach the key: the store, the stage runner, the workspace.
     for closure in (regression, sparsity):
@@ -206,16 +206,16 @@ def test_project_stages_have_distinct_versions_covering_their_library_code():
     ("tasks.pruning_figures", "tokprob.plots"), ("tasks.dynamics_table", "tokprob.plots"),
 ])
 def test_stage_modules_cover_the_library_code_they_run(stage, library):
-    assert library in _closure(stage)
+    assert library in _uses(stage)
 
 
 @pytest.mark.parametrize("stage", ["tasks.pruning", "tasks.dynamics", "tasks.regression"])
 def test_computing_stage_modules_leave_the_plots_out(stage):
-    assert "tokprob.plots" not in _closure(stage)
+    assert "tokprob.plots" not in _uses(stage)
 
 
 def test_an_unknown_module_has_the_version_of_nothing():
-    assert _closure("tokprob.no_such_module") == set()
+    assert _uses("tokprob.no_such_module") == {}
     assert code_version("tokprob.no_such_module") == code_version("tasks.no_such_module")
 
 

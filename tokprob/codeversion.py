@@ -64,32 +64,31 @@ Names = frozenset[str] | None
 def code_version(module: str) -> str:
     """Hash of `module`'s source and of what it uses of the project modules it imports,
     transitively."""
-    sources = {name: _computation(name, names) for name, names in sorted(_uses(module).items())}
+    sources = {name: _computation(statements)
+               for name, statements in sorted(_uses(module).items())}
     return sha256_json(sources)[:16]
 
 
-def _closure(root: str) -> set[str]:
-    """The project modules whose code (some of it, at least) is in `root`'s version."""
-    return set(_uses(root))
-
-
-def _uses(root: str) -> dict[str, Names]:
-    """Each project module `root` reaches, with the names it uses of it."""
-    uses: dict[str, Names] = {}
+def _uses(root: str) -> dict[str, list[ast.stmt]]:
+    """Each project module `root` reaches, with the top-level statements of it that `root`
+    uses (transitively): the part of the module in `root`'s version."""
+    names_used: dict[str, Names] = {}
+    statements: dict[str, list[ast.stmt]] = {}
     pending: list[tuple[str, Names]] = [(root, None)]
     while pending:
         name, names = pending.pop()
         if _origin(name) is None or (name in NOT_COMPUTATION and name != root):
             continue
-        if name in uses:
-            known = uses[name]
+        if name in names_used:
+            known = names_used[name]
             merged = None if known is None or names is None else known | names
             if merged == known:
                 continue
             names = merged
-        uses[name] = names
-        pending.extend(_project_imports(_statements(name, names)))
-    return uses
+        names_used[name] = names
+        statements[name] = _statements(name, names)
+        pending.extend(_project_imports(statements[name]))
+    return statements
 
 
 def _statements(module: str, names: Names) -> list[ast.stmt]:
@@ -171,12 +170,12 @@ def _source(module: str) -> str:
     return origin.read_text() if origin else ""
 
 
-def _computation(module: str, names: Names) -> str:
-    """The syntax tree of what is used of the module, without what only people read (see
-    the module docstring)."""
-    if not _source(module):
+def _computation(statements: list[ast.stmt]) -> str:
+    """The syntax tree of the statements used of a module, without what only people read
+    (see the module docstring); nothing for an empty module."""
+    if not statements:
         return ""
-    tree = _WithoutProse().visit(ast.Module(_statements(module, names), type_ignores=[]))
+    tree = _WithoutProse().visit(ast.Module(statements, type_ignores=[]))
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
