@@ -2,19 +2,21 @@
 
 `tokprob.pruning.sweep` computes every metric (per-position KL and JS, top-1 agreement,
 perplexity, KL and JS of α) for every method and fraction from the held-out final hidden
-states, updating the logits incrementally along nested deletion orders (the compensated
-ones included); the baseline writes the pruned E (columns zeroed, and for the
-compensated orders the prediction of the deleted coordinates folded into the kept ones)
-into the untied LM head and runs the model over the same windows for each (method,
-fraction), then compares the distributions with the same code
-(`tokprob.pruning.accumulate`, float32). The baseline is timed on a few configurations
-and its time per configuration multiplied by the sweep's size; its per-position KL is
-compared with the sweep's on those ("same numbers"). Goal: ≥ 20× faster.
+states: the logit change of a plain deletion order is updated along its nested
+fractions, a compensated one's is computed at each. The baseline writes the pruned E
+(columns zeroed, and for the compensated orders the prediction of the deleted
+coordinates folded into the kept ones) into the untied LM head and runs the model over
+the same windows for each (method, fraction), then compares the distributions with the
+same code (`tokprob.distribution_change.accumulate`, float32). The baseline is timed on
+a few configurations and its time per configuration multiplied by the sweep's size; its
+per-position KL is compared with the sweep's on those ("same numbers"). Goal: ≥ 20×
+faster.
 
 Both sides compare full next-token distributions over the vocabulary at every position
-for every configuration; the cached side saves the transformer body and most of the LM
-head. For a model whose LM head is a large part of its compute (SmolLM2-135M: |V| =
-49,152 against d = 576 and 30 thin layers) that bounds the speed-up well below 20×.
+for every configuration (`tokprob.distribution_change`); the cached side saves the
+transformer body and most of the LM head. For a model whose LM head is a large part of
+its compute (SmolLM2-135M: |V| = 49,152 against d = 576 and 30 thin layers) those
+comparisons and the compensated orders' logit changes bound the speed-up below 20×.
 
     python -m benchmarks --only pruning_sweep [--quick]
 """
@@ -29,11 +31,10 @@ import torch
 from benchmarks._common import BATCH_SIZE, Fixture, Result, header, verdict
 from benchmarks._lm_head import editable_model, heldout
 from tokprob.config import PruningConfig
+from tokprob.distribution_change import Reference, Totals, accumulate
 from tokprob.head import output_head
 from tokprob.probabilities import batches
 from tokprob.pruning import (
-    Totals,
-    accumulate,
     deletion_plans,
     embedding_metric,
     second_moment,
@@ -79,11 +80,10 @@ def run(fixture: Fixture, quick: bool) -> list[Result]:
             head.copy_(torch.from_numpy(plan.pruned_weight(weight, fraction).astype(np.float32)))
         total = Totals()
         for batch, logits in zip(batches(windows, BATCH_SIZE), original, strict=True):
-            log_p = torch.log_softmax(logits, -1)
             batch_targets = torch.as_tensor(np.concatenate(
                 [batch[:, 1:], np.full((len(batch), 1), -1)], 1).ravel(), dtype=torch.long)
-            accumulate(total, log_p, log_p.exp(), logits.argmax(-1), _logits(model, batch),
-                       batch_targets)
+            reference = Reference.of(logits, batch_targets)
+            accumulate(total, reference, _logits(model, batch) - logits)
         row = table[(table["method"] == plan.method) & (table["seed"] == plan.seed)
                     & (table["fraction"] == fraction)].iloc[0]
         differences.append(abs(row["kl"] / (total.kl / len(hidden)) - 1.0))

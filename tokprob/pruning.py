@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tokprob.distribution_change import Reference, Totals, accumulate
 from tokprob.errors import TokprobError
 from tokprob.progress import Progress
 from tokprob.regression import CenteredGram
@@ -246,23 +247,15 @@ class Fold:
         return cls(torch.as_tensor(deleted), torch.as_tensor(kept),
                    torch.as_tensor(compensation(plan.moment, deleted), dtype=torch.float32))
 
-    def residual_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """(h_D − h_K M) E_Dᵀ: what the compensated head loses against the original."""
+    def logit_change(self, hidden: torch.Tensor, columns: torch.Tensor,
+                     out: torch.Tensor) -> torch.Tensor:
+        """−(h_D − h_K M) E_Dᵀ, written into `out` (positions × vocab): how the compensated
+        head's logits differ from the original's. `columns` is Eᵀ (d × vocab,
+        contiguous), so E_Dᵀ is a row gather."""
         if len(self.deleted) == 0:
-            return torch.zeros(hidden.shape[0], weight.shape[0])
-        residual = hidden[:, self.deleted] - hidden[:, self.kept] @ self.compensation
-        return residual @ weight[:, self.deleted].T
-
-
-@dataclass
-class Totals:
-    """Running sums of one pruned head's comparison with the original, over positions."""
-
-    kl: float = 0.0
-    js: float = 0.0
-    top1: float = 0.0
-    nll: float = 0.0
-    alpha: torch.Tensor | None = None
+            return out.zero_()
+        residual = hidden[:, self.kept] @ self.compensation - hidden[:, self.deleted]
+        return torch.mm(residual, columns[self.deleted], out=out)
 
 
 def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
@@ -274,6 +267,9 @@ def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.
     check_fractions(fractions)
     h_all = torch.as_tensor(np.array(hidden, dtype=np.float32))
     w = read_only_tensor(weight)
+    # Eᵀ once: deleting dimensions gathers columns of E, which in E's own layout touches
+    # every row of it; in Eᵀ they are contiguous rows.
+    columns = w.T.contiguous()
     b = None if bias is None else read_only_tensor(bias)
     t_all = torch.as_tensor(np.array(targets, dtype=np.int64))
     grid = sorted(set(fractions))
@@ -286,26 +282,25 @@ def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.
     with torch.inference_mode():
         for start in range(0, n, rows_per_chunk):
             h, t = h_all[start:start + rows_per_chunk], t_all[start:start + rows_per_chunk]
-            z = h @ w.T if b is None else h @ w.T + b
-            log_p = torch.log_softmax(z, dim=-1)
-            p = log_p.exp()
-            top = z.argmax(-1)
-            alpha += p.sum(0).double()
-            original_nll += _nll(log_p, t)
+            reference = Reference.of(h @ w.T if b is None else h @ w.T + b, t)
+            alpha += reference.alpha_sum()
+            original_nll -= float(reference.log_p_next.double().sum())
+            change = torch.empty_like(reference.logits)
             for i, plan in enumerate(plans):
                 if plan.moment is not None:
                     for fraction in grid:
-                        accumulate(totals[i, fraction], log_p, p, top,
-                                   z - folds[i, fraction].residual_logits(h, w), t)
+                        folds[i, fraction].logit_change(h, columns, out=change)
+                        accumulate(totals[i, fraction], reference, change)
                     continue
-                current, done = z.clone(), 0
+                change.zero_()
+                done = 0
                 for fraction in grid:
                     dims = plan.order[done:deleted_count(len(plan.order), fraction)]
                     if len(dims):
                         index = torch.as_tensor(dims)
-                        current -= h[:, index] @ w[:, index].T
+                        change.addmm_(h[:, index], columns[index], alpha=-1.0)
                         done += len(dims)
-                    accumulate(totals[i, fraction], log_p, p, top, current, t)
+                    accumulate(totals[i, fraction], reference, change)
             if progress is not None:
                 progress.update(len(h))
     rows = []
@@ -323,27 +318,6 @@ def sweep(hidden: np.ndarray, targets: np.ndarray, weight: np.ndarray, bias: np.
             "alpha_js": _js(reference, alpha_pruned),
         })
     return pd.DataFrame(rows)
-
-
-def accumulate(total: Totals, log_p: torch.Tensor, p: torch.Tensor, top: torch.Tensor,
-               logits: torch.Tensor, targets: torch.Tensor) -> None:
-    """Add one chunk of positions: the original log-probabilities, probabilities and
-    top-1 tokens against the pruned logits (rows: positions)."""
-    log_q = torch.log_softmax(logits, dim=-1)
-    q = log_q.exp()
-    total.kl += float((p * (log_p - log_q)).sum(-1).double().sum())
-    log_m = torch.log((p + q) / 2).clamp_min(-1e30)
-    js = 0.5 * (p * (log_p - log_m)).sum(-1) + 0.5 * (q * (log_q - log_m)).sum(-1)
-    total.js += float(js.double().sum())
-    total.top1 += float((logits.argmax(-1) == top).sum())
-    total.nll += _nll(log_q, targets)
-    summed = q.sum(0).double()
-    total.alpha = summed if total.alpha is None else total.alpha + summed
-
-
-def _nll(log_p: torch.Tensor, targets: torch.Tensor) -> float:
-    has_next = targets >= 0
-    return -float(log_p[has_next].gather(1, targets[has_next].unsqueeze(1)).double().sum())
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:
