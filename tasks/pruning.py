@@ -23,7 +23,8 @@ from tasks.catalog import (
     summary_of,
 )
 from tokprob.config import PruningConfig, RunConfig
-from tokprob.head import output_head, untie_output_embeddings
+from tokprob.generation import generation_agreement
+from tokprob.head import untie_output_embeddings
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model
 from tokprob.progress import Progress
@@ -33,7 +34,6 @@ from tokprob.pruning import (
     column_std,
     deletion_plans,
     embedding_metric,
-    generation_agreement,
     headline_fractions,
     main_metrics,
     metrics_table,
@@ -114,5 +114,5 @@ def _generations(lm, weight: np.ndarray, plans: list[DeletionPlan],
     chosen = one_random_seed(plans)
     with Progress(len(chosen) * len(config.fractions), "greedy generations",
                   unit="runs") as bar:
-        return generation_agreement(lm, output_head(lm).weight, weight, chosen,
-                                    config.fractions, prompts, config.new_tokens, bar)
+        return generation_agreement(lm, weight, chosen, config.fractions, prompts,
+                                    config.new_tokens, bar)

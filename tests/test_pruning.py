@@ -25,9 +25,6 @@ from tokprob.pruning import (
     deleted_count,
     deletion_plans,
     embedding_metric,
-    generation_agreement,
-    greedy_agreement,
-    greedy_continuations,
     headline_fraction,
     headline_fractions,
     main_metrics,
@@ -135,14 +132,6 @@ def test_headline_is_the_last_fraction_below_the_threshold():
     random = pd.DataFrame({"method": "random", "split": "id", "fraction": [0.0, 0.1, 0.1],
                            "alpha_js": [0.0, 5e-4, 3e-3]})  # mean over seeds: 1.75e-3
     assert headline_fraction(random, "random", "id", 1e-3) == 0.0
-
-
-def test_greedy_agreement():
-    original = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
-    pruned = np.array([[1, 2, 9, 4], [5, 6, 7, 8]])
-    match, first = greedy_agreement(original, pruned)
-    assert match == pytest.approx(7 / 8)
-    assert first == pytest.approx((2 + 4) / 2)
 
 
 def _correlated_hidden(n: int, d: int, seed: int) -> np.ndarray:
@@ -268,72 +257,6 @@ def test_averaged_distribution_divergences_equal_scipy():
                                               rel=1e-5, abs=1e-8)
             assert row["js"] == pytest.approx(
                 np.mean(jensenshannon(p, q, axis=1) ** 2), rel=1e-5, abs=1e-8)
-
-
-def _argmax_loop(model, prompts: torch.Tensor, new_tokens: int) -> np.ndarray:
-    """Greedy decoding written out: the full forward pass at every step, the most probable
-    token but end-of-sequence (continuations are kept to their full length)."""
-    ids = prompts
-    eos = model.generation_config.eos_token_id
-    with torch.inference_mode():
-        for _ in range(new_tokens):
-            logits = model(input_ids=ids).logits[:, -1].clone()
-            if eos is not None and eos < logits.shape[1]:
-                logits[:, eos] = -torch.inf
-            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-    return ids[:, prompts.shape[1]:].numpy()
-
-
-@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
-def test_greedy_continuations_equal_a_step_by_step_argmax_loop(tiny_models, architecture):
-    model = load_model(tiny_models[architecture])
-    prompts = torch.randint(0, 300, (3, 6), generator=torch.Generator().manual_seed(2))
-    continued = greedy_continuations(model, prompts, 5)
-    assert continued.shape == (3, 5)
-    np.testing.assert_array_equal(continued, _argmax_loop(model, prompts, 5))
-
-
-def test_generation_agreement_compares_each_pruned_model_with_the_original(tiny_models):
-    model = load_model(tiny_models["llama"])
-    untie_output_embeddings(model)
-    head = output_head(model).weight
-    weight = head.numpy().copy()
-    prompts = torch.randint(0, 300, (2, 6), generator=torch.Generator().manual_seed(4))
-    original = _argmax_loop(model, prompts, 4)
-    plans = deletion_plans(np.arange(32.0), np.linalg.norm(weight, axis=0), seeds=(0,))
-    fractions = (0.0, 0.5, 0.9)
-    table = generation_agreement(model, head, weight, plans, fractions, prompts, 4)
-    assert len(table) == len(plans) * len(fractions)
-    for plan in plans:
-        for fraction in fractions:
-            with torch.no_grad():
-                head.copy_(torch.from_numpy(plan.pruned_weight(weight, fraction)))
-            expected = greedy_agreement(original, _argmax_loop(model, prompts, 4))
-            row = table[(table["method"] == plan.method)
-                        & (table["fraction"] == fraction)].iloc[0]
-            assert (row["generation_match"], row["first_divergence"]) == expected
-    assert (table[table["fraction"] == 0.0]["generation_match"] == 1.0).all()
-
-
-def test_generation_agreement_runs_the_model_in_its_own_dtype(tiny_models):
-    # The pruning stage generates with the run's dtype (a bfloat16 model stays bfloat16):
-    # each float32 pruned E is written into the bfloat16 head, rounded as the model runs.
-    model = load_model(tiny_models["llama"], dtype="bfloat16")
-    untie_output_embeddings(model)
-    head = output_head(model).weight
-    weight = head.float().numpy().copy()
-    prompts = torch.randint(0, 300, (2, 6), generator=torch.Generator().manual_seed(4))
-    original = greedy_continuations(model, prompts, 4)
-    plans = deletion_plans(np.arange(32.0), np.linalg.norm(weight, axis=0), seeds=(0,))
-    before = head.detach().clone()
-    table = generation_agreement(model, head, weight, plans, (0.0, 0.9), prompts, 4)
-    assert head.dtype == torch.bfloat16 and torch.equal(head, before)  # put back
-    assert (table[table["fraction"] == 0.0]["generation_match"] == 1.0).all()
-    with torch.no_grad():
-        head.copy_(torch.from_numpy(plans[0].pruned_weight(weight, 0.9)))
-    row = table[(table["method"] == plans[0].method) & (table["fraction"] == 0.9)].iloc[0]
-    assert (row["generation_match"], row["first_divergence"]) == greedy_agreement(
-        original, _argmax_loop(model, prompts, 4))
 
 
 def test_generation_keeps_only_the_last_random_seed():

@@ -16,7 +16,8 @@ gains nothing else; its logits are z − (h_D − h_K M) E_Dᵀ. Only HᵀH is n
     plans = deletion_plans(saliency_scores, column_norms, seeds=(0, 1, 2),
                            moment=second_moment(detect_hidden), metric=embedding_metric(E))
     metrics = sweep(hidden, targets, weight, bias, plans, fractions=(0.0, 0.1, …, 0.9))
-    generations = generation_agreement(lm, head, weight, plans, fractions, prompts, 32)
+
+Generations of the pruned models: `tokprob.generation`.
 """
 
 from __future__ import annotations
@@ -343,15 +344,6 @@ def headline_fraction(metrics: pd.DataFrame, method: str, split: str,
     return float(curve.index[last - 1])
 
 
-def greedy_agreement(original: np.ndarray, pruned: np.ndarray) -> tuple[float, float]:
-    """Token-level match rate of two greedy continuations (prompts × new tokens) and the
-    mean first position where they differ (the continuation length if they never do)."""
-    same = original == pruned
-    length = original.shape[1]
-    first = np.where(same.all(axis=1), length, np.argmin(same, axis=1))
-    return float(same.mean()), float(first.mean())
-
-
 def headline_fractions(metrics: pd.DataFrame, threshold: float) -> dict[str, float]:
     """`headline_fraction` of every method on every split, keyed `method/split`."""
     return {f"{method}/{split}": headline_fraction(metrics, method, split, threshold)
@@ -378,43 +370,3 @@ def one_random_seed(plans: list[DeletionPlan]) -> list[DeletionPlan]:
     whole model per plan and fraction, so it is the expensive part."""
     seeds = [plan.seed for plan in plans if plan.method == "random"]
     return [plan for plan in plans if plan.method != "random" or plan.seed == seeds[-1]]
-
-
-def greedy_continuations(lm, prompts: torch.Tensor, new_tokens: int) -> np.ndarray:
-    """The model's greedy continuation of every prompt, exactly `new_tokens` long (the end
-    of sequence is never chosen): prompts (n_prompts, prompt_tokens) → tokens
-    (n_prompts, new_tokens)."""
-    prompts = prompts.to(lm.device)
-    with torch.inference_mode():
-        generated = lm.generate(prompts, attention_mask=torch.ones_like(prompts),
-                                max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                do_sample=False, pad_token_id=0)
-    return generated[:, prompts.shape[1]:].cpu().numpy()
-
-
-def generation_agreement(lm, head: torch.Tensor, weight: np.ndarray,
-                         plans: list[DeletionPlan], fractions: tuple[float, ...],
-                         prompts: torch.Tensor, new_tokens: int,
-                         progress: Progress | None = None) -> pd.DataFrame:
-    """Greedy continuations of the prompts by each plan's pruned model against the
-    original model's (`greedy_agreement`), per plan and fraction. `head` is the model's
-    untied output weight: each pruned E is written into it, and the original is put back
-    at the end."""
-    original = head.detach().clone()
-    reference = greedy_continuations(lm, prompts, new_tokens)
-    rows = []
-    try:
-        for plan in plans:
-            for fraction in fractions:
-                with torch.no_grad():  # in the model's own dtype and device, as it runs
-                    head.copy_(torch.from_numpy(plan.pruned_weight(weight, fraction)))
-                match, first = greedy_agreement(reference,
-                                                greedy_continuations(lm, prompts, new_tokens))
-                rows.append({"method": plan.method, "seed": plan.seed, "fraction": fraction,
-                             "generation_match": match, "first_divergence": first})
-                if progress is not None:
-                    progress.update(1)
-    finally:
-        with torch.no_grad():
-            head.copy_(original)
-    return pd.DataFrame(rows)
