@@ -4,7 +4,7 @@ The pruning sweep compares every pruned head with the original at every position
 KL(p‖q) and JS divergence, top-1 agreement, the next token's log-probability, and the
 sum of q over positions (for α'). It does so for dozens of heads, so these
 vocabulary-wide passes, not the model, are the sweep's cost. They are computed from the
-logit change Δ = z' − z, which the sweep has directly (−h_D E_Dᵀ), in blocks of a few
+logit change Δ = z' − z, which the sweep has directly (−h_D E_Dᵀ), in blocks of 16
 positions that stay in the processor's cache, with two transcendental passes per block:
 
     x = Δ − Σ pΔ (softmax ignores a shift shared by every token, so Σ p x = 0),
