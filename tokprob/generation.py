@@ -115,19 +115,20 @@ def generation_agreement(lm, weight: np.ndarray, plans: list[DeletionPlan],
     original model's (`greedy_agreement`), per plan and fraction. `lm` has an untied
     LM head; it is the same model again when this returns."""
     head = lm.get_output_embeddings()
+    bias = getattr(head, "bias", None)
     prefix = _prompt_cache(lm, prompts)
     pruned = [(plan, fraction) for plan in plans for fraction in fractions]
     together = max(1, HEADS_BYTES // (head.weight.numel() * head.weight.element_size()))
     rows = []
     try:
         [reference] = _decode_together(lm, prompts, prefix, [head.weight.detach()],
-                                       head.bias, new_tokens)
+                                       bias, new_tokens)
         for start in range(0, len(pruned), together):
             group = pruned[start:start + together]
             weights = [torch.from_numpy(plan.pruned_weight(weight, fraction))
                        .to(head.weight.device, head.weight.dtype) for plan, fraction in group]
             for (plan, fraction), tokens in zip(
-                    group, _decode_together(lm, prompts, prefix, weights, head.bias,
+                    group, _decode_together(lm, prompts, prefix, weights, bias,
                                             new_tokens), strict=True):
                 match, first = greedy_agreement(reference, tokens)
                 rows.append({"method": plan.method, "seed": plan.seed, "fraction": fraction,
