@@ -73,9 +73,10 @@ def run(fixture: Fixture, quick: bool) -> list[Result]:
     head = output_head(model).weight
     # The original distributions once, as the sweep computes them once: the baseline's
     # time per configuration is the pruned model's forward pass and its comparison.
-    references = [(batch, Reference.of(_logits(model, batch), torch.as_tensor(np.concatenate(
-        [batch[:, 1:], np.full((len(batch), 1), -1)], 1).ravel(), dtype=torch.long)))
-        for batch in batches(windows, BATCH_SIZE)]
+    references = [(batch, Reference.of(_logits(model, batch), torch.as_tensor(next_tokens.ravel())))
+                  for batch, next_tokens in zip(batches(windows, BATCH_SIZE),
+                                                batches(targets.reshape(windows.shape),
+                                                        BATCH_SIZE), strict=True)]
     chosen = [(plans[0], 0.3), (plans[-1], 0.5), (plans[1], 0.9)][:baseline_configs]
     differences = []
     started = time.perf_counter()
