@@ -123,13 +123,9 @@ def _block(ref: Reference, moved: torch.Tensor, scratch: torch.Tensor,
     log_mid = torch.log1p(half_u, out=work)  # log((p + q)/2 ÷ p)
     mixed = _dot(torch.add(p, q, out=other), log_mid, expm1).double()
     js = 0.5 * (log_ratio_q - mixed)
-    changed = torch.add(ref.logits, moved, out=other)
-    agrees = _at(changed, ref.top) >= changed.amax(-1)
-    has_next = ref.targets >= 0
     log_q_next = (ref.log_p_next.double() + _at(centred, ref.targets.clamp_min(0)).double()
                   - log_normalizer)
-    return torch.stack([kl.sum(), js.sum(), agrees.sum().double(),
-                        -(log_q_next * has_next).sum()])
+    return _sums(ref, torch.add(ref.logits, moved, out=other), kl, js, log_q_next)
 
 
 def _block_from_log_softmax(ref: Reference, moved: torch.Tensor,
@@ -144,11 +140,16 @@ def _block_from_log_softmax(ref: Reference, moved: torch.Tensor,
     log_m = torch.log((ref.p + q) / 2).clamp_min(-1e30)
     js = 0.5 * ((ref.p * (log_p - log_m)).sum(-1, dtype=torch.float64)
                 + (q * (log_q - log_m)).sum(-1, dtype=torch.float64))
+    return _sums(ref, logits, kl, js, _at(log_q, ref.targets.clamp_min(0)).double())
+
+
+def _sums(ref: Reference, logits: torch.Tensor, kl: torch.Tensor, js: torch.Tensor,
+          log_q_next: torch.Tensor) -> torch.Tensor:
+    """A block's kl, js, top-1 agreements (from its changed `logits`) and nll (from
+    log q of each next token), summed over its positions."""
     agrees = _at(logits, ref.top) >= logits.amax(-1)
-    has_next = ref.targets >= 0
-    log_q_next = _at(log_q, ref.targets.clamp_min(0)).double()
     return torch.stack([kl.sum(), js.sum(), agrees.sum().double(),
-                        -(log_q_next * has_next).sum()])
+                        -(log_q_next * (ref.targets >= 0)).sum()])
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
