@@ -41,6 +41,7 @@ from tokprob.pruning import (
     sweep,
 )
 from tokprob.regression import fit_ols
+from tokprob.windows import next_tokens
 
 NAME = "pruning_sweep"
 GOAL = 20.0
@@ -50,7 +51,7 @@ def run(fixture: Fixture, quick: bool) -> list[Result]:
     header(NAME, "pruning.sweep on cached hidden states vs pruned head + full forward")
     n_tokens, baseline_configs = (512, 2) if quick else (2048, 3)
     windows, hidden, hidden_seconds = heldout(fixture, n_tokens)
-    targets = np.concatenate([windows[:, 1:], np.full((len(windows), 1), -1)], 1).ravel()
+    targets = next_tokens(windows).ravel()
     weight = output_head(fixture.model("float32")).weight.numpy()
     alpha = fixture.alpha(2048).alpha
     fit = fit_ols(weight, -np.log(alpha))

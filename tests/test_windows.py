@@ -18,6 +18,7 @@ from tokprob.windows import (
     build_windows,
     document_separator,
     leading_bos,
+    next_tokens,
     pack,
     split_windows,
     takes_heldout,
@@ -124,6 +125,14 @@ def test_take_follows_the_shuffled_order_in_whole_windows():
         np.testing.assert_array_equal(windows.take(name, max_tokens=6), expected[:2])
         assert windows.take(name, max_tokens=2).shape == (0, window)
         np.testing.assert_array_equal(windows.take(name, max_tokens=10**9), expected)
+
+
+def test_next_tokens_shift_each_window_and_leave_its_last_position_without_target():
+    windows = np.array([[5, 6, 7], [8, 9, 10]], dtype=np.int32)
+    targets = next_tokens(windows)
+    assert targets.dtype == np.int64  # token ids beyond int32 stay exact
+    np.testing.assert_array_equal(targets, [[6, 7, -1], [9, 10, -1]])
+    assert next_tokens(windows[:0]).shape == (0, 3)
 
 
 def test_take_of_an_empty_split():

@@ -18,6 +18,7 @@ import torch
 from tokprob.head import final_hidden_states
 from tokprob.probabilities import batches
 from tokprob.progress import Progress
+from tokprob.windows import next_tokens
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,11 @@ def read_hidden_states(path: Path) -> HiddenStates:
 def _batch_table(batch: np.ndarray, hidden: np.ndarray, first_window: int) -> pa.Table:
     n, length = batch.shape
     d = hidden.shape[-1]
-    targets = np.concatenate([batch[:, 1:], np.full((n, 1), -1)], axis=1)
     return pa.table({
         "window": np.repeat(np.arange(first_window, first_window + n, dtype=np.int32), length),
         "position": np.tile(np.arange(length, dtype=np.int32), n),
         "input_id": batch.reshape(-1).astype(np.int32),
-        "target": targets.reshape(-1).astype(np.int64),
+        "target": next_tokens(batch).reshape(-1),
         "hidden": pa.FixedSizeListArray.from_arrays(
             pa.array(hidden.reshape(-1).astype(np.float32)), d),
     })

@@ -29,6 +29,7 @@ import torch
 from tokprob.errors import TokprobError
 from tokprob.head import OutputHead, final_hidden_states, head_logits
 from tokprob.progress import Progress
+from tokprob.windows import next_tokens
 
 log = logging.getLogger("tokprob")
 
@@ -138,7 +139,7 @@ def alpha_sums(model, head: OutputHead, windows: np.ndarray, batch_size: int,
             batch = windows[start:end]
             ids = torch.as_tensor(batch, dtype=torch.long, device=device)
             hidden = final_hidden_states(model, ids)
-            targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], dim=1)
+            targets = torch.as_tensor(next_tokens(batch), device=device)
             batch_sum, batch_nll = _softmax_sums(hidden.reshape(-1, hidden.shape[-1]),
                                                  targets.reshape(-1), head)
             if not torch.isfinite(batch_sum).all():

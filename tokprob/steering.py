@@ -26,6 +26,7 @@ import torch
 from tokprob.errors import TokprobError
 from tokprob.probabilities import alpha_percentile
 from tokprob.tensors import read_only_tensor
+from tokprob.windows import NO_TARGET
 
 OMEGAS = ("bonferroni", "all", "top-k")
 STEER_TOLERANCE = 0.05
@@ -213,8 +214,8 @@ def windows_to_reach(fewshot: dict[str, float], error: float) -> int | None:
 
 
 def window_of_positions(targets: np.ndarray) -> np.ndarray:
-    """Window index of every stored position (the next token is −1 at a window's end)."""
-    ends = np.asarray(targets) == -1
+    """Window index of every stored position (a window's last position has no next token)."""
+    ends = np.asarray(targets) == NO_TARGET
     return np.concatenate([[0], np.cumsum(ends)[:-1]]).astype(np.int64)
 
 

@@ -76,6 +76,18 @@ class Windows:
                    order=table.column("order").to_numpy())
 
 
+NO_TARGET = -1
+"""The target of a window's last position: its next token is outside the window."""
+
+
+def next_tokens(windows: np.ndarray) -> np.ndarray:
+    """Each position's target, the token after it in its window (`NO_TARGET` at the last
+    position): windows × length, like `windows`."""
+    windows = np.asarray(windows)
+    last = np.full((len(windows), 1), NO_TARGET, dtype=np.int64)
+    return np.concatenate([windows[:, 1:].astype(np.int64), last], axis=1)
+
+
 def tokenize(tokenizer, documents: list[str], batch: int = 512) -> list[list[int]]:
     """Token ids of each document, without special tokens."""
     ids: list[list[int]] = []
