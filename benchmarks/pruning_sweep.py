@@ -51,7 +51,7 @@ def run(fixture: Fixture, quick: bool) -> list[Result]:
     header(NAME, "pruning.sweep on cached hidden states vs pruned head + full forward")
     n_tokens, baseline_configs = (512, 2) if quick else (2048, 3)
     windows, hidden, hidden_seconds = heldout(fixture, n_tokens)
-    targets = next_tokens(windows).ravel()
+    targets = next_tokens(windows)  # windows × length
     weight = output_head(fixture.model("float32")).weight.numpy()
     alpha = fixture.alpha(2048).alpha
     fit = fit_ols(weight, -np.log(alpha))
@@ -67,17 +67,17 @@ def run(fixture: Fixture, quick: bool) -> list[Result]:
           f"hidden states once: {hidden_seconds:.1f} s")
 
     started = time.perf_counter()
-    table = sweep(hidden, targets, weight, None, plans, config.fractions)
+    table = sweep(hidden, targets.ravel(), weight, None, plans, config.fractions)
     cached_seconds = time.perf_counter() - started
 
     model = editable_model(fixture)
     head = output_head(model).weight
     # The original distributions once, as the sweep computes them once: the baseline's
     # time per configuration is the pruned model's forward pass and its comparison.
-    references = [(batch, Reference.of(_logits(model, batch), torch.as_tensor(next_tokens.ravel())))
-                  for batch, next_tokens in zip(batches(windows, BATCH_SIZE),
-                                                batches(targets.reshape(windows.shape),
-                                                        BATCH_SIZE), strict=True)]
+    references = [(batch, Reference.of(_logits(model, batch),
+                                       torch.as_tensor(batch_targets.ravel())))
+                  for batch, batch_targets in zip(batches(windows, BATCH_SIZE),
+                                                  batches(targets, BATCH_SIZE), strict=True)]
     chosen = [(plans[0], 0.3), (plans[-1], 0.5), (plans[1], 0.9)][:baseline_configs]
     differences = []
     started = time.perf_counter()
