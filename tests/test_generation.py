@@ -94,8 +94,6 @@ def test_generation_agreement_runs_the_model_in_its_own_dtype(tiny_models):
         original, _argmax_loop(model, prompts, 4))
 
 
-
-
 def test_head_per_model_gives_each_interleaved_row_its_models_weight():
     from tokprob.generation import _HeadPerModel
 
