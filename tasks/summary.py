@@ -37,6 +37,21 @@ from tokprob.summary import (
 )
 from tokprob.workspace import Workspace
 
+# The steering stage's summary entries a steering run reports as they are.
+STEERING_RESULT = (
+    "omega", "omega_dims", "targets", "errors", "comparison", "errors_by_support",
+    "comparison_well_measured", "median_abs_log_error", "median_kl_other",
+    "median_kl_other_bound", "fewshot_median_error", "spread", "calibrated_windows_for_goal",
+    "calibrated_windows_for_goal_well_measured", "heldout_positions", "detect_positions",
+)
+
+
+def _publish(workspace: Workspace, flow: str, result: dict[str, Any], markdown: str,
+             key: str, description: str) -> dict[str, Any]:
+    """A run's Markdown summary artifact, then its record and report (tasks/runs.py)."""
+    create_markdown_artifact(markdown=markdown, key=key, description=description)
+    return publish_run(workspace, flow, result)
+
 
 def outputs(refs: dict[str, ArtifactRef], figures: str) -> dict[str, dict[str, str]]:
     """Where a run's results are: each stage's main Parquet file and folder, and the PNG
@@ -74,10 +89,9 @@ def summarize(workspace: Workspace, model: ModelSource, corpus: CorpusSource,
         "pc1_r": pc["pc1_r"], "pc2_r": pc["pc2_r"],
         "stages": stages,
     } | outputs(refs, "figures")
-    create_markdown_artifact(markdown=encoding_markdown(result),
-                             key=artifact_key("encoding", model.display_name, corpus.display_name),
-                             description=f"Encoding analysis of {model.display_name}")
-    return publish_run(workspace, "encoding", result)
+    return _publish(workspace, "encoding", result, encoding_markdown(result),
+                    artifact_key("encoding", model.display_name, corpus.display_name),
+                    f"Encoding analysis of {model.display_name}")
 
 
 @task(name="steering-summary", cache_policy=NO_CACHE)
@@ -87,26 +101,12 @@ def summarize_steering(workspace: Workspace, model: ModelSource, corpus: CorpusS
     sweep = summary_of(refs["steering"], SteeringSummary)
     result: dict[str, Any] = {
         "model": model.display_name, "model_spec": model.spec, "dataset": corpus.spec,
-        "omega": sweep["omega"], "omega_dims": sweep["omega_dims"], "targets": sweep["targets"],
-        "errors": sweep["errors"], "comparison": sweep["comparison"],
-        "errors_by_support": sweep["errors_by_support"],
-        "comparison_well_measured": sweep["comparison_well_measured"],
-        "median_abs_log_error": sweep["median_abs_log_error"],
-        "median_kl_other": sweep["median_kl_other"],
-        "median_kl_other_bound": sweep["median_kl_other_bound"],
-        "fewshot_median_error": sweep["fewshot_median_error"], "spread": sweep["spread"],
-        "calibrated_windows_for_goal": sweep["calibrated_windows_for_goal"],
-        "calibrated_windows_for_goal_well_measured":
-            sweep["calibrated_windows_for_goal_well_measured"],
-        "heldout_positions": sweep["heldout_positions"],
-        "detect_positions": sweep["detect_positions"],
+        **{name: sweep[name] for name in STEERING_RESULT},
         "stages": stages,
     } | outputs(refs, "steering-figures")
-    create_markdown_artifact(markdown=steering_markdown(result),
-                             key=artifact_key("steering-summary", model.display_name,
-                                              corpus.display_name),
-                             description=f"Steering of {model.display_name}")
-    return publish_run(workspace, "steering", result)
+    return _publish(workspace, "steering", result, steering_markdown(result),
+                    artifact_key("steering-summary", model.display_name, corpus.display_name),
+                    f"Steering of {model.display_name}")
 
 
 @task(name="pruning-summary", cache_policy=NO_CACHE)
@@ -122,11 +122,9 @@ def summarize_pruning(workspace: Workspace, model: ModelSource, corpus: CorpusSo
         "headline": sweep["headline"], "metrics": sweep["table"],
         "stages": stages,
     } | outputs(refs, "pruning-figures")
-    create_markdown_artifact(markdown=pruning_markdown(result),
-                             key=artifact_key("pruning-summary", model.display_name,
-                                              corpus.display_name),
-                             description=f"Pruning of {model.display_name}")
-    return publish_run(workspace, "pruning", result)
+    return _publish(workspace, "pruning", result, pruning_markdown(result),
+                    artifact_key("pruning-summary", model.display_name, corpus.display_name),
+                    f"Pruning of {model.display_name}")
 
 
 @task(name="dynamics-summary", cache_policy=NO_CACHE)
@@ -150,7 +148,6 @@ def summarize_dynamics(workspace: Workspace, corpus: CorpusSource,
         "frequency_note": frequency_note(corpus.spec, training_data),
         "stages": stages,
     } | outputs(refs, "dynamics")
-    create_markdown_artifact(markdown=dynamics_markdown(result),
-                             key=artifact_key("dynamics-summary", corpus.display_name),
-                             description=f"Training dynamics on {corpus.spec}")
-    return publish_run(workspace, "dynamics", result)
+    return _publish(workspace, "dynamics", result, dynamics_markdown(result),
+                    artifact_key("dynamics-summary", corpus.display_name),
+                    f"Training dynamics on {corpus.spec}")
