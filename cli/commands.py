@@ -17,8 +17,10 @@ from cli.environment import (
     SERVER_RECORD,
     check_database,
     configure_logging,
+    on_temporary_server,
     prepare_environment,
     running_server,
+    settings_follow_environment,
     stop_group,
     stop_leftover_servers,
     wait_until_up,
@@ -329,10 +331,12 @@ def serve(args: argparse.Namespace) -> int:
     workspace = Workspace.from_env(args.data_dir)
     workspace.ensure_writable()
     deployments = read_deployments(Path(args.prefect_file))
-    prepare_environment(workspace)
-    if "PREFECT_API_URL" not in os.environ:
-        print("tokprob: no Prefect server found; serving on a temporary one (start "
-              "`tokprob server` first to watch the runs in the UI)", file=sys.stderr)
+    prepare_environment(workspace, scheduling=True)
+    settings_follow_environment()  # read_deployments imported Prefect
+    if on_temporary_server():
+        print("tokprob: no Prefect server found; serving on a temporary one, stopped with "
+              "this command (start `tokprob server` first to watch the runs in the UI)",
+              file=sys.stderr)
     from cli.serve import serve_deployments
 
     configure_logging()

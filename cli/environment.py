@@ -23,7 +23,8 @@ from tokprob.processes import is_running, start_time, this_process
 from tokprob.workspace import Workspace
 
 
-def prepare_environment(workspace: Workspace, temporary_server: bool = True) -> None:
+def prepare_environment(workspace: Workspace, temporary_server: bool = True,
+                        scheduling: bool = False) -> None:
     """Settings that must be in place before Prefect is imported, and the Prefect server
     to run against, in this order:
 
@@ -32,7 +33,9 @@ def prepare_environment(workspace: Workspace, temporary_server: bool = True) -> 
        `prefect config set PREFECT_API_URL=…` or `prefect cloud login`): their server or
        Prefect Cloud, with the profile's other settings (an API key);
     3. a server started by `tokprob server` for this data folder, while it answers;
-    4. (with `temporary_server`) a temporary one for this command, stopped when it ends.
+    4. (with `temporary_server`) a temporary one for this command, stopped when it ends;
+       with `scheduling` (`tokprob serve`) it also runs Prefect's services, the scheduler
+       among them, which an API-only server leaves out.
 
     Without 1 or 2, Prefect's home is the data folder's (`data/prefect`) unless
     PREFECT_HOME is exported. The choice is kept in TOKPROB_PREFECT_SERVER for the run's
@@ -48,13 +51,15 @@ def prepare_environment(workspace: Workspace, temporary_server: bool = True) -> 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "PREFECT_API_URL" in os.environ:
         _chose(os.environ["PREFECT_API_URL"], "PREFECT_API_URL in the environment")
-        return
-    if profile is not None:
+    elif profile is not None:
         name, url = profile
         _chose(url, f"the active profile {name!r} of {profiles_path()}")
-        return
-    if _api_set_in_process():
-        return
+    elif not _api_set_in_process():
+        _choose_server(temporary_server, scheduling)
+
+
+def _choose_server(temporary_server: bool, scheduling: bool) -> None:
+    """Steps 3 and 4 of prepare_environment."""
     home = Path(os.environ["PREFECT_HOME"]).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     stop_leftover_servers(home)
@@ -64,10 +69,22 @@ def prepare_environment(workspace: Workspace, temporary_server: bool = True) -> 
         if reports := _record(home).get("reports_url"):
             os.environ[REPORTS_URL] = reports
     elif temporary_server:
-        os.environ["PREFECT_API_URL"] = start_temporary_server(home)
+        os.environ["PREFECT_API_URL"] = start_temporary_server(home, scheduling)
         _chose(os.environ["PREFECT_API_URL"], "a temporary server for this command (no "
                "PREFECT_API_URL, no profile naming a server, no `tokprob server` running)")
 
+
+def settings_follow_environment() -> None:
+    """Prefect reads its settings from the environment once, when first imported. A
+    command that imports it before prepare_environment (`tokprob serve` checks schedules
+    with Prefect's own parser, so that a mistake stops it before any work) calls this
+    after: else it would run without the server chosen there, on an ephemeral one of
+    Prefect's that never starts scheduled runs, under ~/.prefect. Not done for every
+    caller: it replaces Prefect's process-wide settings."""
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
 
 
 def _chose(url: str, why: str) -> None:
@@ -148,8 +165,10 @@ _started: dict[str, Any] = {}
 """The temporary server this process started: its process and record."""
 
 
-def start_temporary_server(prefect_home: Path) -> str:
-    """A Prefect server (API only, no UI) for this command, on a free loopback port.
+def start_temporary_server(prefect_home: Path, scheduling: bool = False) -> str:
+    """A Prefect server (API only, no UI) for this command, on a free loopback port;
+    with `scheduling`, also with Prefect's services (the scheduler, late runs, …), which
+    its ephemeral mode leaves out to start faster.
 
     It runs in a process group of its own, so that Ctrl-C in the terminal reaches this
     command alone: the command stops the flow first and then the server, which must
@@ -167,8 +186,8 @@ def start_temporary_server(prefect_home: Path) -> str:
                 [sys.executable, "-m", "uvicorn", "--factory",
                  "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
                  str(port), "--log-level", "error", "--lifespan", "on"],
-                env=os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                                  "PREFECT__SERVER_FINAL": "1"},
+                env=os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_FINAL": "1"}
+                | ({} if scheduling else {"PREFECT__SERVER_EPHEMERAL": "1"}),
                 stdin=subprocess.DEVNULL, stdout=server_log, stderr=server_log,
                 start_new_session=True)
         url = f"http://127.0.0.1:{port}/api"
@@ -205,6 +224,11 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def on_temporary_server() -> bool:
+    """Whether this command runs against a temporary server it started."""
+    return bool(_started)
 
 
 def stop_temporary_server() -> None:

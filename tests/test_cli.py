@@ -205,7 +205,7 @@ def test_the_shipped_prefect_yaml_names_each_flow_and_tokprob_serve_serves_it(
         assert flow.name == entry["entrypoint"].rsplit(":", 1)[1], entry["name"]
     served = []
     monkeypatch.setattr("prefect.serve", lambda *deployments: served.extend(deployments))
-    monkeypatch.setattr("cli.commands.prepare_environment", lambda workspace: None)
+    monkeypatch.setattr("cli.commands.prepare_environment", lambda workspace, **_: None)
     code, _, err = _run(capsys, "serve", "--data-dir", str(tmp_path))
     assert code == 0, err
     assert [d.name for d in served] == [entry["name"] for entry in shipped]

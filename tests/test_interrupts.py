@@ -102,7 +102,7 @@ def test_a_run_stops_the_server_a_killed_run_of_its_data_folder_left(tmp_path, m
     monkeypatch.setenv("PREFECT_API_URL", "")  # restored (unset) after the test
     monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setattr("cli.environment._api_set_in_process", lambda: False)
-    monkeypatch.setattr("cli.environment.start_temporary_server", lambda home: "unused")
+    monkeypatch.setattr("cli.environment.start_temporary_server", lambda home, scheduling: "unused")
     try:
         prepare_environment(Workspace.from_env(tmp_path / "data"))
         leftover.wait(timeout=10)  # stopped (and reaped: it is this test's child)

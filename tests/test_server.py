@@ -4,6 +4,7 @@ deployment triggered by its schedule, and the UI's flow-run page in headless Chr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -198,6 +199,54 @@ deployments:
 
 ENCODING_STAGES = ["corpus", "windows", "embeddings", "probabilities", "regression",
                    "sparsity", "pca", "figures"]
+
+
+def test_tokprob_serve_without_a_server_runs_its_schedules_on_a_temporary_one(
+        tmp_path, tiny_models, tiny_text_dir):
+    """With no Prefect server to use, `tokprob serve` starts its own, with the scheduler
+    that an API-only temporary server leaves out, and serves on it rather than on an
+    ephemeral server of Prefect's (whose settings Prefect read before the command chose)."""
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"),
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    config = tmp_path / "prefect.yaml"
+    config.write_text(f"""
+deployments:
+  - name: often
+    entrypoint: flows/encoding.py:encoding
+    parameters:
+      model: "{tiny_models['gpt2']}"
+      corpus: {{dataset: "{tiny_text_dir}"}}
+      detection:
+        window_config: {{window: 16, heldout_fraction: 0.2}}
+        probability_config: {{max_tokens: 160}}
+    schedules:
+      - interval: 30
+""")
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:  # a file: a pipe nobody reads would fill and block it
+        served = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(config),
+                                   "--data-dir", str(data)], env=env, cwd=ROOT,
+                                  stdout=output, stderr=subprocess.STDOUT)
+    servers = tmp_path / "prefect" / "temporary-servers"
+    try:
+        deadline = time.monotonic() + 300
+        while not list((data / "runs").glob("*-encoding-*.json")):
+            assert served.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no scheduled run finished in 300 s"
+            time.sleep(2)
+        [run] = [json.loads(path.read_text()) for path in (data / "runs").glob("*.json")]
+        [server] = [json.loads(path.read_text()) for path in servers.glob("*.json")]
+        url = f"{server['api_url']}/flow_runs/{run['flow_run_id']}"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            flow_run = json.loads(answer.read())
+        assert flow_run["auto_scheduled"] is True
+        assert flow_run["state"]["type"] == "COMPLETED"
+    finally:
+        _stop(served)
+    assert "serving on a temporary one" in log.read_text()
+    assert not list(servers.glob("*.json")), "the temporary server outlived the command"
 
 
 def _prefect(*args, cwd, env, timeout=300):
