@@ -236,7 +236,7 @@ deployments:
             assert served.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no scheduled run finished in 300 s"
             time.sleep(2)
-        [run] = [json.loads(path.read_text()) for path in (data / "runs").glob("*.json")]
+        run = json.loads(sorted((data / "runs").glob("*.json"))[0].read_text())
         [server] = [json.loads(path.read_text()) for path in servers.glob("*.json")]
         url = f"{server['api_url']}/flow_runs/{run['flow_run_id']}"
         with urllib.request.urlopen(url, timeout=30) as answer:
