@@ -339,7 +339,6 @@ def serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     from cli.serve import serve_deployments
 
-    configure_logging()
     serve_deployments(deployments, workspace.data_dir)
     return 0
 

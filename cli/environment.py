@@ -3,6 +3,7 @@ and logging (all before or just after Prefect is imported)."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import json
@@ -327,10 +328,15 @@ def check_database(prefect_home: Path) -> None:
 
 class _DropExpectedTracebacks(logging.Filter):
     """Prefect logs a failed task with its traceback; for a TokprobError the message alone
-    says everything, and the command prints it once more at the end."""
+    says everything, and the command prints it once more at the end. Ctrl-C on `tokprob
+    serve` cancels the tasks of Prefect's runner, and asyncio logs each cancelled callback
+    as an error with a traceback, though cancelling them is what was asked: dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], TokprobError):
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name == "asyncio" and isinstance(error, asyncio.CancelledError):
+            return False
+        if isinstance(error, TokprobError):
             record.exc_info = None
             record.exc_text = None
         return True

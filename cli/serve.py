@@ -25,6 +25,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from cli.environment import configure_logging
 from flows.parameters import check_mapping
 from flows.stages import FLOWS
 from tokprob.errors import TokprobError
@@ -168,6 +169,7 @@ def serve_deployments(deployments: list[Deployment], data_dir: str) -> None:
             name=deployment.name, parameters=parameters, schedules=deployment.schedules,
             tags=deployment.tags, description=deployment.description,
             version=deployment.version))
+    configure_logging()  # Prefect has set up its log handlers once a flow is loaded
     serve(*served)
 
 

@@ -160,3 +160,37 @@ def test_a_run_lands_on_the_server_the_user_profile_names(prefect_api, tiny_mode
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(last_flow_run_id(data))
     assert flow_run.state.is_completed() and flow_run.name.startswith("encoding-gpt2-")
+
+
+def test_the_console_drops_asyncios_tracebacks_of_cancelled_callbacks_only():
+    """What Ctrl-C on `tokprob serve` cancels is not an error; any other failure in an
+    asyncio callback still reaches the console, and so does a TokprobError's message."""
+    import asyncio
+    import io
+    import logging
+
+    from cli.environment import configure_logging
+    from tokprob.errors import TokprobError
+
+    console = io.StringIO()
+    handler = logging.StreamHandler(console)
+    logging.getLogger().addHandler(handler)
+    try:
+        configure_logging()
+        log = logging.getLogger("asyncio")
+        for error in (asyncio.CancelledError(), ValueError("a real failure")):
+            try:
+                raise error
+            except BaseException:
+                log.error("Exception in callback after %s", type(error).__name__,
+                          exc_info=True)
+        logging.getLogger("prefect").error("task failed", exc_info=(
+            TokprobError, TokprobError("bad input"), None))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    said = console.getvalue()
+    assert "CancelledError" not in said
+    assert "Exception in callback after ValueError" in said
+    assert "ValueError: a real failure" in said  # its traceback is kept
+    assert "task failed" in said
+    assert "Traceback" not in said.split("ValueError: a real failure")[1]  # not for TokprobError
