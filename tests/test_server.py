@@ -146,23 +146,32 @@ def test_runs_against_the_server_and_reads_back_states_and_artifacts(server, tin
     server["encoding_run"] = runs[-1]
 
 
-def test_a_served_deployment_runs_on_its_schedule_from_cache(server, tiny_models,
-                                                            tiny_text_dir, tmp_path):
-    config = tmp_path / "prefect.yaml"
+def _tiny_deployment(folder: Path, name: str, model: Path, text_dir: Path,
+                     interval: int) -> Path:
+    """A prefect.yaml with one encoding deployment of a tiny model on an interval (its
+    work pool is there because `prefect deploy` wants one; `tokprob serve` ignores it)."""
+    config = folder / "prefect.yaml"
     config.write_text(f"""
 deployments:
-  - name: every-few-seconds
+  - name: {name}
     entrypoint: flows/encoding.py:encoding
     parameters:
-      model: "{tiny_models['llama']}"
-      corpus: {{dataset: "{tiny_text_dir}"}}
+      model: "{model}"
+      corpus: {{dataset: "{text_dir}"}}
       detection:
         window_config: {{window: 16, heldout_fraction: 0.2}}
         probability_config: {{max_tokens: 160}}
     schedules:
-      - interval: 8
+      - interval: {interval}
     work_pool: {{name: unused-by-serve}}
 """)
+    return config
+
+
+def test_a_served_deployment_runs_on_its_schedule_from_cache(server, tiny_models,
+                                                            tiny_text_dir, tmp_path):
+    config = _tiny_deployment(tmp_path, "every-few-seconds", tiny_models["llama"],
+                              tiny_text_dir, interval=8)
     served = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(config),
                                "--data-dir", str(server["data"])], env=server["env"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -210,20 +219,8 @@ def test_tokprob_serve_without_a_server_runs_its_schedules_on_a_temporary_one(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"),
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
-    config = tmp_path / "prefect.yaml"
-    config.write_text(f"""
-deployments:
-  - name: often
-    entrypoint: flows/encoding.py:encoding
-    parameters:
-      model: "{tiny_models['gpt2']}"
-      corpus: {{dataset: "{tiny_text_dir}"}}
-      detection:
-        window_config: {{window: 16, heldout_fraction: 0.2}}
-        probability_config: {{max_tokens: 160}}
-    schedules:
-      - interval: 30
-""")
+    config = _tiny_deployment(tmp_path, "often", tiny_models["gpt2"], tiny_text_dir,
+                              interval=30)
     log = tmp_path / "serve.log"
     with log.open("w") as output:  # a file: a pipe nobody reads would fill and block it
         served = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", str(config),
