@@ -95,3 +95,18 @@ def test_the_steering_summary_gives_the_kl_bound_and_the_exact_kl_when_computed(
     result["median_kl_other"] = {"closed_form": 2e-10, "calibrated": 5e-9}
     assert kl_line(result).endswith("closed_form ≤ 1.00e-09 (exact 2.00e-10), "
                                     "calibrated ≤ 2.50e-08 (exact 5.00e-09)")
+    # Intervals over resampled targets, below the comparison they qualify.
+    assert "interval" not in steering_text(result)  # a summary from before the intervals
+    result["comparison"] |= {"calibrated_median_interval": [0.03, 0.14],
+                             "improvement_interval": [4.86, 16.5]}
+    result["comparison_well_measured"] |= {"calibrated_median_interval": [0.004, 0.03],
+                                           "improvement_interval": [12.9, 40.0]}
+    lines = steering_text(result).splitlines()
+    comparison = next(i for i, line in enumerate(lines) if "pairs the" in line)
+    assert lines[comparison + 1] == ("    95% interval over resampled targets: calibrated "
+                                     "median 0.0300 to 0.1400, 4.9× to 16× lower")
+    measured = next(i for i, line in enumerate(lines) if "support ≥ 10: median" in line)
+    assert lines[measured + 1] == ("    95% interval over resampled targets: calibrated "
+                                   "median 0.0040 to 0.0300, 13× to 40× lower")
+    assert ("(calibrated). 95% interval over resampled targets: calibrated median 0.0300 "
+            "to 0.1400, 4.9× to 16× lower. Median KL") in steering_markdown(result)

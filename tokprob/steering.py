@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ import torch
 
 from tokprob.errors import TokprobError
 from tokprob.probabilities import alpha_percentile
+from tokprob.resampling import percentile_interval, resample_groups
 from tokprob.tensors import read_only_tensor
 from tokprob.windows import NO_TARGET
 
@@ -193,19 +195,36 @@ def fewshot_errors(sweep: pd.DataFrame) -> dict[str, dict[str, float]]:
             for method, rows in feasible.groupby("method", sort=False)}
 
 
-def paired_comparison(sweep: pd.DataFrame) -> dict[str, float]:
+def paired_comparison(sweep: pd.DataFrame) -> dict[str, Any]:
     """Closed form against calibrated on the same pairs (those the calibrated edit can
-    reach), each fitted on the most detecting data: medians and their ratio."""
+    reach), each fitted on the most detecting data: medians and their ratio, with 95%
+    intervals of the calibrated median and of the ratio over resampled target tokens
+    (tokprob.resampling: the pairs of one target are not independent)."""
     full = {method: rows[rows["n_fit"] == rows["n_fit"].max()].set_index(["token_id", "r"])
             for method, rows in sweep.groupby("method", sort=False)}
     reachable = full["calibrated"].index[full["calibrated"]["feasible"].to_numpy()]
-    closed = float(full["closed_form"].loc[reachable, "abs_log_error"].median())
-    calibrated = float(full["calibrated"].loc[reachable, "abs_log_error"].median())
-    return {"pairs": len(reachable), "closed_form_median": closed,
-            "calibrated_median": calibrated,
-            "calibrated_p90": float(full["calibrated"].loc[reachable, "abs_log_error"]
-                                    .quantile(0.9)),
-            "improvement": closed / calibrated if calibrated > 0 else float("inf")}
+    closed = full["closed_form"].loc[reachable, "abs_log_error"].to_numpy()
+    calibrated = full["calibrated"].loc[reachable, "abs_log_error"].to_numpy()
+    if not len(reachable):
+        return {"pairs": 0, "closed_form_median": float("nan"),
+                "calibrated_median": float("nan"), "calibrated_p90": float("nan"),
+                "improvement": float("nan")}
+    comparison: dict[str, Any] = {
+        "pairs": len(reachable), "closed_form_median": float(np.nanmedian(closed)),
+        "calibrated_median": float(np.nanmedian(calibrated)),
+        "calibrated_p90": float(np.nanquantile(calibrated, 0.9)),
+        "improvement": _ratio_of_medians(closed, calibrated)}
+    replicates = resample_groups(reachable.get_level_values("token_id").to_numpy(),
+                                 lambda rows: (np.nanmedian(calibrated[rows]),
+                                               _ratio_of_medians(closed[rows],
+                                                                 calibrated[rows])))
+    return comparison | {"calibrated_median_interval": percentile_interval(replicates[:, 0]),
+                         "improvement_interval": percentile_interval(replicates[:, 1])}
+
+
+def _ratio_of_medians(closed: np.ndarray, calibrated: np.ndarray) -> float:
+    denominator = float(np.nanmedian(calibrated))
+    return float(np.nanmedian(closed)) / denominator if denominator > 0 else float("inf")
 
 
 def windows_to_reach(fewshot: dict[str, float], error: float) -> int | None:

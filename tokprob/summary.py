@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from tokprob.resampling import INTERVAL
 from tokprob.steering import CALIBRATED_GOAL, WELL_MEASURED
 
 
@@ -109,6 +110,7 @@ def steering_text(result: dict[str, Any]) -> str:
         f"{comparison['closed_form_median']:.3f} (closed form) → "
         f"{_error(comparison['calibrated_median'])} (calibrated), "
         f"{_factor(comparison['improvement'])} lower",
+        *_interval_lines(comparison),
         *_support_lines(result),
         "  spread std/|mean| of the logit shift h·direction on held-out text: " + ", ".join(
             f"{method} {value:.3f}" for method, value in result["spread"].items()),
@@ -148,7 +150,24 @@ def _support_lines(result: dict[str, Any]) -> list[str]:
                      f"{measured['closed_form_median']:.3f} (closed form) → "
                      f"{_error(measured['calibrated_median'])} (calibrated) on "
                      f"{measured['pairs']} pairs")
+        lines += _interval_lines(measured)
     return lines
+
+
+def _interval_lines(comparison: dict[str, Any]) -> list[str]:
+    phrase = _interval_phrase(comparison)
+    return [f"    {phrase}"] if phrase else []
+
+
+def _interval_phrase(comparison: dict[str, Any]) -> str:
+    """How far the comparison's medians could move with another draw of targets; empty
+    for summaries written before the intervals."""
+    if "improvement_interval" not in comparison:
+        return ""
+    low, high = comparison["calibrated_median_interval"]
+    fewer, more = comparison["improvement_interval"]
+    return (f"{INTERVAL:.0%} interval over resampled targets: calibrated median "
+            f"{_error(low)} to {_error(high)}, {_factor(fewer)} to {_factor(more)} lower")
 
 
 def _error(value: float) -> str:
@@ -178,7 +197,8 @@ def steering_markdown(result: dict[str, Any]) -> str:
             f"({result['omega_dims']} dimensions). On the {comparison['pairs']} pairs the "
             f"calibrated edit reaches, median |log error| {comparison['closed_form_median']:.3f}"
             f" (closed form) → {_error(comparison['calibrated_median'])} (calibrated). "
-            "Median KL over the other tokens, at most: " + ", ".join(
+            + (f"{_interval_phrase(comparison)}. " if _interval_phrase(comparison) else "")
+            + "Median KL over the other tokens, at most: " + ", ".join(
                 f"{method} {bound:.2e}"
                 for method, bound in result["median_kl_other_bound"].items()) + "."
             + _well_measured_sentence(result) + "\n\n"
