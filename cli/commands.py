@@ -32,6 +32,7 @@ from tokprob.errors import TokprobError
 from tokprob.model_export import new_model_folder
 from tokprob.models import check_window_fits, model_config
 from tokprob.pruning import check_fractions, check_regression_target
+from tokprob.resampling import INTERVAL
 from tokprob.specs import DEFAULT_MODEL, DatasetSpec, ModelSpec
 from tokprob.steering import STEER_TOLERANCE, check_edits
 from tokprob.store import ArtifactStore
@@ -179,19 +180,32 @@ def steer(args: argparse.Namespace) -> int:
            f"calibrated jointly on {result['detect_positions']:,} detecting positions")
     print(f"wrote the steered model to {result['out']} ({how})")
     for edit in result["edits"]:
-        where = ("" if "detect_effective_positions" not in edit else
-                 f" (calibrated on about {edit['detect_effective_positions']:.0f} positions "
-                 f"where it is probable, measured on about "
-                 f"{edit['heldout_effective_positions']:.0f})")
+        low, high = edit["predicted_ratio_heldout_interval"]
+        about = [f"{INTERVAL:.0%} over resampled held-out windows: {low:.3f} to {high:.3f}"]
+        if "detect_effective_positions" in edit:
+            about.append(f"calibrated on about {edit['detect_effective_positions']:.0f} "
+                         "positions where it is probable, measured on about "
+                         f"{edit['heldout_effective_positions']:.0f}")
         print(f"  {edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested, "
-              f"× {edit['predicted_ratio_heldout']:.3f} on held-out text{where}")
-    missed = [repr(e["token"]) for e in result["edits"]
-              if e["heldout_log_error"] > STEER_TOLERANCE]
+              f"× {edit['predicted_ratio_heldout']:.3f} on held-out text ({'; '.join(about)})")
+    missed = [e for e in result["edits"] if e["heldout_log_error"] > STEER_TOLERANCE]
     if missed:
-        note = (f"note: {', '.join(missed)} missed the requested ratio on held-out text by "
+        note = (f"note: {_names(missed)} missed the requested ratio on held-out text by "
                 f"more than {STEER_TOLERANCE:g} in log. {_why_missed(result['method'])}")
+        within = [e for e in missed if _within(e["ratio"], e["predicted_ratio_heldout_interval"])]
+        if within:
+            note += (f" The ratio requested of {_names(within)} lies within the interval of "
+                     "its held-out ratio: those positions do not tell the miss from chance.")
         print(textwrap.fill(note, width=88, break_on_hyphens=False))
     return 0
+
+
+def _names(edits: list[dict]) -> str:
+    return ", ".join(repr(edit["token"]) for edit in edits)
+
+
+def _within(value: float, interval: list[float]) -> bool:
+    return interval[0] <= value <= interval[1]
 
 
 def _why_missed(method: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -18,7 +17,7 @@ from tokprob.head import float32_head, output_head
 from tokprob.model_export import new_model_folder, save_model_folder
 from tokprob.model_sources import ModelSource
 from tokprob.models import load_model, load_tokenizer
-from tokprob.probabilities import alpha_from_hidden
+from tokprob.resampling import ratio_intervals
 from tokprob.steering import (
     check_edits,
     closed_form_edits,
@@ -27,6 +26,7 @@ from tokprob.steering import (
     steer_model,
     steering_direction,
     target_logits,
+    window_of_positions,
 )
 from tokprob.store import ArtifactRef
 
@@ -66,14 +66,21 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
                    "direction": direction.tolist()}
     lm = load_model(model.path, dtype="auto", device="cpu")  # exported in its own dtype
     steer_model(lm, edits)
-    # One pass of the original head gives the targets' held-out α and their support; the
-    # edits act together (one normalizer), so the prediction uses the whole new head.
-    held = read_hidden(hidden).hidden
-    held_p = target_logits(held, weight, bias, np.asarray(ids), jointly=True).probabilities()
+    # One pass of the original head gives the targets' held-out α and their support, one
+    # of the saved head their α' (the edits act together through one normalizer); the
+    # interval resamples held-out windows.
+    stored = read_hidden(hidden)
+    held_p = target_logits(stored.hidden, weight, bias, np.asarray(ids),
+                           jointly=True).probabilities()
+    steered = float32_head(output_head(lm))
+    steered_p = target_logits(stored.hidden, steered.weight.detach().numpy(),
+                              None if steered.bias is None else steered.bias.detach().numpy(),
+                              np.asarray(ids), jointly=True).probabilities()
     before = dict(zip(ids, held_p.mean(axis=0), strict=True))
-    after = alpha_from_hidden(torch.from_numpy(held), float32_head(output_head(lm)))
+    predicted = dict(zip(ids, (steered_p.mean(axis=0) / held_p.mean(axis=0)).tolist(),
+                         strict=True))
+    intervals = ratio_intervals(window_of_positions(stored.targets), held_p, steered_p)
     detect_alpha = ALPHA.read(probabilities, ["alpha"])["alpha"].to_numpy()
-    predicted = {token: float(after[token] / before[token]) for token in ids}
     record = {
         "source_model": model.spec, "source_fingerprint": model.fingerprint,
         "method": method, **details,
@@ -82,6 +89,7 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
              "delta": edits[token].tolist(), "alpha_detect": float(detect_alpha[token]),
              "alpha_heldout": float(before[token]),
              "predicted_ratio_heldout": predicted[token],
+             "predicted_ratio_heldout_interval": intervals[k],
              "heldout_log_error": abs(float(np.log(predicted[token] / ratio))),
              "heldout_effective_positions": effective_positions(held_p[:, k])}
             | ({} if rests_on is None else {"detect_effective_positions": rests_on[k]})

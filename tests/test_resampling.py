@@ -2,7 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tokprob.resampling import percentile_interval, resample_groups
+from tokprob.resampling import (
+    percentile_interval,
+    ratio_intervals,
+    resample_groups,
+    resampled_sums,
+)
 from tokprob.steering import paired_comparison
 
 
@@ -82,3 +87,26 @@ def test_one_target_leaves_nothing_to_resample():
                                            "calibrated": {5: [0.01, 0.03, 0.02]}}))
     assert comparison["calibrated_median_interval"] == [0.02, 0.02]
     assert comparison["improvement_interval"] == [pytest.approx(30.0)] * 2
+
+
+def test_resampled_sums_are_the_sums_of_the_resampled_rows():
+    rng = np.random.default_rng(5)
+    groups = rng.integers(0, 7, size=40)
+    values = rng.random((40, 3))
+    direct = resample_groups(groups, lambda rows: values[rows].sum(axis=0), resamples=300,
+                             seed=9)
+    np.testing.assert_allclose(resampled_sums(groups, values, resamples=300, seed=9), direct,
+                               rtol=1e-12)
+
+
+def test_a_ratio_of_sums_is_bracketed_by_the_groups_own_ratios():
+    rng = np.random.default_rng(6)
+    groups = np.repeat(np.arange(8), 4)
+    before = rng.random((32, 2)) + 0.1
+    after = before * np.repeat(rng.uniform(0.5, 2.0, (8, 2)), 4, axis=0)
+    per_group = after[::4] / before[::4]  # each group's ratio is the same on its rows
+    for column, (low, high) in enumerate(ratio_intervals(groups, before, after)):
+        assert per_group[:, column].min() <= low < high <= per_group[:, column].max()
+    # The same ratio in every group leaves nothing to resample.
+    constant = ratio_intervals(groups, before, 3 * before)
+    assert constant == [[pytest.approx(3.0)] * 2] * 2

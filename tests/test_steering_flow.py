@@ -128,6 +128,14 @@ def test_steered_model_loads_and_shows_the_predicted_change(prefect_api, tiny_mo
             edit["predicted_ratio_heldout"], rel=1e-5)
         assert edit["heldout_log_error"] == pytest.approx(
             abs(np.log(edit["predicted_ratio_heldout"] / edit["ratio"])), rel=1e-9)
+        # A resampled ratio of sums is a weighted mean of the windows' own ratios.
+        with torch.no_grad():
+            per_window = (torch.softmax(steered(input_ids=ids).logits.double(), -1)
+                          [..., token].sum(1)
+                          / torch.softmax(original(input_ids=ids).logits.double(), -1)
+                          [..., token].sum(1)).numpy()
+        low, high = edit["predicted_ratio_heldout_interval"]
+        assert per_window.min() * (1 - 1e-5) <= low <= high <= per_window.max() * (1 + 1e-5)
         p = (torch.softmax(original(input_ids=ids).logits.double(), -1)[..., token]
              .flatten().detach().numpy())
         assert edit["heldout_effective_positions"] == pytest.approx(
@@ -147,10 +155,17 @@ def test_steered_model_loads_and_shows_the_predicted_change(prefect_api, tiny_mo
     assert code == 0
     missed = [repr(e["token"]) for e in record["edits"] if e["heldout_log_error"] > 0.05]
     for edit in record["edits"]:
-        assert f"{edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested" in text
+        low, high = edit["predicted_ratio_heldout_interval"]
+        assert (f"{edit['token']!r} (id {edit['token_id']}): × {edit['ratio']:g} requested, "
+                f"× {edit['predicted_ratio_heldout']:.3f} on held-out text (95% over "
+                f"resampled held-out windows: {low:.3f} to {high:.3f}") in text
     note = " ".join(text[text.index("note:"):].split()) if "note:" in text else ""
     assert bool(note) == bool(missed)
     assert note.startswith(f"note: {', '.join(missed)} missed") or not missed
+    within = [repr(e["token"]) for e in record["edits"] if e["heldout_log_error"] > 0.05
+              and e["predicted_ratio_heldout_interval"][0] <= e["ratio"]
+              <= e["predicted_ratio_heldout_interval"][1]]
+    assert (f"The ratio requested of {', '.join(within)} lies within" in note) == bool(within)
 
 
 def test_steered_bfloat16_model_is_saved_in_bfloat16(prefect_api, tiny_text_dir, tmp_path,

@@ -266,17 +266,6 @@ def averaged_probabilities(
     return combine([part], prefixes)
 
 
-def alpha_from_hidden(hidden: torch.Tensor, head: OutputHead) -> np.ndarray:
-    """α over positions whose final hidden states are given: (positions, d) → (vocab,).
-
-    What a model with this head would give on the text the states came from; the
-    cheap way to evaluate edits of the LM head (paper §3, §4)."""
-    with torch.inference_mode():
-        no_targets = torch.full((hidden.shape[0],), -1, dtype=torch.long, device=hidden.device)
-        total, _ = _softmax_sums(hidden, no_targets, head)
-    return (total / hidden.shape[0]).cpu().numpy()
-
-
 def _softmax_sums(hidden: torch.Tensor, targets: torch.Tensor,
                   head: OutputHead) -> tuple[torch.Tensor, float]:
     """Σ over rows of softmax(hidden @ E.T + b) in float64, and Σ −log p(target).

@@ -48,3 +48,27 @@ def percentile_interval(replicates: np.ndarray, level: float = INTERVAL) -> list
     values = np.asarray(replicates, dtype=np.float64)
     return [float(np.percentile(values, tail, method="lower")),
             float(np.percentile(values, 100 - tail, method="higher"))]
+
+
+def resampled_sums(groups: np.ndarray, values: np.ndarray, resamples: int = RESAMPLES,
+                   seed: int = 0) -> np.ndarray:
+    """(resamples, k) column sums of `values` (rows × k) over resampled groups of rows, as
+    `resample_groups` draws them, from each group's sums: a ratio of sums (α' over α on
+    held-out windows) costs one product per resample instead of a pass over the rows."""
+    labels, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    per_group = np.zeros((len(labels), values.shape[1]))
+    np.add.at(per_group, inverse, values)
+    draws = np.random.default_rng(seed).integers(len(labels), size=(resamples, len(labels)))
+    counts = np.zeros((resamples, len(labels)))
+    np.add.at(counts, (np.repeat(np.arange(resamples), len(labels)), draws.ravel()), 1.0)
+    return counts @ per_group
+
+
+def ratio_intervals(groups: np.ndarray, before: np.ndarray, after: np.ndarray,
+                    level: float = INTERVAL) -> list[list[float]]:
+    """Per column, the interval of Σ after / Σ before over resampled groups of rows: how
+    precisely the rows measure a ratio of averages such as α'_w/α_w (rows: positions,
+    groups: their windows, columns: tokens)."""
+    k = before.shape[1]
+    sums = resampled_sums(groups, np.hstack([after, before]))
+    return [percentile_interval(sums[:, j] / sums[:, k + j], level) for j in range(k)]
