@@ -76,9 +76,9 @@ def save_steered_model(model: ModelSource, regression: ArtifactRef, embeddings: 
     steered_p = target_logits(stored.hidden, steered.weight.detach().numpy(),
                               None if steered.bias is None else steered.bias.detach().numpy(),
                               np.asarray(ids), jointly=True).probabilities()
-    before = dict(zip(ids, held_p.mean(axis=0), strict=True))
-    predicted = dict(zip(ids, (steered_p.mean(axis=0) / held_p.mean(axis=0)).tolist(),
-                         strict=True))
+    alpha_heldout = held_p.mean(axis=0)
+    before = dict(zip(ids, alpha_heldout.tolist(), strict=True))
+    predicted = dict(zip(ids, (steered_p.mean(axis=0) / alpha_heldout).tolist(), strict=True))
     intervals = ratio_intervals(window_of_positions(stored.targets), held_p, steered_p)
     detect_alpha = ALPHA.read(probabilities, ["alpha"])["alpha"].to_numpy()
     record = {

@@ -34,12 +34,18 @@ def resample_groups(groups: np.ndarray, statistic: Callable[[np.ndarray], np.nda
     """(resamples,), or (resamples, k) for k statistics: `statistic` of resampled rows.
     Each resample draws as many groups as `groups` has distinct values, with replacement,
     and passes the indices of every row of the drawn groups (a group drawn twice, twice)."""
+    inverse, draws = _draws(groups, resamples, seed)
+    members = [np.flatnonzero(inverse == label) for label in range(draws.shape[1])]
+    return np.array([statistic(np.concatenate([members[g] for g in drawn]))
+                     for drawn in draws])
+
+
+def _draws(groups: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's group index, and (resamples, groups) the group indices each resample
+    draws with replacement."""
     labels, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    members = [np.flatnonzero(inverse == label) for label in range(len(labels))]
-    rng = np.random.default_rng(seed)
-    return np.array([statistic(np.concatenate([members[g] for g in
-                                               rng.integers(len(labels), size=len(labels))]))
-                     for _ in range(resamples)])
+    draws = np.random.default_rng(seed).integers(len(labels), size=(resamples, len(labels)))
+    return inverse, draws
 
 
 def percentile_interval(replicates: np.ndarray, level: float = INTERVAL) -> list[float]:
@@ -58,12 +64,12 @@ def resampled_sums(groups: np.ndarray, values: np.ndarray, resamples: int = RESA
     """(resamples, k) column sums of `values` (rows × k) over resampled groups of rows, as
     `resample_groups` draws them, from each group's sums: a ratio of sums (α' over α on
     held-out windows) costs one product per resample instead of a pass over the rows."""
-    labels, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    per_group = np.zeros((len(labels), values.shape[1]))
+    inverse, draws = _draws(groups, resamples, seed)
+    resamples, n_groups = draws.shape
+    per_group = np.zeros((n_groups, values.shape[1]))
     np.add.at(per_group, inverse, values)
-    draws = np.random.default_rng(seed).integers(len(labels), size=(resamples, len(labels)))
-    counts = np.zeros((resamples, len(labels)))
-    np.add.at(counts, (np.repeat(np.arange(resamples), len(labels)), draws.ravel()), 1.0)
+    counts = np.zeros((resamples, n_groups))
+    np.add.at(counts, (np.repeat(np.arange(resamples), n_groups), draws.ravel()), 1.0)
     return counts @ per_group
 
 

@@ -209,22 +209,22 @@ def paired_comparison(sweep: pd.DataFrame) -> dict[str, Any]:
         return {"pairs": 0, "closed_form_median": float("nan"),
                 "calibrated_median": float("nan"), "calibrated_p90": float("nan"),
                 "improvement": float("nan")}
-    comparison: dict[str, Any] = {
-        "pairs": len(reachable), "closed_form_median": float(np.nanmedian(closed)),
-        "calibrated_median": float(np.nanmedian(calibrated)),
-        "calibrated_p90": float(np.nanquantile(calibrated, 0.9)),
-        "improvement": _ratio_of_medians(closed, calibrated)}
-    replicates = resample_groups(reachable.get_level_values("token_id").to_numpy(),
-                                 lambda rows: (np.nanmedian(calibrated[rows]),
-                                               _ratio_of_medians(closed[rows],
-                                                                 calibrated[rows])))
-    return comparison | {"calibrated_median_interval": percentile_interval(replicates[:, 0]),
-                         "improvement_interval": percentile_interval(replicates[:, 1])}
 
+    def medians(rows: np.ndarray) -> tuple[float, float]:
+        """The calibrated median and its gain over the closed form, on these pairs."""
+        calibrated_median = float(np.nanmedian(calibrated[rows]))
+        closed_median = float(np.nanmedian(closed[rows]))
+        return (calibrated_median, closed_median / calibrated_median
+                if calibrated_median > 0 else float("inf"))
 
-def _ratio_of_medians(closed: np.ndarray, calibrated: np.ndarray) -> float:
-    denominator = float(np.nanmedian(calibrated))
-    return float(np.nanmedian(closed)) / denominator if denominator > 0 else float("inf")
+    calibrated_median, improvement = medians(np.arange(len(reachable)))
+    replicates = resample_groups(reachable.get_level_values("token_id").to_numpy(), medians)
+    return {"pairs": len(reachable), "closed_form_median": float(np.nanmedian(closed)),
+            "calibrated_median": calibrated_median,
+            "calibrated_p90": float(np.nanquantile(calibrated, 0.9)),
+            "improvement": improvement,
+            "calibrated_median_interval": percentile_interval(replicates[:, 0]),
+            "improvement_interval": percentile_interval(replicates[:, 1])}
 
 
 def windows_to_reach(fewshot: dict[str, float], error: float) -> int | None:

@@ -192,12 +192,13 @@ def steering_markdown(result: dict[str, Any]) -> str:
                                               f"{_error(grid[m, r]['p90'])}" for m in methods)
                      + " |" for r in ratios)
     comparison = result["comparison"]
+    interval = _interval_phrase(comparison)
     return (f"# Steering: {result['model']} on {result['dataset']}\n\n"
             f"{result['targets']} targets; closed form with Ω = {result['omega']} "
             f"({result['omega_dims']} dimensions). On the {comparison['pairs']} pairs the "
             f"calibrated edit reaches, median |log error| {comparison['closed_form_median']:.3f}"
             f" (closed form) → {_error(comparison['calibrated_median'])} (calibrated). "
-            + (f"{_interval_phrase(comparison)}. " if _interval_phrase(comparison) else "")
+            + (f"{interval}. " if interval else "")
             + "Median KL over the other tokens, at most: " + ", ".join(
                 f"{method} {bound:.2e}"
                 for method, bound in result["median_kl_other_bound"].items()) + "."
